@@ -1,0 +1,168 @@
+//! Write Weir stream processors in Rust.
+//!
+//! A plugin is a type implementing [`Aggregator`] plus one [`export!`] line. The host
+//! owns Kafka, windows, state stores, event time and transactions; the plugin says
+//! how to read a record, which records count, how one record changes an
+//! accumulator, and how an accumulator becomes an output value.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use weir_sdk::{Aggregator, Window, Windowing};
+//!
+//! #[derive(Deserialize)]
+//! struct Click { page: String }
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Count { n: u64 }
+//!
+//! #[derive(Serialize)]
+//! struct PageViews { page: String, start: i64, views: u64 }
+//!
+//! struct Views;
+//! impl Aggregator for Views {
+//!     const WINDOWING: Windowing = Windowing::tumbling_ms(60_000);
+//!     type Input = Click;
+//!     type Acc = Count;
+//!     type Output = PageViews;
+//!     fn add(acc: &mut Count, _click: &Click) { acc.n += 1 }
+//!     fn finish(key: &str, w: Window, acc: &Count) -> Option<PageViews> {
+//!         Some(PageViews { page: key.to_owned(), start: w.start, views: acc.n })
+//!     }
+//! }
+//! weir_sdk::export!(Views);
+//!
+//! // Plain `cargo test` runs the same code path the host calls:
+//! let acc = weir_sdk::testing::fold::<Views>(&[r#"{"page":"/"}"#, r#"{"page":"/a"}"#]).unwrap();
+//! assert_eq!(acc.n, 2);
+//! ```
+//!
+//! Build for the host with `cargo build --release --target wasm32-wasip2`.
+#![deny(missing_docs)]
+
+mod runtime;
+pub mod testing;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use weir_abi::Window;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::{FrameError, finish_frame, process_frame};
+    #[cfg(target_arch = "wasm32")]
+    pub use crate::wasm::{describe, finish, process};
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wit {
+    wit_bindgen::generate!({
+        world: "processor",
+        path: "../wit",
+        default_bindings_module: "weir_sdk::wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_processor",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
+/// How the host groups a plugin's records into accumulators by event time.
+/// Windows are aligned to the Unix epoch; a window contains `start <= t < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windowing {
+    /// Windows `size_ms` long starting every `advance_ms` (they overlap when
+    /// `advance_ms < size_ms`).
+    Hopping {
+        /// Window length in milliseconds.
+        size_ms: u64,
+        /// Distance between window starts in milliseconds.
+        advance_ms: u64,
+    },
+    /// Back-to-back windows `size_ms` long.
+    Tumbling {
+        /// Window length in milliseconds.
+        size_ms: u64,
+    },
+}
+
+impl Windowing {
+    /// Hopping windows, e.g. `Windowing::hopping_ms(5_000, 1_000)`.
+    pub const fn hopping_ms(size_ms: u64, advance_ms: u64) -> Self {
+        Self::Hopping { size_ms, advance_ms }
+    }
+
+    /// Tumbling windows, e.g. `Windowing::tumbling_ms(86_400_000)` for days.
+    pub const fn tumbling_ms(size_ms: u64) -> Self {
+        Self::Tumbling { size_ms }
+    }
+}
+
+/// A windowed aggregation per record key.
+///
+/// The host calls [`Aggregator::add`] for every record that passes
+/// [`Aggregator::filter`], once for each window the record falls into, and keeps the
+/// accumulators in its state stores. It calls [`Aggregator::finish`] to turn an
+/// accumulator into the value it writes to the output topic.
+pub trait Aggregator {
+    /// How records are grouped in time.
+    const WINDOWING: Windowing;
+    /// Version of the accumulator's encoding. Raise it when `Acc` changes shape.
+    const STATE_SCHEMA: u32 = 1;
+    /// A record value, decoded from JSON. A value that does not decode is sent to
+    /// the dead-letter topic with the decoder's message.
+    type Input: DeserializeOwned;
+    /// The per-(key, window) state.
+    type Acc: Default + Serialize + DeserializeOwned;
+    /// The output value, encoded as JSON.
+    type Output: Serialize;
+
+    /// Whether a record counts at all. Defaults to every record.
+    fn filter(_input: &Self::Input) -> bool {
+        true
+    }
+
+    /// Folds one record into an accumulator.
+    fn add(acc: &mut Self::Acc, input: &Self::Input);
+
+    /// Renders an accumulator; `None` writes nothing for it.
+    fn finish(key: &str, window: Window, acc: &Self::Acc) -> Option<Self::Output>;
+}
+
+/// Exports an [`Aggregator`] as the plugin's `weir:processor` implementation.
+///
+/// Use once per plugin crate: `weir_sdk::export!(MyAggregator);`. The plugin's name
+/// and version come from its `Cargo.toml`. Off wasm this expands to nothing, so the
+/// plugin's logic can be unit-tested natively.
+#[macro_export]
+macro_rules! export {
+    ($agg:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        mod __weir_export {
+            #[allow(unused_imports)]
+            use super::*;
+            struct Export;
+            impl $crate::wit::Guest for Export {
+                fn describe() -> $crate::wit::weir::processor::types::PluginInfo {
+                    $crate::__private::describe::<$agg>(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                }
+                fn process(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
+                {
+                    $crate::__private::process::<$agg>(&batch)
+                }
+                fn finish(
+                    slots: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
+                {
+                    $crate::__private::finish::<$agg>(&slots)
+                }
+            }
+            $crate::wit::__export_processor!(Export);
+        }
+    };
+}

@@ -1,0 +1,189 @@
+//! The `weir` command line: `run`, `gen trades`, `describe`, `demo`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, EmitMode, Guarantee, RunConfig, StateBackend};
+use crate::generator::GenConfig;
+
+/// Weir: Kafka stream processing with sandboxed WebAssembly processors.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: consume, process through a plugin, produce, commit.
+    Run(RunArgs),
+    /// Generate test data.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Load a plugin and print what it declares and the topology it would run.
+    Describe(DescribeArgs),
+    /// Everything in one process on an in-process mock Kafka cluster: generator,
+    /// host and stock-stats, with a live table of window statistics.
+    Demo(DemoArgs),
+}
+
+/// `weir gen …`
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// Stock trades in the stock-stats contract's shape.
+    Trades(GenConfig),
+}
+
+/// `weir describe`
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Plugin component.
+    #[arg(long)]
+    pub plugin: PathBuf,
+    /// Optional config file for topic names.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `weir demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Plugin component (default: the stock-stats build in target/).
+    #[arg(long, default_value = "target/wasm32-wasip2/release/stock_stats.wasm")]
+    pub plugin: PathBuf,
+    /// Trades per second.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Number of tickers.
+    #[arg(long, default_value_t = 12)]
+    pub tickers: usize,
+    /// Stop after this many seconds; 0 runs until Ctrl-C.
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+}
+
+/// `weir run`: every flag overrides the config file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Plugin component (`.wasm`).
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Application id (consumer group, prefix of internal topics).
+    #[arg(long)]
+    pub application_id: Option<String>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
+    /// Input topic.
+    #[arg(long)]
+    pub input_topic: Option<String>,
+    /// Output topic.
+    #[arg(long)]
+    pub output_topic: Option<String>,
+    /// Dead-letter topic.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Processing guarantee.
+    #[arg(long, value_enum)]
+    pub guarantee: Option<Guarantee>,
+    /// Commit interval in ms.
+    #[arg(long)]
+    pub commit_interval_ms: Option<u64>,
+    /// Grace period for late records in ms.
+    #[arg(long)]
+    pub grace_ms: Option<u64>,
+    /// Emit every update or only final window results.
+    #[arg(long, value_enum)]
+    pub emit: Option<EmitMode>,
+    /// State directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// State backend.
+    #[arg(long, value_enum)]
+    pub state_backend: Option<StateBackend>,
+    /// Instance id (static group membership, transactional id).
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    /// Extra librdkafka property, `key=value`; repeatable.
+    #[arg(long = "kafka", short = 'X', value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
+}
+
+impl RunArgs {
+    /// The config file (or defaults) with these flags applied.
+    pub fn resolve(&self) -> Result<RunConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => RunConfig::from_file(path)?,
+            None => RunConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident => $target:expr),* $(,)?) => {
+                $(if let Some(v) = &self.$field { $target = v.clone(); })*
+            };
+        }
+        set!(
+            plugin => cfg.plugin,
+            application_id => cfg.application_id,
+            bootstrap_servers => cfg.bootstrap_servers,
+            input_topic => cfg.input_topic,
+            output_topic => cfg.output_topic,
+            guarantee => cfg.processing_guarantee,
+            commit_interval_ms => cfg.commit_interval_ms,
+            grace_ms => cfg.grace_ms,
+            emit => cfg.emit,
+            state_dir => cfg.state.dir,
+            state_backend => cfg.state.backend,
+        );
+        if let Some(t) = &self.dead_letter_topic {
+            cfg.dead_letter_topic = Some(t.clone());
+        }
+        if let Some(id) = &self.instance_id {
+            cfg.instance_id = Some(id.clone());
+        }
+        for kv in &self.kafka {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("--kafka expects key=value, got {kv:?}")))?;
+            cfg.kafka.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weir.toml");
+        std::fs::write(&file, "application_id = \"from-file\"\nplugin = \"a.wasm\"\ngrace_ms = 1\n").unwrap();
+        let cli = Cli::parse_from([
+            "weir",
+            "run",
+            "-c",
+            file.to_str().unwrap(),
+            "--grace-ms",
+            "2000",
+            "--guarantee",
+            "at-least-once",
+            "-X",
+            "linger.ms=0",
+        ]);
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.application_id, "from-file");
+        assert_eq!(cfg.grace_ms, 2000);
+        assert_eq!(cfg.processing_guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(cfg.kafka["linger.ms"], "0");
+    }
+}

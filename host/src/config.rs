@@ -1,0 +1,274 @@
+//! Configuration of a pipeline: defaults, then a TOML file, then command-line flags.
+//!
+//! ```toml
+//! application_id = "stock-stats"
+//! plugin = "target/wasm32-wasip2/release/stock_stats.wasm"
+//! bootstrap_servers = "127.0.0.1:9092"
+//! input_topic = "trades"
+//! output_topic = "stockstats-output"
+//! processing_guarantee = "exactly_once"   # or "at_least_once"
+//! commit_interval_ms = 100
+//! grace_ms = 2000
+//!
+//! [kafka]                                  # passed to every Kafka client
+//! "socket.keepalive.enable" = "true"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::runtime::Limits;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or missing.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Exactly-once or at-least-once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Output, changelog and input offsets commit in one Kafka transaction.
+    ExactlyOnce,
+    /// Output and changelog are flushed before offsets commit; a crash may repeat work.
+    AtLeastOnce,
+}
+
+/// When results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EmitMode {
+    /// Every changed window at every commit (results update as data arrives).
+    Updates,
+    /// Once per window, when it closes (stream time passes its end plus grace).
+    Final,
+}
+
+/// Which backend holds task state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    /// RocksDB on local disk, restored incrementally from its checkpoint.
+    Rocksdb,
+    /// Memory only, restored from the whole changelog on every start.
+    Memory,
+}
+
+/// State store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Backend.
+    pub backend: StateBackend,
+    /// Directory for RocksDB stores and the instance id.
+    pub dir: PathBuf,
+    /// Block cache shared by all stores, in MiB.
+    pub cache_mb: usize,
+    /// Memtable size per store, in MiB.
+    pub write_buffer_mb: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { backend: StateBackend::Rocksdb, dir: PathBuf::from(".weir-state"), cache_mb: 64, write_buffer_mb: 8 }
+    }
+}
+
+/// Plugin sandbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest linear memory of a plugin instance, in MiB.
+    pub memory_mb: usize,
+    /// CPU time one plugin call may take, in ms.
+    pub call_budget_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = Limits::default();
+        Self { memory_mb: d.memory_bytes >> 20, call_budget_ms: d.call_budget.as_millis() as u64 }
+    }
+}
+
+/// Everything `weir run` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Consumer group and prefix of internal topics and transactional ids.
+    pub application_id: String,
+    /// Path of the plugin component (`.wasm`).
+    pub plugin: PathBuf,
+    /// Kafka bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Topic to read.
+    pub input_topic: String,
+    /// Topic to write results to.
+    pub output_topic: String,
+    /// Topic for records that cannot be processed; default `<application_id>-dlq`.
+    pub dead_letter_topic: Option<String>,
+    /// Exactly-once or at-least-once.
+    pub processing_guarantee: Guarantee,
+    /// How often to commit, in ms.
+    pub commit_interval_ms: u64,
+    /// How long after a window ends late records are still accepted, in ms.
+    pub grace_ms: u64,
+    /// When results are written.
+    pub emit: EmitMode,
+    /// Largest number of records per plugin call.
+    pub batch_size: usize,
+    /// Replication factor of topics Weir creates; -1 takes the broker's default.
+    pub replication_factor: i32,
+    /// Identifies this host in the group (static membership) and in transactional
+    /// ids; default: a UUID kept in the state directory.
+    pub instance_id: Option<String>,
+    /// State stores.
+    pub state: StateConfig,
+    /// Plugin sandbox.
+    pub limits: LimitsConfig,
+    /// Extra librdkafka properties for every client.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            application_id: "weir".into(),
+            plugin: PathBuf::new(),
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            input_topic: "trades".into(),
+            output_topic: "stockstats-output".into(),
+            dead_letter_topic: None,
+            processing_guarantee: Guarantee::ExactlyOnce,
+            commit_interval_ms: 100,
+            grace_ms: 0,
+            emit: EmitMode::Updates,
+            batch_size: 1000,
+            replication_factor: -1,
+            instance_id: None,
+            state: StateConfig::default(),
+            limits: LimitsConfig::default(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.application_id))
+    }
+
+    /// The changelog topic of the pipeline's window store.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}-windows-changelog", self.application_id)
+    }
+
+    /// The commit interval.
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+
+    /// Sandbox limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.limits.memory_mb << 20,
+            call_budget: Duration::from_millis(self.limits.call_budget_ms),
+        }
+    }
+
+    /// Checks values that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.application_id.is_empty()
+            || !self.application_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return bad("application_id must be non-empty and use only ASCII letters, digits, '.', '_' and '-'");
+        }
+        if self.plugin.as_os_str().is_empty() {
+            return bad("no plugin given (plugin = \"path/to/plugin.wasm\" or --plugin)");
+        }
+        if self.input_topic.is_empty() || self.output_topic.is_empty() {
+            return bad("input_topic and output_topic must be set");
+        }
+        if self.commit_interval_ms == 0 {
+            return bad("commit_interval_ms must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        if self.grace_ms > i64::MAX as u64 / 2 {
+            return bad("grace_ms is too large");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_are_refused() {
+        let cfg: RunConfig = toml::from_str(
+            r#"
+            application_id = "app"
+            plugin = "p.wasm"
+            processing_guarantee = "at_least_once"
+            grace_ms = 2500
+            [state]
+            backend = "memory"
+            [kafka]
+            "linger.ms" = "1"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.processing_guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(cfg.grace_ms, 2500);
+        assert_eq!(cfg.state.backend, StateBackend::Memory);
+        assert_eq!(cfg.commit_interval_ms, 100);
+        assert_eq!(cfg.kafka.get("linger.ms").map(String::as_str), Some("1"));
+        assert_eq!(cfg.dead_letter_topic(), "app-dlq");
+        cfg.validate().unwrap();
+        assert!(toml::from_str::<RunConfig>("commit_intervl_ms = 5").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let cfg = RunConfig { plugin: "p.wasm".into(), application_id: "has space".into(), ..RunConfig::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("application_id"));
+        let cfg = RunConfig::default();
+        assert!(cfg.validate().unwrap_err().to_string().contains("no plugin"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Topic setup: check the input topic and create the output, changelog and
+//! dead-letter topics a pipeline needs.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::KafkaIoError;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A topic a pipeline needs.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor; -1 for the broker's default.
+    pub replication: i32,
+    /// Topic configs, e.g. `cleanup.policy=compact`.
+    pub configs: Vec<(String, String)>,
+    /// Whether an existing topic must have exactly `partitions` partitions.
+    pub exact_partitions: bool,
+}
+
+/// Number of partitions of `topic`, or `None` if it does not exist.
+pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<Option<i32>, KafkaIoError> {
+    let consumer: BaseConsumer = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    Ok(metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| {
+        let missing =
+            matches!(t.error(), Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition);
+        (!missing && !t.partitions().is_empty()).then_some(t.partitions().len() as i32)
+    }))
+}
+
+/// Creates every topic in `specs` that does not exist and checks the ones that do.
+pub fn ensure_topics(config: &ClientConfig, specs: &[TopicSpec]) -> Result<(), KafkaIoError> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+    let mut missing = Vec::new();
+    for spec in specs {
+        match partition_count(config, &spec.name)? {
+            None => missing.push(spec),
+            Some(n) if spec.exact_partitions && n != spec.partitions => {
+                return Err(KafkaIoError::Topic {
+                    topic: spec.name.clone(),
+                    reason: format!("has {n} partitions but needs {} (one per input partition)", spec.partitions),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|spec| {
+            let mut topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication));
+            for (k, v) in &spec.configs {
+                topic = topic.set(k, v);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
+    let results = futures_executor::block_on(admin.create_topics(&new, &options))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaIoError::Topic { topic, reason: format!("cannot create: {code}") }),
+        }
+    }
+    Ok(())
+}

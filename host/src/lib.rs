@@ -1,0 +1,18 @@
+//! Weir: a stream-processing host. Kafka in, sandboxed WebAssembly processors,
+//! Kafka out, exactly once.
+//!
+//! Data flows one way through these modules: Kafka source ([`pipeline`]) →
+//! [`task`] → [`runtime`] (the plugin) → [`window`] / [`state`] →
+//! [`kafka::sink`] (transactions).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod generator;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod runtime;
+pub mod state;
+pub mod task;
+pub mod window;

@@ -1,0 +1,454 @@
+//! The pipeline: one consumer-group member, its tasks, one plugin instance and one
+//! producer, in a consume → process → commit loop.
+//!
+//! Under exactly-once every commit interval ends one Kafka transaction holding the
+//! output records, the changelog records and the input offsets (with each task's
+//! stream time as offset metadata); stores are written only after it commits. On a
+//! revocation the pipeline commits before giving partitions up; on an assignment it
+//! restores each task's store from its changelog and resumes at the committed
+//! offset. A failed transaction is aborted and every task rewinds to its last commit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use thiserror::Error;
+
+use crate::config::{Guarantee, RunConfig, StateBackend};
+use crate::kafka::admin::{TopicSpec, ensure_topics, partition_count};
+use crate::kafka::restore::restore;
+use crate::kafka::sink::Sink;
+use crate::kafka::{KafkaIoError, base_config, set_default};
+use crate::metrics::Metrics;
+use crate::runtime::{GuestError, Instance, LoadError, Plugin, Runtime};
+use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
+use crate::task::{PreparedCommit, Task, TaskContext, TaskError, Topics};
+
+/// Why a pipeline stopped.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The plugin could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    PluginFile {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The plugin could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Kafka failed in a way the pipeline cannot recover from.
+    #[error(transparent)]
+    Kafka(#[from] KafkaIoError),
+    /// A task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The plugin failed again after being replaced.
+    #[error("plugin keeps failing: {0}")]
+    Guest(#[from] GuestError),
+    /// Another thread panicked while holding the pipeline.
+    #[error("pipeline state poisoned by an earlier panic")]
+    Poisoned,
+}
+
+/// Test hook: abort the process after flushing the Nth commit, before committing it.
+pub const CRASH_ENV: &str = "WEIR_TEST_CRASH_AFTER_FLUSH";
+
+/// How many times in a row a failed commit is retried before the pipeline stops.
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// The part of a pipeline the rebalance callbacks need.
+struct Engine {
+    cfg: RunConfig,
+    topics: Topics,
+    sink: Sink,
+    plugin: Plugin,
+    instance: Instance,
+    tasks: BTreeMap<i32, Task>,
+    suspended: BTreeMap<i32, Task>,
+    rocks: Option<RocksOptions>,
+    metrics: Metrics,
+    base: ClientConfig,
+    /// An error raised inside a rebalance callback, surfaced by the loop.
+    fatal: Option<PipelineError>,
+    failures: u32,
+    crash_after_flush: Option<u64>,
+}
+
+impl Engine {
+    fn ctx_parts(&mut self) -> (TaskContext<'_>, &mut BTreeMap<i32, Task>) {
+        (
+            TaskContext {
+                instance: &mut self.instance,
+                sink: &mut self.sink,
+                topics: &self.topics,
+                metrics: &self.metrics,
+                emit: self.cfg.emit,
+            },
+            &mut self.tasks,
+        )
+    }
+
+    fn process_pending(&mut self) -> Result<(), TaskError> {
+        let (mut ctx, tasks) = self.ctx_parts();
+        for task in tasks.values_mut() {
+            task.process_pending(&mut ctx)?;
+        }
+        Ok(())
+    }
+
+    fn fresh_instance_if_poisoned(&mut self) -> Result<(), GuestError> {
+        if self.instance.is_poisoned() {
+            tracing::warn!("replacing the trapped plugin instance with a fresh one");
+            self.instance = self.plugin.instantiate()?;
+        }
+        Ok(())
+    }
+
+    /// Processes what is buffered and commits it.
+    fn commit(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), PipelineError> {
+        if !self.tasks.values().any(|t| t.has_progress() || t.pending_len() > 0) {
+            return Ok(());
+        }
+        match self.try_commit(consumer) {
+            Ok(()) => {
+                self.failures = 0;
+                Ok(())
+            }
+            Err(e) => self.recover(e, consumer),
+        }
+    }
+
+    fn try_commit(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), PipelineError> {
+        self.process_pending()?;
+        let mut prepared: Vec<(i32, PreparedCommit)> = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        {
+            let (mut ctx, tasks) = self.ctx_parts();
+            for task in tasks.values_mut() {
+                prepared.push((task.partition(), task.prepare_commit(&mut ctx)?));
+                if let Some(next) = task.next_offset() {
+                    let mut elem = offsets.add_partition(&ctx.topics.input, task.partition());
+                    elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
+                    elem.set_metadata(task.stream_time().map(|t| t.to_string()).unwrap_or_default());
+                }
+            }
+        }
+        self.sink.flush()?;
+        if self.crash_after_flush.is_some_and(|n| self.metrics.commits.get() + 1 >= n) {
+            // Fault injection for tests: die with everything of this commit
+            // written but nothing committed, the window at-least-once cannot cover.
+            tracing::error!("{CRASH_ENV} reached: aborting the process");
+            std::process::abort();
+        }
+        let group = consumer.group_metadata();
+        self.sink.commit(&offsets, group.as_ref())?;
+        if !self.sink.is_transactional() && offsets.count() > 0 {
+            consumer.commit(&offsets, CommitMode::Sync).map_err(KafkaIoError::from)?;
+        }
+        let changelog_offsets = self.sink.take_changelog_offsets();
+        for (partition, commit) in prepared {
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                task.complete_commit(commit, changelog_offsets.get(&partition).map(|o| o + 1))?;
+            }
+        }
+        self.metrics.commits.inc();
+        Ok(())
+    }
+
+    /// Aborts, rewinds every task to its last commit and seeks the consumer back.
+    fn recover(&mut self, error: PipelineError, consumer: &BaseConsumer<SourceContext>) -> Result<(), PipelineError> {
+        let fatal = matches!(error, PipelineError::Kafka(KafkaIoError::Fatal(_)));
+        self.failures += 1;
+        if fatal || self.failures > MAX_CONSECUTIVE_FAILURES {
+            let _ = self.sink.abort();
+            return Err(error);
+        }
+        tracing::warn!(error = %error, attempt = self.failures, "commit failed; aborting and rewinding to the last commit");
+        self.sink.abort()?;
+        self.metrics.aborts.inc();
+        self.fresh_instance_if_poisoned()?;
+        for task in self.tasks.values_mut() {
+            task.rewind();
+            let offset = task.committed_offset().map_or(Offset::Beginning, Offset::Offset);
+            consumer
+                .seek(&self.topics.input, task.partition(), offset, Duration::from_secs(10))
+                .map_err(KafkaIoError::from)?;
+        }
+        Ok(())
+    }
+
+    fn open_store(&self, partition: i32) -> Result<Box<dyn Store>, PipelineError> {
+        Ok(match &self.rocks {
+            Some(options) => {
+                let dir = self.cfg.state.dir.join(&self.cfg.application_id).join(format!("windows-{partition}"));
+                Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
+            }
+            None => Box::new(MemoryStore::default()),
+        })
+    }
+
+    /// Creates or resumes the tasks of newly assigned partitions.
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        assigned: &TopicPartitionList,
+    ) -> Result<(), PipelineError> {
+        let committed =
+            consumer.committed_offsets(assigned.clone(), Duration::from_secs(30)).map_err(KafkaIoError::from)?;
+        let read_committed = self.cfg.processing_guarantee == Guarantee::ExactlyOnce;
+        for elem in committed.elements_for_topic(&self.topics.input) {
+            let partition = elem.partition();
+            let offset = elem.offset().to_raw().filter(|o| *o >= 0);
+            let stream_time = elem.metadata().parse::<i64>().ok();
+            let mut store = match self.suspended.remove(&partition) {
+                Some(task) => task.into_store(),
+                None => self.open_store(partition)?,
+            };
+            let checkpoint = store.checkpoint().map_err(TaskError::from)?;
+            let metrics = self.metrics.clone();
+            let restored =
+                restore(&self.base, &self.topics.changelog, partition, checkpoint, read_committed, |changes, next| {
+                    metrics.restored_records.inc_by(changes.len() as u64);
+                    store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
+                })?;
+            tracing::info!(partition, ?offset, ?stream_time, ?checkpoint, restored = restored.records, "task assigned");
+            let task =
+                Task::new(partition, self.plugin.info().windowing, self.cfg.grace_ms, store, offset, stream_time);
+            self.tasks.insert(partition, task);
+        }
+        self.suspended.clear();
+        self.metrics.tasks.set(self.tasks.len() as i64);
+        Ok(())
+    }
+
+    /// Commits and suspends every task before partitions are given up.
+    fn revoke(&mut self, consumer: &BaseConsumer<SourceContext>) -> Result<(), PipelineError> {
+        let result = self.commit(consumer);
+        if result.is_err() {
+            let _ = self.sink.abort();
+        }
+        let tasks = std::mem::take(&mut self.tasks);
+        for (partition, mut task) in tasks {
+            task.rewind();
+            self.suspended.insert(partition, task);
+        }
+        self.metrics.tasks.set(0);
+        result
+    }
+}
+
+/// The consumer's context: runs revocations and assignments against the engine.
+pub struct SourceContext {
+    engine: Arc<Mutex<Engine>>,
+}
+
+impl SourceContext {
+    fn engine(&self) -> Option<MutexGuard<'_, Engine>> {
+        self.engine.lock().ok()
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(_), Some(mut engine)) = (rebalance, self.engine())
+            && let Err(e) = engine.revoke(consumer)
+        {
+            tracing::error!(error = %e, "commit before revocation failed");
+            engine.fatal.get_or_insert(e);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(assigned), Some(mut engine)) = (rebalance, self.engine())
+            && let Err(e) = engine.assign(consumer, assigned)
+        {
+            tracing::error!(error = %e, "taking over assigned partitions failed");
+            engine.fatal.get_or_insert(e);
+        }
+    }
+}
+
+/// A configured pipeline, ready to run.
+pub struct Pipeline {
+    engine: Arc<Mutex<Engine>>,
+    consumer: BaseConsumer<SourceContext>,
+    cfg: RunConfig,
+    metrics: Metrics,
+}
+
+fn instance_id(cfg: &RunConfig) -> Result<String, PipelineError> {
+    if let Some(id) = &cfg.instance_id {
+        return Ok(id.clone());
+    }
+    let path = cfg.state.dir.join("instance.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::create_dir_all(&cfg.state.dir).and_then(|_| std::fs::write(&path, &id)).map_err(|source| {
+        TaskError::Store(crate::state::StoreError::Io { path: path.display().to_string(), source })
+    })?;
+    Ok(id)
+}
+
+impl Pipeline {
+    /// Loads the plugin, prepares topics and clients, and joins the group.
+    pub fn new(cfg: RunConfig, runtime: &Runtime, metrics: Metrics) -> Result<Self, PipelineError> {
+        cfg.validate()?;
+        let wasm = std::fs::read(&cfg.plugin)
+            .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
+        let plugin = runtime.load(&wasm)?;
+        let info = plugin.info().clone();
+        tracing::info!(plugin = %info.name, version = %info.version, windows = ?info.windowing, "plugin loaded");
+
+        let base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
+        let partitions = partition_count(&base, &cfg.input_topic)?
+            .ok_or_else(|| KafkaIoError::Topic { topic: cfg.input_topic.clone(), reason: "does not exist".into() })?;
+        let topics = Topics {
+            input: cfg.input_topic.clone(),
+            output: cfg.output_topic.clone(),
+            changelog: cfg.changelog_topic(),
+            dead_letter: cfg.dead_letter_topic(),
+        };
+        let spec = |name: &str, configs: Vec<(String, String)>, exact| TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            replication: cfg.replication_factor,
+            configs,
+            exact_partitions: exact,
+        };
+        ensure_topics(
+            &base,
+            &[
+                spec(&topics.output, vec![], false),
+                spec(&topics.changelog, vec![("cleanup.policy".into(), "compact".into())], true),
+                spec(&topics.dead_letter, vec![], false),
+            ],
+        )?;
+
+        let instance = instance_id(&cfg)?;
+        let member = format!("{}-{}", cfg.application_id, instance);
+        let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
+        let sink = Sink::new(base.clone(), &topics.changelog, exactly_once.then_some(member.as_str()))?;
+        let rocks = (cfg.state.backend == StateBackend::Rocksdb)
+            .then(|| RocksOptions::new(cfg.state.cache_mb << 20, cfg.state.write_buffer_mb << 20));
+        let engine = Arc::new(Mutex::new(Engine {
+            instance: plugin.instantiate()?,
+            plugin,
+            topics,
+            sink,
+            tasks: BTreeMap::new(),
+            suspended: BTreeMap::new(),
+            rocks,
+            metrics: metrics.clone(),
+            base: base.clone(),
+            fatal: None,
+            failures: 0,
+            crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
+            cfg: cfg.clone(),
+        }));
+
+        let mut consumer_config = base;
+        consumer_config.set("group.id", &cfg.application_id);
+        consumer_config.set("enable.auto.commit", "false");
+        consumer_config.set("enable.auto.offset.store", "false");
+        set_default(&mut consumer_config, "group.instance.id", &member);
+        set_default(&mut consumer_config, "auto.offset.reset", "earliest");
+        set_default(&mut consumer_config, "isolation.level", "read_committed");
+        set_default(&mut consumer_config, "fetch.queue.backoff.ms", "0");
+        set_default(&mut consumer_config, "session.timeout.ms", "10000");
+        let consumer: BaseConsumer<SourceContext> = consumer_config
+            .create_with_context(SourceContext { engine: engine.clone() })
+            .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+        consumer.subscribe(&[&cfg.input_topic]).map_err(KafkaIoError::from)?;
+        Ok(Self { engine, consumer, cfg, metrics })
+    }
+
+    /// The pipeline's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn engine(&self) -> Result<MutexGuard<'_, Engine>, PipelineError> {
+        self.engine.lock().map_err(|_| PipelineError::Poisoned)
+    }
+
+    /// Runs until `stop` is set, then commits and leaves the group.
+    pub fn run(self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        let interval = self.cfg.commit_interval();
+        let batch = self.cfg.batch_size;
+        let mut last_commit = Instant::now();
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let wait = interval.saturating_sub(last_commit.elapsed()).min(Duration::from_millis(100));
+            let mut polled = 0;
+            let mut timeout = wait;
+            while polled < batch {
+                let Some(message) = self.consumer.poll(timeout) else { break };
+                timeout = Duration::ZERO;
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        break;
+                    }
+                };
+                polled += 1;
+                let mut engine = self.engine()?;
+                let timestamp = match message.timestamp() {
+                    Timestamp::NotAvailable => None,
+                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                };
+                let partition = message.partition();
+                let metrics = engine.metrics.clone();
+                match engine.tasks.get_mut(&partition) {
+                    Some(task) => {
+                        if !task.accept(message.offset(), message.key(), message.payload(), timestamp) {
+                            metrics.duplicates_skipped.inc();
+                        }
+                    }
+                    None => tracing::debug!(partition, "message for a partition without a task"),
+                }
+            }
+            let mut engine = self.engine()?;
+            if let Some(e) = engine.fatal.take() {
+                break Err(e);
+            }
+            let step = if last_commit.elapsed() >= interval {
+                last_commit = Instant::now();
+                engine.commit(&self.consumer)
+            } else {
+                engine.process_pending().map_err(PipelineError::from).or_else(|e| engine.recover(e, &self.consumer))
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+            engine.sink.poll();
+        };
+        let result = result.and_then(|()| {
+            let mut engine = self.engine()?;
+            engine.commit(&self.consumer)
+        });
+        tracing::info!(metrics = %self.metrics.summary(), "pipeline stopped");
+        // Leave the group only on a clean stop; the static member id lets a
+        // restarted instance take its partitions back without a rebalance wait.
+        result
+    }
+}

@@ -1,0 +1,9 @@
+//! Host bindings of the `weir:processor` world — the only place `bindgen!` runs.
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    world: "processor",
+    path: "../wit",
+});
+
+pub use weir::processor::types;

@@ -1,0 +1,258 @@
+//! Runs plugins: the wasmtime engine, compiled plugins and their instances.
+//!
+//! A [`Runtime`] holds one engine (component model, epoch interruption, no async
+//! bookkeeping) and a linker with WASI preview 2, of which a plugin is granted
+//! nothing: no files, no environment, no network, no stdio. A [`Plugin`] is a
+//! compiled, type-checked component with its `InstancePre`; an [`Instance`] is one
+//! store with a linear-memory cap, run under a per-call CPU budget. A trapped
+//! instance is poisoned and must be replaced with a fresh one from its plugin.
+
+mod bindings;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::window::{WindowError, Windowing};
+use bindings::{Processor, ProcessorPre, types};
+
+/// Limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// CPU time one call may take before it is interrupted.
+    pub call_budget: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_bytes: 64 << 20, call_budget: Duration::from_secs(5) }
+    }
+}
+
+/// How often the epoch advances; the granularity of [`Limits::call_budget`].
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A plugin could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The engine could not be configured.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid component, or do not compile.
+    #[error("not a loadable WebAssembly component: {0}")]
+    Compile(String),
+    /// The component does not implement the `weir:processor@0.1.0` world.
+    #[error("component does not implement weir:processor/processor@0.1.0: {0}")]
+    World(String),
+    /// `describe` failed or declared something unusable.
+    #[error("plugin describe: {0}")]
+    Describe(String),
+    /// The declared windows are not usable.
+    #[error("plugin declares unusable windows: {0}")]
+    Windows(#[from] WindowError),
+}
+
+/// A call into the plugin failed.
+#[derive(Debug, Error)]
+pub enum GuestError {
+    /// The instance trapped, ran out of memory or out of time. It is poisoned.
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The plugin reported an error for the whole batch.
+    #[error("plugin error: {0}")]
+    Plugin(String),
+    /// The plugin answered with a frame the host cannot read.
+    #[error("plugin returned an unreadable frame: {0}")]
+    BadFrame(String),
+}
+
+/// What a plugin declares about itself.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its windows.
+    pub windowing: Windowing,
+    /// Its accumulator encoding version.
+    pub state_schema: u32,
+}
+
+/// Per-instance host state.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Stops the epoch ticker thread when the runtime is dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The wasm engine and linker shared by all plugins of a host.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    limits: Limits,
+    _ticker: Arc<Ticker>,
+}
+
+impl Runtime {
+    /// Creates the engine, the WASI linker and the epoch ticker.
+    pub fn new(limits: Limits) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weir-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| LoadError::Engine(e.to_string()))?
+        };
+        Ok(Self { engine, linker: Arc::new(linker), limits, _ticker: Arc::new(Ticker { stop, thread: Some(thread) }) })
+    }
+
+    /// Compiles and type-checks a component, then asks it to describe itself.
+    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+        let mut plugin = Plugin {
+            pre,
+            runtime: self.clone(),
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                windowing: Windowing::tumbling(1)?,
+                state_schema: 0,
+            },
+        };
+        let mut instance = plugin.instantiate().map_err(|e| LoadError::Describe(e.to_string()))?;
+        plugin.info = instance.describe()?;
+        Ok(plugin)
+    }
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct Plugin {
+    pre: ProcessorPre<HostState>,
+    runtime: Runtime,
+    info: PluginInfo,
+}
+
+impl Plugin {
+    /// What the plugin declared.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// A fresh instance with its own store and limits.
+    pub fn instantiate(&self) -> Result<Instance, GuestError> {
+        let limits =
+            StoreLimitsBuilder::new().memory_size(self.runtime.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let state = HostState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.budget_ticks());
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        Ok(Instance { store, bindings, budget_ticks: self.budget_ticks(), poisoned: false })
+    }
+
+    fn budget_ticks(&self) -> u64 {
+        (self.runtime.limits.call_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// One instance of a plugin.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Processor,
+    budget_ticks: u64,
+    poisoned: bool,
+}
+
+impl Instance {
+    /// Whether a trap left this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn describe(&mut self) -> Result<PluginInfo, LoadError> {
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let info = self.bindings.call_describe(&mut self.store).map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        let windowing = match info.windowing {
+            types::Windowing::Hopping(h) => Windowing::hopping(h.size_ms, h.advance_ms)?,
+            types::Windowing::Tumbling(t) => Windowing::tumbling(t.size_ms)?,
+        };
+        if info.name.is_empty() {
+            return Err(LoadError::Describe("plugin name is empty".into()));
+        }
+        Ok(PluginInfo { name: info.name, version: info.version, windowing, state_schema: info.state_schema })
+    }
+
+    fn finish_call(
+        &mut self,
+        result: wasmtime::Result<Result<Vec<u8>, types::ProcessorError>>,
+    ) -> Result<Vec<u8>, GuestError> {
+        match result {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(types::ProcessorError::BadFrame(m))) => Err(GuestError::BadFrame(m)),
+            Ok(Err(types::ProcessorError::Fatal(m))) => Err(GuestError::Plugin(m)),
+            Err(trap) => {
+                self.poisoned = true;
+                Err(GuestError::Trap(format!("{trap:#}")))
+            }
+        }
+    }
+
+    /// Runs a `process` frame.
+    pub fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let result = self.bindings.call_process(&mut self.store, frame);
+        self.finish_call(result)
+    }
+
+    /// Runs a `finish` frame.
+    pub fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let result = self.bindings.call_finish(&mut self.store, frame);
+        self.finish_call(result)
+    }
+}

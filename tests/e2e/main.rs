@@ -1,0 +1,10 @@
+//! End-to-end tests of Weir against the real Kafka broker started by
+//! `scripts/kafka start` (127.0.0.1:9092 unless `WEIR_TEST_BOOTSTRAP` says otherwise).
+//!
+//! Every test uses topics and an application id of its own, so tests can run
+//! together and be rerun against the same broker.
+
+mod support;
+
+mod dead_letter;
+mod stock_stats;
