@@ -157,7 +157,8 @@ fn show(
         tpl.add_partition_offset(&cfg.output_topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut latest: BTreeMap<String, Row> = BTreeMap::new();
+    // Per ticker, the most recent windows by start.
+    let mut latest: BTreeMap<String, BTreeMap<i64, Row>> = BTreeMap::new();
     let mut last_draw = Instant::now();
     let tty = std::io::stdout().is_terminal();
     while !stop.load(Ordering::Relaxed) {
@@ -167,9 +168,10 @@ fn show(
         if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50))
             && let Some(row) = msg.payload().and_then(|p| serde_json::from_slice::<Row>(p).ok())
         {
-            let newer = latest.get(&row.ticker).is_none_or(|old| row.window_start >= old.window_start);
-            if newer {
-                latest.insert(row.ticker.clone(), row);
+            let windows = latest.entry(row.ticker.clone()).or_default();
+            windows.insert(row.window_start, row);
+            while windows.len() > 16 {
+                windows.pop_first();
             }
         }
         if last_draw.elapsed() >= Duration::from_secs(1) {
@@ -180,7 +182,8 @@ fn show(
     Ok(())
 }
 
-fn draw(latest: &BTreeMap<String, Row>, metrics: &Metrics, tty: bool, began: Instant) {
+fn draw(latest: &BTreeMap<String, BTreeMap<i64, Row>>, metrics: &Metrics, tty: bool, began: Instant) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let mut out = String::new();
     if tty {
         out.push_str("\x1b[2J\x1b[H");
@@ -190,13 +193,14 @@ fn draw(latest: &BTreeMap<String, Row>, metrics: &Metrics, tty: bool, began: Ins
         "Weir demo — stock-stats on the embedded mock cluster ({} s)   Ctrl-C to stop",
         began.elapsed().as_secs()
     );
-    let _ = writeln!(out, "latest 5 s window per ticker (advancing every 1 s)\n");
+    let _ = writeln!(out, "last completed 5 s window per ticker (windows advance every 1 s)\n");
     let _ = writeln!(
         out,
         "{:<6} {:>15} {:>10} {:>7} {:>9} {:>10}",
         "ticker", "window (UTC)", "min ask", "trades", "volume", "avg ask"
     );
-    for row in latest.values() {
+    // The newest window that has ended; the newer ones are still filling.
+    for row in latest.values().filter_map(|w| w.values().rev().find(|r| r.window_end <= now)) {
         let secs = |ms: i64| {
             let s = ms.div_euclid(1000).rem_euclid(86_400);
             format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
