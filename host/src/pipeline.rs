@@ -60,8 +60,12 @@ pub enum PipelineError {
     Poisoned,
 }
 
-/// Test hook: abort the process after flushing the Nth commit, before committing it.
+/// Test hook: abort the process after flushing the first commit that covers at
+/// least N processed records, before committing it.
 pub const CRASH_ENV: &str = "WEIR_TEST_CRASH_AFTER_FLUSH";
+
+/// How often the pipeline logs its counters.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How many times in a row a failed commit is retried before the pipeline stops.
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
@@ -144,14 +148,16 @@ impl Engine {
             }
         }
         self.sink.flush()?;
-        if self.crash_after_flush.is_some_and(|n| self.metrics.commits.get() + 1 >= n) {
+        if self.crash_after_flush.is_some_and(|n| self.metrics.records_in.get() >= n) {
             // Fault injection for tests: die with everything of this commit
             // written but nothing committed, the window at-least-once cannot cover.
             tracing::error!("{CRASH_ENV} reached: aborting the process");
             std::process::abort();
         }
         let group = consumer.group_metadata();
+        let committing = Instant::now();
         self.sink.commit(&offsets, group.as_ref())?;
+        tracing::debug!(micros = committing.elapsed().as_micros() as u64, "committed");
         if !self.sink.is_transactional() && offsets.count() > 0 {
             consumer.commit(&offsets, CommitMode::Sync).map_err(KafkaIoError::from)?;
         }
@@ -393,7 +399,12 @@ impl Pipeline {
         let interval = self.cfg.commit_interval();
         let batch = self.cfg.batch_size;
         let mut last_commit = Instant::now();
+        let mut last_report = Instant::now();
         let result = loop {
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                tracing::info!(metrics = %self.metrics.summary(), "progress");
+            }
             if stop.load(Ordering::Relaxed) {
                 break Ok(());
             }

@@ -106,7 +106,6 @@ fn sigkill_three_times_mid_stream_stays_exact() -> Result<()> {
     for (i, threshold) in thresholds.iter().enumerate() {
         await_committed_at_least(&run.app, &run.input, PARTITIONS, *threshold, &mut weir)?;
         weir.kill()?; // SIGKILL
-        weir.wait()?;
         weir = spawn_weir(&run.args("exactly-once", states[i + 1]), &run.log())?;
     }
     producer.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
@@ -127,17 +126,14 @@ fn sigkill_three_times_mid_stream_stays_exact() -> Result<()> {
 /// recomputation.
 fn crash_between_flush_and_commit(guarantee: &str) -> Result<(WindowMap, WindowMap)> {
     let run = Run::new(&format!("crash-{guarantee}"))?;
-    let total: u64 = 60_000;
-    let producer = {
-        let input = run.input.clone();
-        std::thread::spawn(move || gen_trades(&input, total, TICKERS, PARTITIONS, DISORDER_MS, 20_000))
-    };
-    let mut weir =
-        spawn_weir_with_env(&run.args(guarantee, "state"), &run.log(), &[("WEIR_TEST_CRASH_AFTER_FLUSH", "10")])?;
-    let status = weir.wait()?;
-    assert!(!status.success(), "the crash hook must have fired");
+    gen_trades(&run.input, 60_000, TICKERS, PARTITIONS, DISORDER_MS, 0)?;
+    // Crash at the first commit covering half the input: that commit's output and
+    // changelog are flushed, its offsets are not committed.
+    let hook = [("WEIR_TEST_CRASH_AFTER_FLUSH", "30000")];
+    let mut weir = spawn_weir_with_env(&run.args(guarantee, "state"), &run.log(), &hook)?;
+    let status = wait_exit(&mut weir, Duration::from_secs(120))?;
+    assert!(!status.success(), "the crash hook must have fired, but weir exited with {status}");
     let mut weir = spawn_weir(&run.args(guarantee, "state"), &run.log())?;
-    producer.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
     terminate(&mut weir)?;
     let want = recompute(&read_all(&run.input)?, GRACE_MS);
@@ -166,5 +162,42 @@ fn at_least_once_double_counts_after_the_same_crash() -> Result<()> {
         "at-least-once was expected to double count after the crash, but matched on all {} windows",
         want.len()
     );
+    Ok(())
+}
+
+/// `emit = final`: each window is written once, when stream time passes its end
+/// plus grace, with its complete result; windows still open are not written.
+#[test]
+fn emit_final_writes_each_closed_window_exactly_once() -> Result<()> {
+    let run = Run::new("final")?;
+    gen_trades(&run.input, 40_000, TICKERS, PARTITIONS, DISORDER_MS, 0)?;
+    let mut args = run.args("exactly-once", "state");
+    args.extend(["--emit".to_string(), "final".to_string()]);
+    let mut weir = spawn_weir(&args, &run.log())?;
+    await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
+    terminate(&mut weir)?;
+
+    let trades = read_all(&run.input)?;
+    // Stream time per partition at the end, and the partition of each ticker.
+    let mut stream_time: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    for t in &trades {
+        let st = stream_time.entry(t.partition).or_insert(i64::MIN);
+        *st = (*st).max(t.timestamp);
+        partition_of.insert(String::from_utf8_lossy(t.key.as_deref().unwrap_or_default()).into_owned(), t.partition);
+    }
+    let want: WindowMap = recompute(&trades, GRACE_MS)
+        .into_iter()
+        .filter(|((ticker, _), w)| w.window_end <= stream_time[&partition_of[ticker]] - GRACE_MS)
+        .collect();
+    let output = read_all(&run.output)?;
+    let mut writes: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for record in &output {
+        let w: WindowStats = serde_json::from_slice(record.value.as_deref().unwrap_or_default())?;
+        *writes.entry((w.ticker, w.window_start)).or_default() += 1;
+    }
+    let repeated: Vec<_> = writes.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(repeated.is_empty(), "final mode wrote some windows more than once: {repeated:?}");
+    assert_same(&last_results(&output)?, &want);
     Ok(())
 }

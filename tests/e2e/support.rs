@@ -186,9 +186,35 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i
     Ok(got.elements().iter().map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1))).collect())
 }
 
+/// A running `weir` process and its log file.
+pub struct Weir {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Weir {
+    /// Fails with the last lines of the log.
+    fn fail<T>(&self, what: String) -> Result<T> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("{what}\n--- last lines of {} ---\n{}", self.log.display(), tail.join("\n"))
+    }
+
+    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
 /// Waits until `group` has committed up to the end of every partition of `topic`.
 /// The end offsets are taken first, after every input record was produced.
-pub fn await_caught_up(group: &str, topic: &str, child: &mut Child, timeout: Duration) -> Result<()> {
+pub fn await_caught_up(group: &str, topic: &str, weir: &mut Weir, timeout: Duration) -> Result<()> {
     let ends = end_offsets(topic)?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -196,35 +222,30 @@ pub fn await_caught_up(group: &str, topic: &str, child: &mut Child, timeout: Dur
         if ends.iter().all(|(p, end)| done.get(p).copied().unwrap_or(-1) >= *end) {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("weir exited early with {status}");
+        if let Some(status) = weir.exited()? {
+            return weir.fail(format!("weir exited early with {status}"));
         }
         if Instant::now() > deadline {
-            bail!("group {group} did not catch up in {timeout:?}: committed {done:?}, ends {ends:?}");
+            return weir
+                .fail(format!("group {group} did not catch up in {timeout:?}: committed {done:?}, ends {ends:?}"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// Waits until `group` has committed at least `total` records' worth of offsets.
-pub fn await_committed_at_least(
-    group: &str,
-    topic: &str,
-    partitions: i32,
-    total: i64,
-    child: &mut Child,
-) -> Result<()> {
+pub fn await_committed_at_least(group: &str, topic: &str, partitions: i32, total: i64, weir: &mut Weir) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let sum: i64 = committed(group, topic, partitions)?.values().filter(|o| **o > 0).sum();
         if sum >= total {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("weir exited early with {status}");
+        if let Some(status) = weir.exited()? {
+            return weir.fail(format!("weir exited early with {status}"));
         }
         if Instant::now() > deadline {
-            bail!("group {group} committed only {sum} of {total} in time");
+            return weir.fail(format!("group {group} committed only {sum} of {total} in time"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -258,12 +279,12 @@ pub fn plugin(name: &str) -> Result<PathBuf> {
 }
 
 /// Starts `weir run` with these arguments (plus the broker) and its log in `log`.
-pub fn spawn_weir(args: &[String], log: &Path) -> Result<Child> {
+pub fn spawn_weir(args: &[String], log: &Path) -> Result<Weir> {
     spawn_weir_with_env(args, log, &[])
 }
 
 /// [`spawn_weir`] with extra environment variables.
-pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Child> {
+pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Weir> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(weir_bin()?)
         .envs(env.iter().copied())
@@ -275,24 +296,39 @@ pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) ->
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()?;
-    Ok(child)
+    Ok(Weir { child, log: log.to_path_buf() })
+}
+
+/// Waits for `weir` to exit by itself.
+pub fn wait_exit(weir: &mut Weir, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = weir.exited()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            weir.kill()?;
+            return weir.fail(format!("weir did not exit by itself within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Stops `weir` with SIGTERM and waits for a clean exit.
-pub fn terminate(child: &mut Child) -> Result<()> {
-    let pid = child.id().to_string();
+pub fn terminate(weir: &mut Weir) -> Result<()> {
+    let pid = weir.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = weir.exited()? {
             if !status.success() {
-                bail!("weir exited with {status} after SIGTERM");
+                return weir.fail(format!("weir exited with {status} after SIGTERM"));
             }
             return Ok(());
         }
         if Instant::now() > deadline {
-            child.kill()?;
-            bail!("weir did not exit within 60 s of SIGTERM");
+            weir.kill()?;
+            return weir.fail("weir did not exit within 60 s of SIGTERM".into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -28,15 +28,29 @@ pub struct TopicSpec {
     pub exact_partitions: bool,
 }
 
-/// Number of partitions of `topic`, or `None` if it does not exist.
+/// Number of partitions of `topic`, or `None` if it does not exist. A topic that
+/// exists but whose metadata is not complete yet (just created, leader election in
+/// progress) is asked about again for up to [`TIMEOUT`].
 pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<Option<i32>, KafkaIoError> {
     let consumer: BaseConsumer = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    Ok(metadata.topics().iter().find(|t| t.name() == topic).and_then(|t| {
-        let missing =
-            matches!(t.error(), Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition);
-        (!missing && !t.partitions().is_empty()).then_some(t.partitions().len() as i32)
-    }))
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+        match t.error().map(RDKafkaErrorCode::from) {
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+            None if !t.partitions().is_empty() => return Ok(Some(t.partitions().len() as i32)),
+            other => {
+                if std::time::Instant::now() > deadline {
+                    return Err(KafkaIoError::Topic {
+                        topic: topic.to_owned(),
+                        reason: format!("metadata incomplete after {TIMEOUT:?}: {other:?}"),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
 }
 
 /// Creates every topic in `specs` that does not exist and checks the ones that do.

@@ -1,0 +1,214 @@
+//! Throughput on the real broker (a benchmark, not a test): `scripts/bench`.
+//!
+//! Generates N stock trades into a 4-partition topic, then measures, each in a
+//! process of its own so peak RSS is per mode:
+//! (a) pass-through — consume → produce the same records, exactly-once
+//!     transactions every 100 ms, through Weir's own sink (same producer settings),
+//!     no plugin: the physical limit of this broker and machine;
+//! (b) weir stock-stats, exactly_once;
+//! (c) weir stock-stats, at_least_once.
+//! Rates are records/s from the first record consumed to the commit that covers
+//! the last one; ratios are against (a) measured in the same run.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use weir::config::{Guarantee, RunConfig};
+use weir::generator::GenConfig;
+use weir::kafka::admin::{TopicSpec, ensure_topics};
+use weir::kafka::base_config;
+use weir::kafka::sink::{OutRecord, Sink};
+use weir::metrics::Metrics;
+use weir::pipeline::Pipeline;
+use weir::runtime::Runtime;
+
+const PARTITIONS: i32 = 4;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        return child(&args[i + 1..]);
+    }
+    let bootstrap = env_or("WEIR_BENCH_BOOTSTRAP", "127.0.0.1:9092");
+    let records: u64 = env_or("WEIR_BENCH_RECORDS", "1000000").parse()?;
+    let plugin = std::env::var("WEIR_BENCH_PLUGIN").context("WEIR_BENCH_PLUGIN must name the stock-stats component")?;
+    let id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let input = format!("bench-{id}-trades");
+
+    eprintln!("generating {records} trades into {input} ({PARTITIONS} partitions, 50 tickers)…");
+    let trades = GenConfig {
+        bootstrap_servers: bootstrap.clone(),
+        topic: input.clone(),
+        partitions: PARTITIONS,
+        count: records,
+        rate: 0,
+        event_rate: 10_000,
+        start_ms: Some(1_700_000_000_000),
+        tickers: 50,
+        disorder_ms: 1_500,
+        bid_ratio: 0.2,
+        seed: 1,
+    };
+    weir::generator::run(&trades, base_config(&bootstrap, &Default::default()), &AtomicBool::new(false))?;
+
+    let modes = [
+        ("(a) pass-through, exactly_once, no plugin", "passthrough"),
+        ("(b) weir stock-stats, exactly_once", "exactly_once"),
+        ("(c) weir stock-stats, at_least_once", "at_least_once"),
+    ];
+    let mut rows = Vec::new();
+    for (label, mode) in modes {
+        eprintln!("running {label}…");
+        let out = Command::new(std::env::current_exe()?)
+            .args(["--child", mode, &bootstrap, &input, &records.to_string(), &plugin, &id.to_string()])
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("{label} failed: {}", out.status);
+        }
+        let line = out.stdout.lines().map_while(Result::ok).last().context("no result line")?;
+        let mut parts = line.split_whitespace().map(|p| p.parse::<f64>());
+        let (secs, rss) = (parts.next().context("secs")??, parts.next().context("rss")??);
+        rows.push((label, records as f64 / secs, secs, rss));
+    }
+    let base = rows[0].1;
+    println!("\n{records} trades, {PARTITIONS} partitions, commit interval 100 ms, broker {bootstrap}\n");
+    println!("| mode | records/s | vs (a) | seconds | peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, rate, secs, rss) in rows {
+        println!("| {label} | {rate:.0} | {:.2} | {secs:.2} | {rss:.0} |", rate / base);
+    }
+    Ok(())
+}
+
+/// Runs one mode and prints `seconds peak_rss_mib`.
+fn child(args: &[String]) -> Result<()> {
+    let [mode, bootstrap, input, records, plugin, id] = args else { bail!("bad child arguments") };
+    let records: u64 = records.parse()?;
+    let secs = match mode.as_str() {
+        "passthrough" => passthrough(bootstrap, input, records, id)?,
+        "exactly_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce)?,
+        "at_least_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce)?,
+        other => bail!("unknown mode {other}"),
+    };
+    println!("{secs:.4} {:.1}", peak_rss_mib());
+    Ok(())
+}
+
+fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f64> {
+    let base = base_config(bootstrap, &Default::default());
+    let output = format!("bench-{id}-passthrough-out");
+    ensure_topics(
+        &base,
+        &[TopicSpec {
+            name: output.clone(),
+            partitions: PARTITIONS,
+            replication: -1,
+            configs: vec![],
+            exact_partitions: false,
+        }],
+    )?;
+    let mut sink = Sink::new(base.clone(), "-", Some(&format!("bench-{id}-passthrough")))?;
+    let mut config = base;
+    config
+        .set("group.id", format!("bench-{id}-passthrough"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.queue.backoff.ms", "0");
+    let consumer: BaseConsumer = config.create()?;
+    consumer.subscribe(&[input])?;
+    let mut next = [None::<i64>; PARTITIONS as usize];
+    let (mut seen, mut started, mut last_commit) = (0u64, None::<Instant>, Instant::now());
+    loop {
+        if let Some(msg) = consumer.poll(Duration::from_millis(10)) {
+            let msg = msg?;
+            started.get_or_insert_with(Instant::now);
+            sink.send(OutRecord {
+                topic: &output,
+                partition: None,
+                key: msg.key(),
+                value: msg.payload(),
+                timestamp: msg.timestamp().to_millis(),
+                headers: None,
+            })?;
+            next[msg.partition() as usize] = Some(msg.offset() + 1);
+            seen += 1;
+        }
+        let done = seen >= records;
+        if done || last_commit.elapsed() >= Duration::from_millis(100) {
+            let mut offsets = TopicPartitionList::new();
+            for (p, o) in next.iter().enumerate() {
+                if let Some(o) = o {
+                    offsets.add_partition_offset(input, p as i32, Offset::Offset(*o))?;
+                }
+            }
+            if offsets.count() > 0 {
+                sink.commit(&offsets, consumer.group_metadata().as_ref())?;
+            }
+            last_commit = Instant::now();
+        }
+        if done {
+            return Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+fn weir_run(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &str, guarantee: Guarantee) -> Result<f64> {
+    let state = tempfile::tempdir()?;
+    let app = format!("bench-{id}-{guarantee:?}").to_lowercase();
+    let cfg = RunConfig {
+        application_id: app.clone(),
+        plugin: plugin.into(),
+        bootstrap_servers: bootstrap.to_owned(),
+        input_topic: input.to_owned(),
+        output_topic: format!("{app}-out"),
+        processing_guarantee: guarantee,
+        grace_ms: 2_000,
+        instance_id: Some("bench".into()),
+        state: weir::config::StateConfig { dir: state.path().to_path_buf(), ..Default::default() },
+        ..RunConfig::default()
+    };
+    let runtime = Runtime::new(cfg.limits())?;
+    let metrics = Metrics::default();
+    let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handle = s.spawn(|| pipeline.run(&stop));
+        while metrics.records_in.get() == 0 && !handle.is_finished() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // The first batch of records is in; the clock starts with it.
+        let started = Instant::now();
+        while metrics.records_in.get() < records && !handle.is_finished() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let commits = metrics.commits.get();
+        while metrics.commits.get() == commits && !handle.is_finished() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        handle.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+        Ok(secs)
+    })
+}
