@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use weir::processor::types;
+pub use self::weir::processor::types;
