@@ -124,6 +124,12 @@ pub trait Aggregator {
         true
     }
 
+    /// Checks a decoded record; an `Err` sends it to the dead-letter topic with
+    /// that reason. Defaults to accepting every record that decodes.
+    fn validate(_input: &Self::Input) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Folds one record into an accumulator.
     fn add(acc: &mut Self::Acc, input: &Self::Input);
 

@@ -57,6 +57,10 @@ pub fn process_frame<A: Aggregator>(frame: &[u8]) -> Result<Vec<u8>, FrameError>
                 continue;
             }
         };
+        if let Err(reason) = A::validate(&parsed) {
+            reasons.push((index, reason));
+            continue;
+        }
         if !A::filter(&parsed) {
             continue;
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::runtime::Limits;
+use crate::runtime::{Grants, Limits};
 
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
@@ -97,6 +97,17 @@ impl Default for StateConfig {
     }
 }
 
+/// What to do with a record the plugin keeps failing on (trap, out of memory,
+/// out of time, oversized value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Send the record to the dead-letter topic with the failure and go on.
+    DeadLetter,
+    /// Stop the pipeline with the failure (nothing after the last commit is lost).
+    Pause,
+}
+
 /// Plugin sandbox limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -105,13 +116,36 @@ pub struct LimitsConfig {
     pub memory_mb: usize,
     /// CPU time one plugin call may take, in ms.
     pub call_budget_ms: u64,
+    /// Largest accumulator or output value a plugin may return, in KiB.
+    pub max_value_kb: usize,
+    /// Retries of a failed plugin call (each on a fresh instance) before the
+    /// failing record is looked for.
+    pub retries: u32,
+    /// What to do with that record.
+    pub on_failure: FailurePolicy,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = Limits::default();
-        Self { memory_mb: d.memory_bytes >> 20, call_budget_ms: d.call_budget.as_millis() as u64 }
+        Self {
+            memory_mb: d.memory_bytes >> 20,
+            call_budget_ms: d.call_budget.as_millis() as u64,
+            max_value_kb: d.max_value_bytes >> 10,
+            retries: 2,
+            on_failure: FailurePolicy::DeadLetter,
+        }
     }
+}
+
+/// Capabilities granted to the plugin; nothing by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Give the plugin a real clock (otherwise it reads zero).
+    pub clock: bool,
+    /// Environment variables the plugin sees.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Everything `weir run` needs.
@@ -147,8 +181,10 @@ pub struct RunConfig {
     pub instance_id: Option<String>,
     /// State stores.
     pub state: StateConfig,
-    /// Plugin sandbox.
+    /// Plugin sandbox limits.
     pub limits: LimitsConfig,
+    /// Plugin capabilities.
+    pub sandbox: SandboxConfig,
     /// Extra librdkafka properties for every client.
     pub kafka: BTreeMap<String, String>,
 }
@@ -171,6 +207,7 @@ impl Default for RunConfig {
             instance_id: None,
             state: StateConfig::default(),
             limits: LimitsConfig::default(),
+            sandbox: SandboxConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -205,7 +242,13 @@ impl RunConfig {
         Limits {
             memory_bytes: self.limits.memory_mb << 20,
             call_budget: Duration::from_millis(self.limits.call_budget_ms),
+            max_value_bytes: self.limits.max_value_kb << 10,
         }
+    }
+
+    /// What the plugin is granted.
+    pub fn grants(&self) -> Grants {
+        Grants { clock: self.sandbox.clock, env: self.sandbox.env.clone().into_iter().collect() }
     }
 
     /// Checks values that the types alone do not.

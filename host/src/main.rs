@@ -47,7 +47,7 @@ fn main() -> Result<()> {
             };
             let runtime = Runtime::new(cfg.limits())?;
             let wasm = std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin.display()))?;
-            let plugin = runtime.load(&wasm)?;
+            let plugin = runtime.load(&wasm, cfg.grants())?;
             print!("{}", weir::demo::describe(&cfg, plugin.info()));
         }
         Command::Demo(args) => {

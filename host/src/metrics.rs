@@ -29,6 +29,8 @@ pub struct Metrics {
     pub restored_records: Counter,
     /// Plugin calls.
     pub guest_calls: Counter,
+    /// Plugin calls that trapped, ran out of memory or time, or returned too much.
+    pub plugin_failures: Counter,
     /// Tasks (input partitions) currently owned.
     pub tasks: Gauge,
 }
@@ -37,7 +39,7 @@ impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut registry = Registry::with_prefix("weir");
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 11] = [
             ("records_in", "Records read from the input topic", &self.records_in),
             ("records_out", "Records written to the output topic", &self.records_out),
             ("dead_letters", "Records sent to the dead-letter topic", &self.dead_letters),
@@ -48,6 +50,7 @@ impl Metrics {
             ("aborts", "Aborted transactions", &self.aborts),
             ("restored_records", "Changelog records replayed into state stores", &self.restored_records),
             ("guest_calls", "Calls into the plugin", &self.guest_calls),
+            ("plugin_failures", "Plugin calls that failed (trap, memory, time, size)", &self.plugin_failures),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -62,14 +65,15 @@ impl Metrics {
     /// A one-line summary for logs.
     pub fn summary(&self) -> String {
         format!(
-            "in={} out={} dead_letters={} late={} commits={} aborts={} restored={}",
+            "in={} out={} dead_letters={} late={} commits={} aborts={} restored={} plugin_failures={}",
             self.records_in.get(),
             self.records_out.get(),
             self.dead_letters.get(),
             self.late_records.get(),
             self.commits.get(),
             self.aborts.get(),
-            self.restored_records.get()
+            self.restored_records.get(),
+            self.plugin_failures.get()
         )
     }
 }

@@ -92,6 +92,9 @@ impl Engine {
     fn ctx_parts(&mut self) -> (TaskContext<'_>, &mut BTreeMap<i32, Task>) {
         (
             TaskContext {
+                plugin: &self.plugin,
+                retries: self.cfg.limits.retries,
+                on_failure: self.cfg.limits.on_failure,
                 instance: &mut self.instance,
                 sink: &mut self.sink,
                 topics: &self.topics,
@@ -173,7 +176,8 @@ impl Engine {
 
     /// Aborts, rewinds every task to its last commit and seeks the consumer back.
     fn recover(&mut self, error: PipelineError, consumer: &BaseConsumer<SourceContext>) -> Result<(), PipelineError> {
-        let fatal = matches!(error, PipelineError::Kafka(KafkaIoError::Fatal(_)));
+        let fatal =
+            matches!(error, PipelineError::Kafka(KafkaIoError::Fatal(_)) | PipelineError::Task(TaskError::Paused(_)));
         self.failures += 1;
         if fatal || self.failures > MAX_CONSECUTIVE_FAILURES {
             let _ = self.sink.abort();
@@ -318,7 +322,7 @@ impl Pipeline {
         cfg.validate()?;
         let wasm = std::fs::read(&cfg.plugin)
             .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
-        let plugin = runtime.load(&wasm)?;
+        let plugin = runtime.load(&wasm, cfg.grants())?;
         let info = plugin.info().clone();
         tracing::info!(plugin = %info.name, version = %info.version, windows = ?info.windowing, "plugin loaded");
 

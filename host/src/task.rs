@@ -15,11 +15,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use thiserror::Error;
 use weir_abi::{FinishIn, FinishOut, FinishSlot, ProcessIn, ProcessOut, RecordIn, Window};
 
-use crate::config::EmitMode;
+use crate::config::{EmitMode, FailurePolicy};
 use crate::kafka::KafkaIoError;
 use crate::kafka::sink::{OutRecord, Sink};
 use crate::metrics::Metrics;
-use crate::runtime::{GuestError, Instance};
+use crate::runtime::{GuestError, Instance, Plugin};
 use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound, window_key};
 use crate::window::Windowing;
 
@@ -38,6 +38,9 @@ pub enum TaskError {
     /// Host and plugin disagree about a frame.
     #[error("frame: {0}")]
     Frame(String),
+    /// The plugin kept failing and the pipeline is configured to pause.
+    #[error("plugin keeps failing and on_failure = pause: {0}")]
+    Paused(GuestError),
 }
 
 fn frame_err(e: weir_abi::Error) -> TaskError {
@@ -59,6 +62,12 @@ pub struct Topics {
 
 /// What a task needs from its pipeline while it works.
 pub struct TaskContext<'a> {
+    /// The plugin, to replace a failed instance.
+    pub plugin: &'a Plugin,
+    /// Retries of a failed plugin call before the failing record is looked for.
+    pub retries: u32,
+    /// What to do with a record the plugin keeps failing on.
+    pub on_failure: FailurePolicy,
     /// The plugin instance.
     pub instance: &'a mut Instance,
     /// The producer.
@@ -107,6 +116,16 @@ pub struct Task {
 /// The changes to apply to a store once the transaction carrying them commits.
 pub struct PreparedCommit {
     changes: Vec<Change>,
+}
+
+impl TaskContext<'_> {
+    /// Replaces the instance with a fresh one if a failure poisoned it.
+    pub fn renew_instance_if_poisoned(&mut self) -> Result<(), GuestError> {
+        if self.instance.is_poisoned() {
+            *self.instance = self.plugin.instantiate()?;
+        }
+        Ok(())
+    }
 }
 
 impl Task {
@@ -253,10 +272,20 @@ impl Task {
         // rejects is run again without them (the plugin is pure: state goes in
         // and comes out with the call).
         loop {
-            let attempt = self.run_batch(ctx, pending, &excluded)?;
+            let attempt = match self.run_batch(ctx, pending, &|i| excluded.contains(&i)) {
+                Ok(attempt) => attempt,
+                Err(TaskError::Guest(failure)) => match self.contain(ctx, pending, &mut excluded, failure)? {
+                    Some(attempt) => attempt,
+                    None => continue,
+                },
+                Err(e) => return Err(e),
+            };
             match attempt {
-                BatchResult::Done { stream_time, late_records, late_updates } => {
+                BatchResult::Done { stream_time, late_records, late_updates, updates, records } => {
+                    // Only the run whose result is used changes state.
+                    self.dirty.extend(updates);
                     self.stream_time = stream_time;
+                    ctx.metrics.records_in.inc_by(records);
                     ctx.metrics.late_records.inc_by(late_records);
                     ctx.metrics.late_window_updates.inc_by(late_updates);
                     break;
@@ -276,11 +305,55 @@ impl Task {
         Ok(())
     }
 
+    /// The plugin failed on a batch: retry on fresh instances (a retry that
+    /// succeeds is the batch's result); if it keeps failing, run the batch one
+    /// record at a time and dead-letter (or pause on) the records it fails on,
+    /// returning `None` so the caller runs the rest. Plugin calls are pure — state
+    /// goes in and comes out — so a failed call left nothing to undo.
+    fn contain(
+        &mut self,
+        ctx: &mut TaskContext<'_>,
+        pending: &[Pending],
+        excluded: &mut HashSet<usize>,
+        failure: GuestError,
+    ) -> Result<Option<BatchResult>, TaskError> {
+        ctx.metrics.plugin_failures.inc();
+        tracing::warn!(partition = self.partition, error = %failure, "plugin call failed; retrying on a fresh instance");
+        let mut last = failure;
+        for _ in 0..ctx.retries {
+            ctx.renew_instance_if_poisoned()?;
+            match self.run_batch(ctx, pending, &|i| excluded.contains(&i)) {
+                Ok(result) => return Ok(Some(result)),
+                Err(TaskError::Guest(e)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        ctx.renew_instance_if_poisoned()?;
+        if ctx.on_failure == FailurePolicy::Pause {
+            return Err(TaskError::Paused(last));
+        }
+        let mut found = false;
+        let candidates: Vec<usize> = (0..pending.len()).filter(|i| !excluded.contains(i)).collect();
+        for i in candidates {
+            match self.run_batch(ctx, pending, &|j| j != i) {
+                Ok(_) => {}
+                Err(TaskError::Guest(e)) => {
+                    self.dead_letter(ctx, &pending[i], &format!("plugin failed on this record: {e}"))?;
+                    excluded.insert(i);
+                    found = true;
+                    ctx.renew_instance_if_poisoned()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if found { Ok(None) } else { Err(TaskError::Guest(last)) }
+    }
+
     fn run_batch(
         &mut self,
         ctx: &mut TaskContext<'_>,
         pending: &[Pending],
-        excluded: &HashSet<usize>,
+        skip: &dyn Fn(usize) -> bool,
     ) -> Result<BatchResult, TaskError> {
         let mut stream_time = self.stream_time;
         let mut slot_index: HashMap<Vec<u8>, u32> = HashMap::new();
@@ -293,7 +366,7 @@ impl Task {
         let mut key_buf = Vec::new();
 
         for (i, record) in pending.iter().enumerate() {
-            if excluded.contains(&i) {
+            if skip(i) {
                 continue;
             }
             let (Some(key), Some(ts)) = (span_bytes(&self.arena, record.key), record.timestamp) else {
@@ -341,7 +414,7 @@ impl Task {
             record_index.push(i);
         }
         if records.is_empty() {
-            return Ok(BatchResult::Done { stream_time, late_records, late_updates });
+            return Ok(BatchResult::Done { stream_time, late_records, late_updates, updates: Vec::new(), records: 0 });
         }
 
         let frame = ProcessIn { slots: slot_values.iter().map(|v| v.as_deref()).collect(), records, refs };
@@ -363,14 +436,16 @@ impl Task {
             }
             return Ok(BatchResult::Rejected(rejects));
         }
+        let mut updates = Vec::with_capacity(out.updates.len());
         for update in &out.updates {
+            ctx.instance.check_value(update.acc)?;
             let key = slot_keys
                 .get(update.slot as usize)
                 .ok_or_else(|| GuestError::BadFrame(format!("update of slot {} outside the batch", update.slot)))?;
-            self.dirty.insert(key.clone(), update.acc.to_vec());
+            updates.push((key.clone(), update.acc.to_vec()));
         }
-        ctx.metrics.records_in.inc_by(record_index.len() as u64);
-        Ok(BatchResult::Done { stream_time, late_records, late_updates })
+        let records = record_index.len() as u64;
+        Ok(BatchResult::Done { stream_time, late_records, late_updates, updates, records })
     }
 
     /// Writes this commit's results and changelog records to the sink and returns
@@ -449,6 +524,9 @@ impl Task {
             ))
             .into());
         }
+        for value in out.values.iter().flatten() {
+            ctx.instance.check_value(value)?;
+        }
         for ((key, _), value) in slots.iter().zip(&out.values) {
             if let (Some(value), Some((_, record_key))) = (value, split_window_key(key)) {
                 ctx.sink.send(OutRecord {
@@ -488,7 +566,16 @@ fn span_bytes(arena: &[u8], span: Option<Span>) -> Option<&[u8]> {
     span.map(|s| &arena[s.start as usize..(s.start + s.len) as usize])
 }
 
+/// What one run of a batch through the plugin computed; nothing is applied yet.
 enum BatchResult {
-    Done { stream_time: Option<i64>, late_records: u64, late_updates: u64 },
+    Done {
+        stream_time: Option<i64>,
+        late_records: u64,
+        late_updates: u64,
+        /// Changed accumulators by window-store key.
+        updates: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Records that went into the plugin.
+        records: u64,
+    },
     Rejected(Vec<(usize, String)>),
 }

@@ -7,4 +7,5 @@
 mod support;
 
 mod dead_letter;
+mod sandbox;
 mod stock_stats;

@@ -1,11 +1,13 @@
 //! Runs plugins: the wasmtime engine, compiled plugins and their instances.
 //!
 //! A [`Runtime`] holds one engine (component model, epoch interruption, no async
-//! bookkeeping) and a linker with WASI preview 2, of which a plugin is granted
-//! nothing: no files, no environment, no network, no stdio. A [`Plugin`] is a
-//! compiled, type-checked component with its `InstancePre`; an [`Instance`] is one
-//! store with a linear-memory cap, run under a per-call CPU budget. A trapped
-//! instance is poisoned and must be replaced with a fresh one from its plugin.
+//! bookkeeping) and a linker with WASI preview 2. A plugin is granted nothing it
+//! is not given in its [`Grants`]: no files, no network, no stdio, an empty
+//! environment and a clock frozen at the epoch. A [`Plugin`] is a compiled,
+//! type-checked component with its `InstancePre`; an [`Instance`] is one store with
+//! a linear-memory cap, run under a per-call CPU budget, whose answers may not carry
+//! values above a size limit. A failed instance is poisoned and must be replaced
+//! with a fresh one from its plugin.
 
 mod bindings;
 
@@ -29,11 +31,43 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// CPU time one call may take before it is interrupted.
     pub call_budget: Duration,
+    /// Largest accumulator or output value a plugin may return.
+    pub max_value_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, call_budget: Duration::from_secs(5) }
+        Self { memory_bytes: 64 << 20, call_budget: Duration::from_secs(5), max_value_bytes: 1 << 20 }
+    }
+}
+
+/// Capabilities granted to one plugin beyond computing.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// A real wall and monotonic clock; without it both read zero.
+    pub clock: bool,
+    /// Environment variables the plugin sees.
+    pub env: Vec<(String, String)>,
+}
+
+/// A clock stopped at zero: the default for plugins without the clock grant.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
     }
 }
 
@@ -72,6 +106,14 @@ pub enum GuestError {
     /// The plugin answered with a frame the host cannot read.
     #[error("plugin returned an unreadable frame: {0}")]
     BadFrame(String),
+    /// The plugin returned a value larger than [`Limits::max_value_bytes`].
+    #[error("plugin returned a {size}-byte value; the limit is {limit} bytes")]
+    Oversized {
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// What a plugin declares about itself.
@@ -85,6 +127,16 @@ pub struct PluginInfo {
     pub windowing: Windowing,
     /// Its accumulator encoding version.
     pub state_schema: u32,
+}
+
+/// A one-line reason for a trap (the full wasm backtrace goes to the debug log).
+fn describe_trap(error: &wasmtime::Error) -> String {
+    let cause = error.root_cause().to_string();
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => format!("exceeded its CPU budget ({cause})"),
+        Some(wasmtime::Trap::UnreachableCodeReached) => format!("panicked or aborted ({cause})"),
+        _ => cause,
+    }
 }
 
 /// Per-instance host state.
@@ -150,12 +202,13 @@ impl Runtime {
     }
 
     /// Compiles and type-checks a component, then asks it to describe itself.
-    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
+    pub fn load(&self, wasm: &[u8], grants: Grants) -> Result<Plugin, LoadError> {
         let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let mut plugin = Plugin {
             pre,
+            grants,
             runtime: self.clone(),
             info: PluginInfo {
                 name: String::new(),
@@ -173,6 +226,7 @@ impl Runtime {
 /// A compiled plugin, ready to instantiate.
 pub struct Plugin {
     pre: ProcessorPre<HostState>,
+    grants: Grants,
     runtime: Runtime,
     info: PluginInfo,
 }
@@ -187,12 +241,23 @@ impl Plugin {
     pub fn instantiate(&self) -> Result<Instance, GuestError> {
         let limits =
             StoreLimitsBuilder::new().memory_size(self.runtime.limits.memory_bytes).trap_on_grow_failure(true).build();
-        let state = HostState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits };
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).envs(&self.grants.env);
+        if !self.grants.clock {
+            wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        let state = HostState { wasi: wasi.build(), table: ResourceTable::new(), limits };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.budget_ticks());
         let bindings = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
-        Ok(Instance { store, bindings, budget_ticks: self.budget_ticks(), poisoned: false })
+        Ok(Instance {
+            store,
+            bindings,
+            budget_ticks: self.budget_ticks(),
+            max_value_bytes: self.runtime.limits.max_value_bytes,
+            poisoned: false,
+        })
     }
 
     fn budget_ticks(&self) -> u64 {
@@ -205,13 +270,24 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: Processor,
     budget_ticks: u64,
+    max_value_bytes: usize,
     poisoned: bool,
 }
 
 impl Instance {
-    /// Whether a trap left this instance unusable.
+    /// Whether a failure left this instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Checks a value the plugin returned against the size limit; an oversized
+    /// value poisons the instance (its memory may be full of ballast).
+    pub fn check_value(&mut self, value: &[u8]) -> Result<(), GuestError> {
+        if value.len() > self.max_value_bytes {
+            self.poisoned = true;
+            return Err(GuestError::Oversized { size: value.len(), limit: self.max_value_bytes });
+        }
+        Ok(())
     }
 
     fn describe(&mut self) -> Result<PluginInfo, LoadError> {
@@ -233,11 +309,18 @@ impl Instance {
     ) -> Result<Vec<u8>, GuestError> {
         match result {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(types::ProcessorError::BadFrame(m))) => Err(GuestError::BadFrame(m)),
-            Ok(Err(types::ProcessorError::Fatal(m))) => Err(GuestError::Plugin(m)),
+            Ok(Err(types::ProcessorError::BadFrame(m))) => {
+                self.poisoned = true;
+                Err(GuestError::BadFrame(m))
+            }
+            Ok(Err(types::ProcessorError::Fatal(m))) => {
+                self.poisoned = true;
+                Err(GuestError::Plugin(m))
+            }
             Err(trap) => {
                 self.poisoned = true;
-                Err(GuestError::Trap(format!("{trap:#}")))
+                tracing::debug!(trap = format!("{trap:?}"), "plugin trap");
+                Err(GuestError::Trap(describe_trap(&trap)))
             }
         }
     }
