@@ -100,6 +100,9 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> Result<(), DemoError> {
         bootstrap_servers: cluster.bootstrap_servers(),
         grace_ms: 1_000,
         instance_id: Some("demo".into()),
+        // The mock cluster holds every fetch for fetch.wait.max.ms (500 ms by
+        // default) even when data is waiting; a real broker answers at once.
+        kafka: [("fetch.wait.max.ms".to_owned(), "20".to_owned())].into(),
         ..RunConfig::default()
     };
     let state_dir = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
@@ -150,7 +153,7 @@ fn show(
     began: Instant,
 ) -> Result<(), DemoError> {
     let mut consumer_cfg = base_config(&cfg.bootstrap_servers, &Default::default());
-    consumer_cfg.set("group.id", "weir-demo-viewer").set("enable.auto.commit", "false");
+    consumer_cfg.set("group.id", "weir-demo-viewer").set("enable.auto.commit", "false").set("fetch.wait.max.ms", "20");
     let consumer: BaseConsumer = consumer_cfg.create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..4 {
