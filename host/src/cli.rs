@@ -26,6 +26,9 @@ pub enum Command {
     Gen(GenCommand),
     /// Load a plugin and print what it declares and the topology it would run.
     Describe(DescribeArgs),
+    /// Plugin versions.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Everything in one process on an in-process mock Kafka cluster: generator,
     /// host and stock-stats, with a live table of window statistics.
     Demo(DemoArgs),
@@ -36,6 +39,20 @@ pub enum Command {
 pub enum GenCommand {
     /// Stock trades in the stock-stats contract's shape.
     Trades(GenConfig),
+}
+
+/// `weir plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Validate a component as an upload would (size, kind, world, version,
+    /// exports, compilation) and print the version it would become.
+    Check {
+        /// The component.
+        file: PathBuf,
+        /// Largest accepted size in MiB.
+        #[arg(long, default_value_t = 32)]
+        max_mb: usize,
+    },
 }
 
 /// `weir describe`

@@ -12,6 +12,7 @@ pub mod generator;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod runtime;
 pub mod state;
 pub mod task;

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use weir::cli::{Cli, Command, GenCommand};
+use weir::cli::{Cli, Command, GenCommand, PluginCommand};
 use weir::metrics::Metrics;
 use weir::pipeline::Pipeline;
 use weir::runtime::Runtime;
@@ -49,6 +49,19 @@ fn main() -> Result<()> {
             let wasm = std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin.display()))?;
             let plugin = runtime.load(&wasm, cfg.grants())?;
             print!("{}", weir::demo::describe(&cfg, plugin.info()));
+        }
+        Command::Plugin(PluginCommand::Check { file, max_mb }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let dir = tempfile::tempdir()?;
+            let runtime = Runtime::new(Default::default())?;
+            let mut registry = weir::registry::Registry::open(dir.path(), runtime, max_mb << 20)?;
+            match registry.upload("check", &bytes) {
+                Ok(v) => println!(
+                    "ok: {} {} (id {}, {} bytes, windows {}/{} ms, state schema {})",
+                    v.plugin_name, v.plugin_version, v.id, v.size, v.windowing.0, v.windowing.1, v.state_schema
+                ),
+                Err(e) => anyhow::bail!("refused: {e}"),
+            }
         }
         Command::Demo(args) => {
             let stop = stop_flag()?;

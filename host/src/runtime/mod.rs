@@ -71,6 +71,9 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
     }
 }
 
+/// The version of the `weir:processor` world this host implements.
+pub const WORLD_VERSION: &str = "0.1.0";
+
 /// How often the epoch advances; the granularity of [`Limits::call_budget`].
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -86,6 +89,18 @@ pub enum LoadError {
     /// The component does not implement the `weir:processor@0.1.0` world.
     #[error("component does not implement weir:processor/processor@0.1.0: {0}")]
     World(String),
+    /// The component lacks one of the world's exports.
+    #[error("component does not export `{0}` (the weir:processor world needs describe, process and finish)")]
+    MissingExport(&'static str),
+    /// The component was built against another version of the world.
+    #[error("component was built for weir:processor@{found}; this host implements weir:processor@{WORLD_VERSION}")]
+    WorldVersion {
+        /// The version it was built for.
+        found: String,
+    },
+    /// A precompiled artifact could not be loaded.
+    #[error("precompiled artifact: {0}")]
+    Artifact(String),
     /// `describe` failed or declared something unusable.
     #[error("plugin describe: {0}")]
     Describe(String),
@@ -204,6 +219,48 @@ impl Runtime {
     /// Compiles and type-checks a component, then asks it to describe itself.
     pub fn load(&self, wasm: &[u8], grants: Grants) -> Result<Plugin, LoadError> {
         let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.plugin(component, grants)
+    }
+
+    /// Compiles a component to this engine's native artifact (`.cwasm`).
+    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, LoadError> {
+        self.engine.precompile_component(wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
+    /// Loads a precompiled artifact made by [`Runtime::precompile`] with an engine
+    /// of the same configuration, then type-checks it like [`Runtime::load`].
+    ///
+    /// The caller must pass bytes this host produced and has not let anyone else
+    /// change (the registry checks their hash before calling this).
+    pub fn load_precompiled(&self, cwasm: &[u8], grants: Grants) -> Result<Plugin, LoadError> {
+        // SAFETY: `Component::deserialize` trusts its input to be a wasmtime
+        // artifact; a corrupt or foreign one could run arbitrary native code. The
+        // only caller is the registry, which loads artifacts it wrote itself into
+        // its own directory and verifies against the SHA-256 recorded when it
+        // compiled them. Wasmtime also rejects artifacts from another engine
+        // configuration or version.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, cwasm) }
+            .map_err(|e| LoadError::Artifact(format!("{e:#}")))?;
+        self.plugin(component, grants)
+    }
+
+    fn plugin(&self, component: Component, grants: Grants) -> Result<Plugin, LoadError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix("weir:processor/")
+                && let Some((_, version)) = rest.split_once('@')
+                && version != WORLD_VERSION
+            {
+                return Err(LoadError::WorldVersion { found: version.to_owned() });
+            }
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        for needed in ["describe", "process", "finish"] {
+            if !exports.iter().any(|e| e == needed) {
+                return Err(LoadError::MissingExport(needed));
+            }
+        }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let mut plugin = Plugin {
