@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use crate::kafka::restore::restore;
 use crate::kafka::sink::Sink;
 use crate::kafka::{KafkaIoError, base_config, set_default};
 use crate::metrics::Metrics;
-use crate::runtime::{GuestError, Instance, LoadError, Plugin, Runtime};
+use crate::runtime::{GuestError, Instance, LoadError, Plugin, PluginInfo, Runtime};
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
 use crate::task::{PreparedCommit, Task, TaskContext, TaskError, Topics};
 
@@ -70,6 +71,116 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How many times in a row a failed commit is retried before the pipeline stops.
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 
+/// A plugin version ready to take over: compiled and instantiated off the hot path.
+struct Staged {
+    label: String,
+    plugin: Plugin,
+    instance: Instance,
+}
+
+/// Why a swap was refused before it was staged.
+#[derive(Debug, Error)]
+pub enum SwapError {
+    /// The new version would read the stores differently.
+    #[error("version {label} is incompatible: {reason}")]
+    Incompatible {
+        /// The version.
+        label: String,
+        /// What differs.
+        reason: String,
+    },
+    /// Nothing to roll back to.
+    #[error("no previous version to roll back to")]
+    NoPrevious,
+    /// The new version could not be instantiated.
+    #[error("version {label} cannot be instantiated: {source}")]
+    Instantiate {
+        /// The version.
+        label: String,
+        /// Why.
+        source: GuestError,
+    },
+    /// The pipeline is gone.
+    #[error("the pipeline has stopped")]
+    Stopped,
+}
+
+/// One completed or failed swap.
+#[derive(Debug, Clone)]
+pub struct SwapEvent {
+    /// The version swapped from.
+    pub from: String,
+    /// The version swapped to.
+    pub to: String,
+    /// How long the pipeline thread paused for it.
+    pub pause: Duration,
+    /// Set if the new version failed and the pipeline rolled back.
+    pub rolled_back: Option<String>,
+}
+
+/// What a pipeline reports about its plugin.
+#[derive(Debug, Clone, Default)]
+pub struct SwapStatus {
+    /// Label of the active version.
+    pub active: String,
+    /// Label of the version before it, if any.
+    pub previous: Option<String>,
+    /// Every swap, in order.
+    pub history: Vec<SwapEvent>,
+    /// The last failure of a new version, if any.
+    pub last_error: Option<String>,
+}
+
+/// Hot swap of a running pipeline's plugin.
+#[derive(Clone)]
+pub struct Control {
+    tx: Sender<ControlCommand>,
+    status: Arc<Mutex<SwapStatus>>,
+    info: PluginInfo,
+}
+
+enum ControlCommand {
+    Activate(Box<Staged>),
+    Rollback,
+}
+
+impl Control {
+    /// Stages `plugin` (labelled `label`) to replace the running version at the
+    /// next transaction boundary. The instance is created here, on the caller's
+    /// thread; the pipeline thread only switches to it.
+    pub fn activate(&self, label: &str, plugin: Plugin) -> Result<(), SwapError> {
+        let (old, new) = (&self.info, plugin.info());
+        let reason = if old.windowing != new.windowing {
+            Some(format!("windows {:?} differ from the running {:?}", new.windowing, old.windowing))
+        } else if old.state_schema != new.state_schema {
+            Some(format!("state schema {} differs from the running {}", new.state_schema, old.state_schema))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(SwapError::Incompatible { label: label.to_owned(), reason });
+        }
+        let instance =
+            plugin.instantiate().map_err(|source| SwapError::Instantiate { label: label.to_owned(), source })?;
+        self.tx
+            .send(ControlCommand::Activate(Box::new(Staged { label: label.to_owned(), plugin, instance })))
+            .map_err(|_| SwapError::Stopped)
+    }
+
+    /// Returns to the previous version at the next transaction boundary.
+    pub fn rollback(&self) -> Result<(), SwapError> {
+        if self.status().previous.is_none() {
+            return Err(SwapError::NoPrevious);
+        }
+        self.tx.send(ControlCommand::Rollback).map_err(|_| SwapError::Stopped)
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SwapStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
 /// The part of a pipeline the rebalance callbacks need.
 struct Engine {
     cfg: RunConfig,
@@ -86,6 +197,15 @@ struct Engine {
     fatal: Option<PipelineError>,
     failures: u32,
     crash_after_flush: Option<u64>,
+    /// Label of the running version.
+    active: String,
+    /// The version before it, kept for rollback.
+    previous: Option<(String, Plugin)>,
+    /// Set from a swap until the new version's first successful commit; a plugin
+    /// failure in that time rolls back instead of dead-lettering records.
+    probation: bool,
+    control: Receiver<ControlCommand>,
+    status: Arc<Mutex<SwapStatus>>,
 }
 
 impl Engine {
@@ -94,6 +214,7 @@ impl Engine {
             TaskContext {
                 plugin: &self.plugin,
                 retries: self.cfg.limits.retries,
+                probation: self.probation,
                 on_failure: self.cfg.limits.on_failure,
                 instance: &mut self.instance,
                 sink: &mut self.sink,
@@ -171,6 +292,71 @@ impl Engine {
             }
         }
         self.metrics.commits.inc();
+        self.probation = false;
+        Ok(())
+    }
+
+    fn record(&self, event: SwapEvent, error: Option<String>) {
+        if let Ok(mut status) = self.status.lock() {
+            status.active = self.active.clone();
+            status.previous = self.previous.as_ref().map(|(label, _)| label.clone());
+            status.history.push(event);
+            if error.is_some() {
+                status.last_error = error;
+            }
+        }
+    }
+
+    /// Applies a staged swap or rollback, but only at a transaction boundary
+    /// (nothing processed since the last commit).
+    fn apply_control(&mut self) {
+        if self.tasks.values().any(|t| t.has_progress() || t.pending_len() > 0) {
+            return;
+        }
+        let Ok(command) = self.control.try_recv() else { return };
+        let paused = Instant::now();
+        let (label, plugin, instance) = match command {
+            ControlCommand::Activate(staged) => (staged.label, staged.plugin, Ok(staged.instance)),
+            ControlCommand::Rollback => match self.previous.take() {
+                Some((label, plugin)) => {
+                    let instance = plugin.instantiate();
+                    (label, plugin, instance)
+                }
+                None => return,
+            },
+        };
+        let instance = match instance {
+            Ok(instance) => instance,
+            Err(e) => {
+                tracing::error!(version = %label, error = %e, "swap failed to instantiate; keeping the running version");
+                return;
+            }
+        };
+        let old_plugin = std::mem::replace(&mut self.plugin, plugin);
+        self.instance = instance;
+        let from = std::mem::replace(&mut self.active, label.clone());
+        self.previous = Some((from.clone(), old_plugin));
+        self.probation = true;
+        let pause = paused.elapsed();
+        tracing::info!(from = %from, to = %label, pause_us = pause.as_micros() as u64, "plugin swapped at a transaction boundary");
+        self.record(SwapEvent { from, to: label, pause, rolled_back: None }, None);
+    }
+
+    /// The version on probation failed: go back to the previous one.
+    fn roll_back_failed_swap(&mut self, error: &PipelineError) -> Result<(), PipelineError> {
+        let Some((label, plugin)) = self.previous.take() else { return Ok(()) };
+        let instance = plugin.instantiate()?;
+        let failed_plugin = std::mem::replace(&mut self.plugin, plugin);
+        self.instance = instance;
+        let failed = std::mem::replace(&mut self.active, label.clone());
+        self.previous = Some((failed.clone(), failed_plugin));
+        self.probation = false;
+        let reason = format!("version {failed} failed and was rolled back to {label}: {error}");
+        tracing::error!("{reason}");
+        self.record(
+            SwapEvent { from: failed, to: label, pause: Duration::ZERO, rolled_back: Some(reason.clone()) },
+            Some(reason),
+        );
         Ok(())
     }
 
@@ -186,6 +372,12 @@ impl Engine {
         tracing::warn!(error = %error, attempt = self.failures, "commit failed; aborting and rewinding to the last commit");
         self.sink.abort()?;
         self.metrics.aborts.inc();
+        if self.probation && matches!(error, PipelineError::Task(TaskError::Guest(_)) | PipelineError::Guest(_)) {
+            // The swap was at the last commit, so the rewind below hands
+            // everything after it to the previous version.
+            self.roll_back_failed_swap(&error)?;
+            self.failures -= 1;
+        }
         self.fresh_instance_if_poisoned()?;
         for task in self.tasks.values_mut() {
             task.rewind();
@@ -296,6 +488,7 @@ pub struct Pipeline {
     consumer: BaseConsumer<SourceContext>,
     cfg: RunConfig,
     metrics: Metrics,
+    control: Control,
 }
 
 fn instance_id(cfg: &RunConfig) -> Result<String, PipelineError> {
@@ -351,6 +544,10 @@ impl Pipeline {
             ],
         )?;
 
+        let label = format!("{}@{}", info.name, info.version);
+        let (control_tx, control_rx) = channel();
+        let status = Arc::new(Mutex::new(SwapStatus { active: label.clone(), ..SwapStatus::default() }));
+        let control = Control { tx: control_tx, status: status.clone(), info: info.clone() };
         let instance = instance_id(&cfg)?;
         let member = format!("{}-{}", cfg.application_id, instance);
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
@@ -370,6 +567,11 @@ impl Pipeline {
             fatal: None,
             failures: 0,
             crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
+            active: label.clone(),
+            previous: None,
+            probation: false,
+            control: control_rx,
+            status: status.clone(),
             cfg: cfg.clone(),
         }));
 
@@ -386,12 +588,17 @@ impl Pipeline {
             .create_with_context(SourceContext { engine: engine.clone() })
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
         consumer.subscribe(&[&cfg.input_topic]).map_err(KafkaIoError::from)?;
-        Ok(Self { engine, consumer, cfg, metrics })
+        Ok(Self { engine, consumer, cfg, metrics, control })
     }
 
     /// The pipeline's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// A handle to swap the pipeline's plugin while it runs.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     fn engine(&self) -> Result<MutexGuard<'_, Engine>, PipelineError> {
@@ -455,6 +662,7 @@ impl Pipeline {
             if let Err(e) = step {
                 break Err(e);
             }
+            engine.apply_control();
             engine.sink.poll();
         };
         let result = result.and_then(|()| {

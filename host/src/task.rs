@@ -66,6 +66,9 @@ pub struct TaskContext<'a> {
     pub plugin: &'a Plugin,
     /// Retries of a failed plugin call before the failing record is looked for.
     pub retries: u32,
+    /// The plugin was just swapped in: a failure means the version is broken, not
+    /// the record, so it is returned at once (the pipeline rolls back).
+    pub probation: bool,
     /// What to do with a record the plugin keeps failing on.
     pub on_failure: FailurePolicy,
     /// The plugin instance.
@@ -274,6 +277,7 @@ impl Task {
         loop {
             let attempt = match self.run_batch(ctx, pending, &|i| excluded.contains(&i)) {
                 Ok(attempt) => attempt,
+                Err(TaskError::Guest(failure)) if ctx.probation => return Err(TaskError::Guest(failure)),
                 Err(TaskError::Guest(failure)) => match self.contain(ctx, pending, &mut excluded, failure)? {
                     Some(attempt) => attempt,
                     None => continue,

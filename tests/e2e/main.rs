@@ -7,5 +7,6 @@
 mod support;
 
 mod dead_letter;
+mod hot_swap;
 mod sandbox;
 mod stock_stats;
