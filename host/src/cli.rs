@@ -41,9 +41,66 @@ pub enum GenCommand {
     Trades(GenConfig),
 }
 
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    /// Admin API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070", env = "WEIR_ADMIN_URL")]
+    pub admin: String,
+    /// Bearer token.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 /// `weir plugin …`
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Upload a component to a running host.
+    Upload {
+        /// Name to store it under.
+        #[arg(long)]
+        name: String,
+        /// The component.
+        file: PathBuf,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List stored versions.
+    List {
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Activate a stored version in a running pipeline.
+    Activate {
+        /// The pipeline (its application id).
+        #[arg(long)]
+        pipeline: String,
+        /// Version id (or a prefix of at least 8 characters).
+        version: String,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Go back to the previous version.
+    Rollback {
+        /// The pipeline.
+        #[arg(long)]
+        pipeline: String,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Show a pipeline's active version, swaps and errors.
+    Status {
+        /// The pipeline.
+        #[arg(long)]
+        pipeline: String,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Validate a component as an upload would (size, kind, world, version,
     /// exports, compilation) and print the version it would become.
     Check {
@@ -128,6 +185,12 @@ pub struct RunArgs {
     /// Instance id (static group membership, transactional id).
     #[arg(long)]
     pub instance_id: Option<String>,
+    /// Admin API address (default 127.0.0.1:7070; port 0 picks a free one).
+    #[arg(long)]
+    pub admin_addr: Option<String>,
+    /// Do not serve the admin API.
+    #[arg(long)]
+    pub no_admin: bool,
     /// Extra librdkafka property, `key=value`; repeatable.
     #[arg(long = "kafka", short = 'X', value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
@@ -160,6 +223,12 @@ impl RunArgs {
         );
         if let Some(t) = &self.dead_letter_topic {
             cfg.dead_letter_topic = Some(t.clone());
+        }
+        if let Some(addr) = &self.admin_addr {
+            cfg.admin.addr = addr.clone();
+        }
+        if self.no_admin {
+            cfg.admin.enabled = false;
         }
         if let Some(id) = &self.instance_id {
             cfg.instance_id = Some(id.clone());

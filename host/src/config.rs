@@ -138,6 +138,26 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The admin HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it at all.
+    pub enabled: bool,
+    /// Address to bind; loopback unless a token is set.
+    pub addr: String,
+    /// Bearer token for calls that change something (or `WEIR_ADMIN_TOKEN`).
+    pub token: Option<String>,
+    /// Largest plugin upload, in MiB.
+    pub max_upload_mb: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { enabled: true, addr: "127.0.0.1:7070".into(), token: None, max_upload_mb: 32 }
+    }
+}
+
 /// Capabilities granted to the plugin; nothing by default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -185,6 +205,8 @@ pub struct RunConfig {
     pub limits: LimitsConfig,
     /// Plugin capabilities.
     pub sandbox: SandboxConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
     /// Extra librdkafka properties for every client.
     pub kafka: BTreeMap<String, String>,
 }
@@ -208,6 +230,7 @@ impl Default for RunConfig {
             state: StateConfig::default(),
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
+            admin: AdminConfig::default(),
             kafka: BTreeMap::new(),
         }
     }

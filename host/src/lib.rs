@@ -5,6 +5,7 @@
 //! [`task`] → [`runtime`] (the plugin) → [`window`] / [`state`] →
 //! [`kafka::sink`] (transactions).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;

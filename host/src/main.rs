@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use weir::admin::client::Client;
 use weir::cli::{Cli, Command, GenCommand, PluginCommand};
 use weir::metrics::Metrics;
 use weir::pipeline::Pipeline;
@@ -30,8 +31,28 @@ fn main() -> Result<()> {
         Command::Run(args) => {
             let cfg = args.resolve()?;
             let stop = stop_flag()?;
+            let admin_token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
+            let admin_addr: std::net::SocketAddr =
+                cfg.admin.addr.parse().with_context(|| format!("admin address {:?}", cfg.admin.addr))?;
+            if cfg.admin.enabled {
+                weir::admin::check_exposure(admin_addr, admin_token.as_deref())?;
+            }
             let runtime = Runtime::new(cfg.limits())?;
-            let pipeline = Pipeline::new(cfg, &runtime, Metrics::default())?;
+            let pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
+            let _admin = if cfg.admin.enabled {
+                let registry_dir = cfg.state.dir.join("registry");
+                let max = cfg.admin.max_upload_mb << 20;
+                let registry = weir::registry::Registry::open(&registry_dir, runtime.clone(), max)?;
+                let entry = weir::admin::PipelineEntry {
+                    control: pipeline.control(),
+                    metrics: pipeline.metrics().clone(),
+                    grants: cfg.grants(),
+                };
+                let pipelines = [(cfg.application_id.clone(), entry)].into_iter().collect();
+                Some(weir::admin::serve(admin_addr, admin_token, registry, pipelines, max)?)
+            } else {
+                None
+            };
             pipeline.run(&stop)?;
         }
         Command::Gen(GenCommand::Trades(cfg)) => {
@@ -49,6 +70,29 @@ fn main() -> Result<()> {
             let wasm = std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin.display()))?;
             let plugin = runtime.load(&wasm, cfg.grants())?;
             print!("{}", weir::demo::describe(&cfg, plugin.info()));
+        }
+        Command::Plugin(PluginCommand::Upload { name, file, target }) => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let client = Client::new(&target.admin, target.token);
+            println!("{}", client.post(&format!("/v1/plugins/{name}"), "application/wasm", &bytes)?);
+        }
+        Command::Plugin(PluginCommand::List { target }) => {
+            println!("{}", Client::new(&target.admin, target.token).get("/v1/plugins")?);
+        }
+        Command::Plugin(PluginCommand::Activate { pipeline, version, target }) => {
+            let body = serde_json::json!({ "version": version }).to_string();
+            let client = Client::new(&target.admin, target.token);
+            println!(
+                "{}",
+                client.post(&format!("/v1/pipelines/{pipeline}/activate"), "application/json", body.as_bytes())?
+            );
+        }
+        Command::Plugin(PluginCommand::Rollback { pipeline, target }) => {
+            let client = Client::new(&target.admin, target.token);
+            println!("{}", client.post(&format!("/v1/pipelines/{pipeline}/rollback"), "application/json", b"{}")?);
+        }
+        Command::Plugin(PluginCommand::Status { pipeline, target }) => {
+            println!("{}", Client::new(&target.admin, target.token).get(&format!("/v1/pipelines/{pipeline}"))?);
         }
         Command::Plugin(PluginCommand::Check { file, max_mb }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

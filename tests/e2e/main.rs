@@ -6,6 +6,7 @@
 
 mod support;
 
+mod admin;
 mod dead_letter;
 mod hot_swap;
 mod sandbox;

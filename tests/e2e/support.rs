@@ -204,6 +204,24 @@ impl Weir {
         Ok(self.child.try_wait()?)
     }
 
+    /// The admin API's base URL, from the log line it writes when it listens.
+    pub fn admin_url(&mut self) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(addr) = log.lines().rev().find_map(|l| l.split("admin API listening addr=").nth(1)) {
+                return Ok(format!("http://{}", addr.trim()));
+            }
+            if let Some(status) = self.exited()? {
+                return self.fail(format!("weir exited with {status} before its admin API listened"));
+            }
+            if Instant::now() > deadline {
+                return self.fail("the admin API did not start within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill()?;
@@ -286,11 +304,14 @@ pub fn spawn_weir(args: &[String], log: &Path) -> Result<Weir> {
 /// [`spawn_weir`] with extra environment variables.
 pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Weir> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    // Tests run side by side: each admin API on a free port.
+    let admin: &[&str] = if args.iter().any(|a| a == "--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] };
     let child = Command::new(weir_bin()?)
         .envs(env.iter().copied())
         .arg("run")
         .arg("--bootstrap-servers")
         .arg(bootstrap())
+        .args(admin)
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -1,0 +1,296 @@
+//! The admin HTTP API: upload, list and check plugin versions; activate or roll
+//! back a version in a running pipeline; status, metrics and the OpenAPI document.
+//!
+//! Bound to 127.0.0.1 by default. Every call that changes something needs
+//! `Authorization: Bearer <token>` when a token is configured, and the host refuses
+//! to serve the API on a non-loopback address without one.
+
+pub mod client;
+mod openapi;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::metrics::Metrics;
+use crate::pipeline::{Control, SwapError};
+use crate::registry::{Registry, RegistryError};
+use crate::runtime::Grants;
+
+/// Why the API could not start.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// Non-loopback address without a token.
+    #[error("refusing to serve the admin API on {0} without a token (set WEIR_ADMIN_TOKEN or admin.token)")]
+    NoToken(SocketAddr),
+    /// Could not bind or start.
+    #[error("admin API on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A pipeline the API can act on.
+pub struct PipelineEntry {
+    /// Its swap control.
+    pub control: Control,
+    /// Its counters.
+    pub metrics: Metrics,
+    /// Capabilities its plugin versions get.
+    pub grants: Grants,
+}
+
+struct AdminState {
+    token: Option<String>,
+    registry: Mutex<Registry>,
+    pipelines: BTreeMap<String, PipelineEntry>,
+}
+
+/// A running admin API.
+pub struct AdminServer {
+    addr: SocketAddr,
+    _thread: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// The address it listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Refuses a non-loopback address without a token.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), AdminError> {
+    if token.is_none_or(str::is_empty) && !addr.ip().is_loopback() {
+        return Err(AdminError::NoToken(addr));
+    }
+    Ok(())
+}
+
+/// Starts the API on its own thread.
+pub fn serve(
+    addr: SocketAddr,
+    token: Option<String>,
+    registry: Registry,
+    pipelines: BTreeMap<String, PipelineEntry>,
+    max_upload_bytes: usize,
+) -> Result<AdminServer, AdminError> {
+    let token = token.filter(|t| !t.is_empty());
+    check_exposure(addr, token.as_deref())?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| AdminError::Io { addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| AdminError::Io { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| AdminError::Io { addr, source })?;
+    let state = Arc::new(AdminState { token, registry: Mutex::new(registry), pipelines });
+    let app = Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}", post(upload))
+        .route("/v1/pipelines", get(list_pipelines))
+        .route("/v1/pipelines/{name}", get(pipeline_status))
+        .route("/v1/pipelines/{name}/activate", post(activate))
+        .route("/v1/pipelines/{name}/rollback", post(rollback))
+        // Larger bodies are cut off here; the registry names the limit for
+        // anything in between.
+        .layer(DefaultBodyLimit::max(max_upload_bytes.saturating_add(1 << 20)))
+        .with_state(state);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| AdminError::Io { addr, source })?;
+    let thread = std::thread::Builder::new()
+        .name("weir-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::error!(error = %e, "admin API stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "admin API could not start"),
+                }
+            });
+        })
+        .map_err(|source| AdminError::Io { addr, source })?;
+    tracing::info!(addr = %bound, "admin API listening");
+    Ok(AdminServer { addr: bound, _thread: thread })
+}
+
+/// An API error: a status and a message saying why.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self)).into_response()
+    }
+}
+
+fn api_error(status: StatusCode, error: impl ToString) -> ApiError {
+    ApiError { status, error: error.to_string() }
+}
+
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else { return Ok(()) };
+    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => Err(api_error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer <token>)")),
+        Some(value) if value.strip_prefix("Bearer ") == Some(token.as_str()) => Ok(()),
+        Some(_) => Err(api_error(StatusCode::FORBIDDEN, "wrong bearer token")),
+    }
+}
+
+fn registry_status(e: &RegistryError) -> StatusCode {
+    match e {
+        RegistryError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RegistryError::UnknownVersion(_) => StatusCode::NOT_FOUND,
+        RegistryError::Io { .. } | RegistryError::Index(_) | RegistryError::Corrupt(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    }
+}
+
+type Shared = State<Arc<AdminState>>;
+
+async fn metrics(State(state): Shared) -> String {
+    state.pipelines.values().map(|p| p.metrics.render()).collect()
+}
+
+async fn list_plugins(State(state): Shared) -> Result<impl IntoResponse, ApiError> {
+    let registry =
+        state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
+    Ok(axum::Json(registry.versions().to_vec()))
+}
+
+async fn upload(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let state = state.clone();
+    // Compiling takes tens of milliseconds or more: keep it off the async thread.
+    let result = tokio::task::spawn_blocking(move || {
+        let mut registry =
+            state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
+        registry.upload(&name, &body).map_err(|e| api_error(registry_status(&e), e))
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))??;
+    Ok((StatusCode::CREATED, axum::Json(result)))
+}
+
+async fn list_pipelines(State(state): Shared) -> impl IntoResponse {
+    axum::Json(state.pipelines.keys().cloned().collect::<Vec<_>>())
+}
+
+/// A pipeline's plugin status as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// Active version label.
+    pub active: String,
+    /// Previous version label.
+    pub previous: Option<String>,
+    /// Swaps done (including rollbacks).
+    pub swaps: usize,
+    /// Automatic rollbacks after a failing version.
+    pub rollbacks: usize,
+    /// Swap pauses in µs, in order.
+    pub swap_pauses_us: Vec<u64>,
+    /// The last failure of a new version.
+    pub last_error: Option<String>,
+    /// Records processed.
+    pub records_in: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Plugin call failures.
+    pub plugin_failures: u64,
+}
+
+fn entry<'a>(state: &'a AdminState, name: &str) -> Result<&'a PipelineEntry, ApiError> {
+    state.pipelines.get(name).ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no pipeline {name:?}")))
+}
+
+async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &name)?;
+    let status = entry.control.status();
+    Ok(axum::Json(PipelineStatus {
+        active: status.active,
+        previous: status.previous,
+        swaps: status.history.len(),
+        rollbacks: status.history.iter().filter(|e| e.rolled_back.is_some()).count(),
+        swap_pauses_us: status.history.iter().map(|e| e.pause.as_micros() as u64).collect(),
+        last_error: status.last_error,
+        records_in: entry.metrics.records_in.get(),
+        dead_letters: entry.metrics.dead_letters.get(),
+        plugin_failures: entry.metrics.plugin_failures.get(),
+    }))
+}
+
+/// Body of an activation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Activate {
+    /// Version id (or a prefix of at least 8 characters).
+    pub version: String,
+}
+
+async fn activate(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Activate>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let entry = entry(&state, &name)?;
+        let plugin = {
+            let registry =
+                state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
+            registry.load(&body.version, entry.grants.clone()).map_err(|e| api_error(registry_status(&e), e))?
+        };
+        let label =
+            format!("{}@{}#{}", plugin.info().name, plugin.info().version, &body.version[..body.version.len().min(12)]);
+        entry.control.activate(&label, plugin).map_err(|e| api_error(swap_status(&e), e))?;
+        Ok::<_, ApiError>((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": label }))))
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?
+}
+
+fn swap_status(e: &SwapError) -> StatusCode {
+    match e {
+        SwapError::Incompatible { .. } | SwapError::NoPrevious => StatusCode::CONFLICT,
+        SwapError::Instantiate { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        SwapError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn rollback(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    entry(&state, &name)?.control.rollback().map_err(|e| api_error(swap_status(&e), e))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": "rollback" }))))
+}
