@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline: consume, process through a plugin, produce, commit.
     Run(RunArgs),
+    /// Run several pipelines in one host, from a file of `[[pipeline]]` tables.
+    Serve(ServeArgs),
     /// Generate test data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -121,6 +123,20 @@ pub struct DescribeArgs {
     /// Optional config file for topic names.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// `weir serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Host config: `[admin]`, `[limits]`, `state_dir` and `[[pipeline]]` tables.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Admin API address (overrides the file).
+    #[arg(long)]
+    pub admin_addr: Option<String>,
+    /// Kafka bootstrap servers for every pipeline (overrides the file).
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
 }
 
 /// `weir demo`

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod state;
 pub mod task;
 pub mod window;

@@ -32,14 +32,10 @@ fn main() -> Result<()> {
             let cfg = args.resolve()?;
             let stop = stop_flag()?;
             let admin_token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
-            let admin_addr: std::net::SocketAddr =
-                cfg.admin.addr.parse().with_context(|| format!("admin address {:?}", cfg.admin.addr))?;
-            if cfg.admin.enabled {
-                weir::admin::check_exposure(admin_addr, admin_token.as_deref())?;
-            }
+            let admin_addr = weir::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
             let runtime = Runtime::new(cfg.limits())?;
             let pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
-            let _admin = if cfg.admin.enabled {
+            let _admin = if let Some(admin_addr) = admin_addr {
                 let registry_dir = cfg.state.dir.join("registry");
                 let max = cfg.admin.max_upload_mb << 20;
                 let registry = weir::registry::Registry::open(&registry_dir, runtime.clone(), max)?;
@@ -47,6 +43,7 @@ fn main() -> Result<()> {
                     control: pipeline.control(),
                     metrics: pipeline.metrics().clone(),
                     grants: cfg.grants(),
+                    failure: Default::default(),
                 };
                 let pipelines = [(cfg.application_id.clone(), entry)].into_iter().collect();
                 Some(weir::admin::serve(admin_addr, admin_token, registry, pipelines, max)?)
@@ -54,6 +51,23 @@ fn main() -> Result<()> {
                 None
             };
             pipeline.run(&stop)?;
+        }
+        Command::Serve(args) => {
+            let mut cfg = weir::server::HostConfig::from_file(&args.config)?;
+            if let Some(addr) = args.admin_addr {
+                cfg.admin.addr = addr;
+            }
+            if let Some(servers) = args.bootstrap_servers {
+                for p in &mut cfg.pipelines {
+                    p.bootstrap_servers = servers.clone();
+                }
+            }
+            let token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
+            let stop = stop_flag()?;
+            let failed = weir::server::serve(cfg, token, &stop)?;
+            if !failed.is_empty() {
+                anyhow::bail!("pipelines that stopped with an error: {}", failed.join(", "));
+            }
         }
         Command::Gen(GenCommand::Trades(cfg)) => {
             let stop = stop_flag()?;

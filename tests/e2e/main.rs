@@ -10,4 +10,5 @@ mod admin;
 mod dead_letter;
 mod hot_swap;
 mod sandbox;
+mod serve;
 mod stock_stats;

@@ -301,6 +301,19 @@ pub fn spawn_weir(args: &[String], log: &Path) -> Result<Weir> {
     spawn_weir_with_env(args, log, &[])
 }
 
+/// Starts `weir serve --config <config>` with a free admin port.
+pub fn spawn_weir_serve(config: &Path, log: &Path) -> Result<Weir> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let child = Command::new(weir_bin()?)
+        .args(["serve", "--admin-addr", "127.0.0.1:0", "--bootstrap-servers", &bootstrap(), "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()?;
+    Ok(Weir { child, log: log.to_path_buf() })
+}
+
 /// [`spawn_weir`] with extra environment variables.
 pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Weir> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;

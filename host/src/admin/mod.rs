@@ -51,6 +51,8 @@ pub struct PipelineEntry {
     pub metrics: Metrics,
     /// Capabilities its plugin versions get.
     pub grants: Grants,
+    /// Set when the pipeline stopped with an error.
+    pub failure: Arc<Mutex<Option<String>>>,
 }
 
 struct AdminState {
@@ -70,6 +72,28 @@ impl AdminServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+/// An admin address that cannot be used.
+#[derive(Debug, Error)]
+pub enum AdminConfigError {
+    /// Not an address.
+    #[error("admin address {0:?} is not host:port")]
+    Address(String),
+    /// Refused or failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+}
+
+/// Parses the configured address and refuses exposure without a token; `None`
+/// when the API is disabled.
+pub fn parse_and_check(addr: &str, enabled: bool, token: Option<&str>) -> Result<Option<SocketAddr>, AdminConfigError> {
+    if !enabled {
+        return Ok(None);
+    }
+    let parsed: SocketAddr = addr.parse().map_err(|_| AdminConfigError::Address(addr.to_owned()))?;
+    check_exposure(parsed, token)?;
+    Ok(Some(parsed))
 }
 
 /// Refuses a non-loopback address without a token.
@@ -224,6 +248,8 @@ pub struct PipelineStatus {
     pub dead_letters: u64,
     /// Plugin call failures.
     pub plugin_failures: u64,
+    /// Why the pipeline stopped, if it did.
+    pub failed: Option<String>,
 }
 
 fn entry<'a>(state: &'a AdminState, name: &str) -> Result<&'a PipelineEntry, ApiError> {
@@ -243,6 +269,7 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
         records_in: entry.metrics.records_in.get(),
         dead_letters: entry.metrics.dead_letters.get(),
         plugin_failures: entry.metrics.plugin_failures.get(),
+        failed: entry.failure.lock().ok().and_then(|f| f.clone()),
     }))
 }
 

@@ -1,0 +1,119 @@
+//! Several pipelines in one host: stock-stats stays exact while, in the same
+//! process, a hostile plugin's trap, infinite loop and memory bomb are contained,
+//! and a pipeline configured to pause on plugin failure stops alone, with its
+//! reason in the admin API, while the host keeps running.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use weir::admin::client::Client;
+
+use crate::support::*;
+
+#[test]
+fn one_host_runs_pipelines_that_fail_independently() -> Result<()> {
+    let app = unique("host");
+    let (stats_in, hostile_in, paused_in) = (format!("{app}-trades"), format!("{app}-acts"), format!("{app}-acts2"));
+    create_topic(&stats_in, 2)?;
+    create_topic(&hostile_in, 1)?;
+    create_topic(&paused_in, 1)?;
+    gen_trades(&stats_in, 40_000, 30, 2, 1_000, 0)?;
+    let base = 1_700_000_000_000i64;
+    let mut acts: Vec<RawRecord> =
+        (0..600i64).map(|i| (Some(b"k".to_vec()), Some(br#"{"act":"count"}"#.to_vec()), base + i)).collect();
+    for (at, act) in [(100usize, "trap"), (300, "loop"), (500, "oom")] {
+        acts.insert(at, (Some(b"k".to_vec()), Some(format!(r#"{{"act":"{act}"}}"#).into_bytes()), base + at as i64));
+    }
+    produce(&hostile_in, &acts)?;
+    produce(&paused_in, &acts)?;
+
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display().to_string();
+    let stats = plugin("stock-stats")?.display().to_string();
+    let hostile = plugin("hostile")?.display().to_string();
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{d}/host"
+[limits]
+call_budget_ms = 300
+memory_mb = 32
+retries = 1
+
+[[pipeline]]
+application_id = "{app}-stats"
+plugin = "{stats}"
+input_topic = "{stats_in}"
+output_topic = "{stats_in}-out"
+grace_ms = 2000
+instance_id = "host-test"
+state = {{ dir = "{d}/state" }}
+
+[[pipeline]]
+application_id = "{app}-hostile"
+plugin = "{hostile}"
+input_topic = "{hostile_in}"
+output_topic = "{hostile_in}-out"
+dead_letter_topic = "{hostile_in}-dead"
+instance_id = "host-test"
+state = {{ dir = "{d}/state" }}
+
+[[pipeline]]
+application_id = "{app}-paused"
+plugin = "{hostile}"
+input_topic = "{paused_in}"
+output_topic = "{paused_in}-out"
+instance_id = "host-test"
+state = {{ dir = "{d}/state" }}
+limits = {{ on_failure = "pause" }}
+"#
+        ),
+    )?;
+    let mut weir = spawn_weir_serve(&config, &dir.path().join("weir.log"))?;
+    let admin = Client::new(&weir.admin_url()?, None);
+
+    // The pausing pipeline stops, and says why.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let paused = loop {
+        let s: serde_json::Value = serde_json::from_str(&admin.get(&format!("/v1/pipelines/{app}-paused"))?)?;
+        if let Some(reason) = s["failed"].as_str() {
+            break reason.to_owned();
+        }
+        if Instant::now() > deadline {
+            bail!("the pausing pipeline never stopped: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(paused.contains("on_failure = pause") && paused.contains("panicked"), "{paused}");
+
+    // The others carry on in the same process.
+    await_caught_up(&format!("{app}-hostile"), &hostile_in, &mut weir, Duration::from_secs(180))?;
+    await_caught_up(&format!("{app}-stats"), &stats_in, &mut weir, Duration::from_secs(180))?;
+    let names: Vec<String> = serde_json::from_str(&admin.get("/v1/pipelines")?)?;
+    assert_eq!(names.len(), 3, "{names:?}");
+
+    let letters = read_all(&format!("{hostile_in}-dead"))?;
+    let reasons: Vec<&str> = letters.iter().map(|l| l.headers["weir.error"].as_str()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("CPU budget")), "{reasons:?}");
+    // The last value of each window (a window is rewritten at every commit).
+    let mut last: std::collections::BTreeMap<(String, i64), u64> = Default::default();
+    for r in read_all(&format!("{hostile_in}-out"))? {
+        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap_or_default())?;
+        let key = (v["key"].as_str().unwrap_or_default().to_owned(), v["window_start"].as_i64().unwrap_or_default());
+        last.insert(key, v["count"].as_u64().unwrap_or_default());
+    }
+    assert_eq!(last.values().sum::<u64>(), 600, "every healthy record counted exactly once: {last:?}");
+
+    let want = recompute(&read_all(&stats_in)?, 2_000);
+    assert_same(&last_results(&read_all(&format!("{stats_in}-out"))?)?, &want);
+
+    // The host reports the failed pipeline when it stops.
+    std::process::Command::new("kill").args(["-TERM", &weir.child.id().to_string()]).status()?;
+    let status = wait_exit(&mut weir, Duration::from_secs(60))?;
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("weir.log"))?;
+    assert!(log.contains(&format!("pipelines that stopped with an error: {app}-paused")), "{log}");
+    Ok(())
+}
