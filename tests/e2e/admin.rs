@@ -44,23 +44,8 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("weir.toml");
     std::fs::write(&config, "[admin]\nmax_upload_mb = 1\n")?;
-    let args: Vec<String> = [
-        "--config",
-        &config.display().to_string(),
-        "--plugin",
-        &plugin("stock-stats")?.display().to_string(),
-        "--application-id",
-        &app,
-        "--input-topic",
-        &input,
-        "--output-topic",
-        &format!("{app}-out"),
-        "--state-dir",
-        &dir.path().join("state").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = pipeline_args("stock-stats", &app, &input, &format!("{app}-out"), &dir.path().join("state"))?;
+    args.extend(["--config".to_string(), config.display().to_string()]);
     let mut weir = spawn_weir_with_env(&args, &dir.path().join("weir.log"), &[("WEIR_ADMIN_TOKEN", "s3cret")])?;
     let url = weir.admin_url()?;
     let admin = Client::new(&url, Some("s3cret".into()));

@@ -36,23 +36,8 @@ fn malformed_records_are_dead_lettered_and_the_rest_stays_exact() -> Result<()> 
     }
     produce(&input, &records)?;
     let dir = tempfile::tempdir()?;
-    let args: Vec<String> = [
-        "--plugin",
-        &plugin("stock-stats")?.display().to_string(),
-        "--application-id",
-        &app,
-        "--input-topic",
-        &input,
-        "--output-topic",
-        &output,
-        "--dead-letter-topic",
-        &dead,
-        "--state-dir",
-        &dir.path().display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = pipeline_args("stock-stats", &app, &input, &output, dir.path())?;
+    args.extend(["--dead-letter-topic".to_string(), dead.clone()]);
     let mut weir = spawn_weir(&args, &dir.path().join("weir.log"))?;
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
     terminate(&mut weir)?;

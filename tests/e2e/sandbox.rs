@@ -43,25 +43,13 @@ fn hostile_records_are_contained_and_the_rest_stays_exact() -> Result<()> {
         &config,
         "[limits]\ncall_budget_ms = 300\nmemory_mb = 32\nmax_value_kb = 1024\nretries = 1\non_failure = \"dead_letter\"\n",
     )?;
-    let args: Vec<String> = [
-        "--config",
-        &config.display().to_string(),
-        "--plugin",
-        &plugin("hostile")?.display().to_string(),
-        "--application-id",
-        &app,
-        "--input-topic",
-        &input,
-        "--output-topic",
-        &output,
-        "--dead-letter-topic",
-        &dead,
-        "--state-dir",
-        &dir.path().join("state").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = pipeline_args("hostile", &app, &input, &output, &dir.path().join("state"))?;
+    args.extend([
+        "--config".to_string(),
+        config.display().to_string(),
+        "--dead-letter-topic".to_string(),
+        dead.clone(),
+    ]);
     let mut weir = spawn_weir(&args, &dir.path().join("weir.log"))?;
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(180))?;
     terminate(&mut weir)?;

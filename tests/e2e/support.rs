@@ -296,6 +296,22 @@ pub fn plugin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The usual `weir run` flags: plugin, application id, topics, state directory.
+pub fn pipeline_args(plugin_name: &str, app: &str, input: &str, output: &str, state: &Path) -> Result<Vec<String>> {
+    Ok(vec![
+        "--plugin".into(),
+        plugin(plugin_name)?.display().to_string(),
+        "--application-id".into(),
+        app.into(),
+        "--input-topic".into(),
+        input.into(),
+        "--output-topic".into(),
+        output.into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ])
+}
+
 /// Starts `weir run` with these arguments (plus the broker) and its log in `log`.
 pub fn spawn_weir(args: &[String], log: &Path) -> Result<Weir> {
     spawn_weir_with_env(args, log, &[])
