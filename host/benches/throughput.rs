@@ -6,7 +6,9 @@
 //!     transactions every 100 ms, through Weir's own sink (same producer settings),
 //!     no plugin: the physical limit of this broker and machine;
 //! (b) weir stock-stats, exactly_once;
-//! (c) weir stock-stats, at_least_once.
+//! (c) weir stock-stats, at_least_once;
+//! (d) as (b) with a hot swap every 250 ms between two builds of stock-stats,
+//!     reporting the pause each swap causes on the pipeline thread (p50/p99).
 //! Rates are records/s from the first record consumed to the commit that covers
 //! the last one; ratios are against (a) measured in the same run.
 
@@ -74,8 +76,10 @@ fn main() -> Result<()> {
         ("(a) pass-through, exactly_once, no plugin", "passthrough"),
         ("(b) weir stock-stats, exactly_once", "exactly_once"),
         ("(c) weir stock-stats, at_least_once", "at_least_once"),
+        ("(d) as (b), hot swap every 250 ms", "swapping"),
     ];
     let mut rows = Vec::new();
+    let mut swaps = None;
     for (label, mode) in modes {
         eprintln!("running {label}…");
         let out = Command::new(std::env::current_exe()?)
@@ -88,6 +92,9 @@ fn main() -> Result<()> {
         let line = out.stdout.lines().map_while(Result::ok).last().context("no result line")?;
         let mut parts = line.split_whitespace().map(|p| p.parse::<f64>());
         let (secs, rss) = (parts.next().context("secs")??, parts.next().context("rss")??);
+        if let (Some(n), Some(p50), Some(p99)) = (parts.next(), parts.next(), parts.next()) {
+            swaps = Some((n?, p50?, p99?));
+        }
         rows.push((label, records as f64 / secs, secs, rss));
     }
     let base = rows[0].1;
@@ -97,6 +104,9 @@ fn main() -> Result<()> {
     for (label, rate, secs, rss) in rows {
         println!("| {label} | {rate:.0} | {:.2} | {secs:.2} | {rss:.0} |", rate / base);
     }
+    if let Some((n, p50, p99)) = swaps {
+        println!("\nswap pause during (d): {n:.0} swaps, p50 {p50:.0} µs, p99 {p99:.0} µs");
+    }
     Ok(())
 }
 
@@ -105,12 +115,21 @@ fn child(args: &[String]) -> Result<()> {
     let [mode, bootstrap, input, records, plugin, id] = args else { bail!("bad child arguments") };
     let records: u64 = records.parse()?;
     let secs = match mode.as_str() {
-        "passthrough" => passthrough(bootstrap, input, records, id)?,
-        "exactly_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce)?,
-        "at_least_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce)?,
+        "passthrough" => (passthrough(bootstrap, input, records, id)?, None),
+        "exactly_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, false)?,
+        "at_least_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce, false)?,
+        "swapping" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, true)?,
         other => bail!("unknown mode {other}"),
     };
-    println!("{secs:.4} {:.1}", peak_rss_mib());
+    let (secs, pauses) = secs;
+    match pauses {
+        Some(mut p) if !p.is_empty() => {
+            p.sort_unstable();
+            let at = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize];
+            println!("{secs:.4} {:.1} {} {} {}", peak_rss_mib(), p.len(), at(0.5), at(0.99));
+        }
+        _ => println!("{secs:.4} {:.1}", peak_rss_mib()),
+    }
     Ok(())
 }
 
@@ -173,9 +192,19 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
     }
 }
 
-fn weir_run(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &str, guarantee: Guarantee) -> Result<f64> {
+/// Runs weir on the input; returns seconds and, when `swapping`, the pause of
+/// every swap in µs.
+fn weir_run(
+    bootstrap: &str,
+    input: &str,
+    records: u64,
+    plugin: &str,
+    id: &str,
+    guarantee: Guarantee,
+    swapping: bool,
+) -> Result<(f64, Option<Vec<u128>>)> {
     let state = tempfile::tempdir()?;
-    let app = format!("bench-{id}-{guarantee:?}").to_lowercase();
+    let app = format!("bench-{id}-{guarantee:?}{}", if swapping { "-swap" } else { "" }).to_lowercase();
     let cfg = RunConfig {
         application_id: app.clone(),
         plugin: plugin.into(),
@@ -191,9 +220,30 @@ fn weir_run(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &str, 
     let runtime = Runtime::new(cfg.limits())?;
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let control = pipeline.control();
+    // Precompiled once, as the registry does on upload; activation loads them.
+    let next = plugin.replace("stock_stats.wasm", "stock_stats_next.wasm");
+    let artifacts = if swapping {
+        vec![runtime.precompile(&std::fs::read(&next)?)?, runtime.precompile(&std::fs::read(plugin)?)?]
+    } else {
+        Vec::new()
+    };
     let stop = AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
     std::thread::scope(|s| {
         let handle = s.spawn(|| pipeline.run(&stop));
+        if swapping {
+            s.spawn(|| -> Result<()> {
+                let mut i = 0;
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let plugin = runtime.load_precompiled(&artifacts[i % 2], Default::default())?;
+                    control.activate(&format!("build-{}", i % 2), plugin)?;
+                    i += 1;
+                }
+                Ok(())
+            });
+        }
         while metrics.records_in.get() == 0 && !handle.is_finished() {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -207,8 +257,10 @@ fn weir_run(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &str, 
             std::thread::sleep(Duration::from_micros(200));
         }
         let secs = started.elapsed().as_secs_f64();
+        finished.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         handle.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
-        Ok(secs)
+        let pauses = swapping.then(|| control.status().history.iter().map(|e| e.pause.as_micros()).collect());
+        Ok((secs, pauses))
     })
 }
