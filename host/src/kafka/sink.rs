@@ -76,11 +76,11 @@ pub struct Sink {
     in_transaction: bool,
 }
 
+/// A fatal transactional error (fenced, or the producer is unusable) stops the
+/// pipeline; anything else aborts the transaction and is retried.
 fn classify(err: KafkaError) -> KafkaIoError {
     match &err {
         KafkaError::Transaction(e) if e.is_fatal() => KafkaIoError::Fatal(err.to_string()),
-        KafkaError::Transaction(e) if e.txn_requires_abort() => KafkaIoError::Abortable(err.to_string()),
-        KafkaError::Transaction(e) if e.is_retriable() => KafkaIoError::Abortable(err.to_string()),
         _ => KafkaIoError::Abortable(err.to_string()),
     }
 }
