@@ -463,7 +463,11 @@ impl Task {
         if let Some(close) = close {
             let bound = window_end_bound(close.saturating_add(1));
             if self.expired_before < close.saturating_add(1) {
-                for key in self.store.keys_before(&bound)? {
+                // Windows ending before the previous bound were deleted by an
+                // earlier commit and no late record can reopen them: start there.
+                let from =
+                    if self.expired_before == i64::MIN { Vec::new() } else { window_end_bound(self.expired_before) };
+                for key in self.store.keys_between(&from, &bound)? {
                     if !self.dirty.contains_key(&key)
                         && let Some(acc) = self.store.get(&key)?
                     {

@@ -34,8 +34,11 @@ impl Store for MemoryStore {
         Ok(self.checkpoint)
     }
 
-    fn keys_before(&self, bound: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.map.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(bound))).map(|(k, _)| k.clone()).collect())
+    fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self.map.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))).map(|(k, _)| k.clone()).collect())
     }
 
     fn approximate_len(&self) -> u64 {

@@ -52,8 +52,8 @@ pub trait Store: Send {
     fn write(&mut self, changes: Vec<Change>, checkpoint: Option<i64>) -> Result<(), StoreError>;
     /// The changelog offset from which a restore must continue, if any.
     fn checkpoint(&self) -> Result<Option<i64>, StoreError>;
-    /// Every key ordered before `bound`.
-    fn keys_before(&self, bound: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Every key ordered in `[from, to)`.
+    fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Number of keys (approximate for RocksDB).
     fn approximate_len(&self) -> u64;
 }
@@ -130,10 +130,15 @@ mod tests {
         store.write(vec![(k1.clone(), Some(b"one".to_vec())), (k2.clone(), Some(b"two".to_vec()))], Some(7)).unwrap();
         assert_eq!(store.get(&k1).unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.checkpoint().unwrap(), Some(7));
-        assert_eq!(store.keys_before(&window_end_bound(10)).unwrap(), vec![k1.clone()]);
+        assert_eq!(store.keys_between(&[], &window_end_bound(10)).unwrap(), vec![k1.clone()]);
+        assert!(store.keys_between(&window_end_bound(6), &window_end_bound(10)).unwrap().is_empty());
+        assert_eq!(
+            store.keys_between(&window_end_bound(5), &window_end_bound(11)).unwrap(),
+            vec![k1.clone(), k2.clone()]
+        );
         store.write(vec![(k1.clone(), None)], None).unwrap();
         assert_eq!(store.get(&k1).unwrap(), None);
         assert_eq!(store.checkpoint().unwrap(), Some(7), "a write without a checkpoint keeps the old one");
-        assert!(store.keys_before(&window_end_bound(10)).unwrap().is_empty());
+        assert!(store.keys_between(&[], &window_end_bound(10)).unwrap().is_empty());
     }
 }

@@ -101,11 +101,11 @@ impl Store for RocksStore {
         }
     }
 
-    fn keys_before(&self, bound: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut keys = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(&[], Direction::Forward)) {
+        for item in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
             let (key, _) = item.map_err(|e| self.err(e))?;
-            if &*key >= bound {
+            if &*key >= to {
                 break;
             }
             keys.push(key.into_vec());
