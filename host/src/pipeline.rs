@@ -24,7 +24,7 @@ use crate::config::{Guarantee, RunConfig, StateBackend};
 use crate::kafka::admin::{TopicSpec, ensure_topics, partition_count};
 use crate::kafka::restore::restore;
 use crate::kafka::sink::Sink;
-use crate::kafka::{KafkaIoError, base_config, set_default};
+use crate::kafka::{self, KafkaIoError, base_config, set_default};
 use crate::metrics::Metrics;
 use crate::runtime::{GuestError, Instance, LoadError, Plugin, PluginInfo, Runtime};
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
@@ -406,7 +406,7 @@ impl Engine {
         assigned: &TopicPartitionList,
     ) -> Result<(), PipelineError> {
         let committed =
-            consumer.committed_offsets(assigned.clone(), Duration::from_secs(30)).map_err(KafkaIoError::from)?;
+            kafka::committed_offsets(consumer, assigned, Duration::from_secs(30)).map_err(KafkaIoError::from)?;
         let read_committed = self.cfg.processing_guarantee == Guarantee::ExactlyOnce;
         for elem in committed.elements_for_topic(&self.topics.input) {
             let partition = elem.partition();

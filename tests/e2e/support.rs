@@ -182,7 +182,7 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    let got = weir::kafka::committed_offsets(&consumer, &tpl, Duration::from_secs(30))?;
     Ok(got.elements().iter().map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1))).collect())
 }
 

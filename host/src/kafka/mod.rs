@@ -6,9 +6,12 @@ pub mod restore;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode as Code;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use thiserror::Error;
 
 /// A Kafka failure, classified by what the pipeline can do about it.
@@ -51,5 +54,42 @@ pub fn base_config(bootstrap_servers: &str, extra: &BTreeMap<String, String>) ->
 pub(crate) fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
     if config.get(key).is_none() {
         config.set(key, value);
+    }
+}
+
+/// Whether a failed group request only met a coordinator that is moving or loading,
+/// so asking again shortly will succeed.
+pub fn is_coordinator_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::NotCoordinator
+                | Code::CoordinatorNotAvailable
+                | Code::CoordinatorLoadInProgress
+                | Code::RequestTimedOut
+                | Code::OperationTimedOut
+        )
+    )
+}
+
+/// A group's committed offsets for `partitions`, asking again while the group
+/// coordinator is moving or loading, until `timeout` has passed.
+pub fn committed_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<TopicPartitionList, KafkaError> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.committed_offsets(partitions.clone(), left) {
+            Err(e) if is_coordinator_transient(&e) && Instant::now() + backoff < deadline => {
+                tracing::debug!(error = %e, "group coordinator not ready; asking again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
     }
 }
