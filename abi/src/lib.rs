@@ -110,6 +110,16 @@ pub struct FinishOut<'a> {
     pub values: Vec<Option<&'a [u8]>>,
 }
 
+/// The answer to a `migrate` call (whose input is a [`FinishIn`] of the stored
+/// accumulators): one converted accumulator per input slot, in order; `None`
+/// drops that window's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MigrateOut<'a> {
+    /// Accumulators in the plugin's own state schema, parallel to [`FinishIn::slots`].
+    #[serde(borrow)]
+    pub accs: Vec<Option<&'a [u8]>>,
+}
+
 /// Encodes a frame.
 pub fn encode<T: Serialize>(frame: &T) -> Result<Vec<u8>, Error> {
     postcard::to_allocvec(frame)

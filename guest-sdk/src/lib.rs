@@ -49,9 +49,9 @@ pub use weir_abi::Window;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{FrameError, finish_frame, process_frame};
+    pub use crate::runtime::{FrameError, finish_frame, migrate_frame, process_frame};
     #[cfg(target_arch = "wasm32")]
-    pub use crate::wasm::{describe, finish, process};
+    pub use crate::wasm::{describe, finish, migrate, process};
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -109,8 +109,14 @@ impl Windowing {
 pub trait Aggregator {
     /// How records are grouped in time.
     const WINDOWING: Windowing;
-    /// Version of the accumulator's encoding. Raise it when `Acc` changes shape.
+    /// Version of the accumulator's encoding. Raise it when `Acc` changes shape,
+    /// and list the older versions [`Aggregator::migrate`] converts in
+    /// [`Aggregator::MIGRATES_FROM`].
     const STATE_SCHEMA: u32 = 1;
+    /// Older state schemas this version can take over (see [`Aggregator::migrate`]).
+    /// The host refuses to activate a version over state it cannot read, unless
+    /// the operator explicitly resets the state.
+    const MIGRATES_FROM: &'static [u32] = &[];
     /// A record value, decoded from JSON. A value that does not decode is sent to
     /// the dead-letter topic with the decoder's message.
     type Input: DeserializeOwned;
@@ -135,6 +141,22 @@ pub trait Aggregator {
 
     /// Renders an accumulator; `None` writes nothing for it.
     fn finish(key: &str, window: Window, acc: &Self::Acc) -> Option<Self::Output>;
+
+    /// Converts an accumulator stored by a version with state schema `from` (one of
+    /// [`Aggregator::MIGRATES_FROM`]) into this version's `Acc`. `stored` is the old
+    /// version's encoding: decode it with [`decode_state`] into a copy of the old
+    /// type. `Ok(None)` drops the window's state; an `Err` fails the activation and
+    /// the host keeps the running version.
+    fn migrate(from: u32, key: &str, window: Window, stored: &[u8]) -> Result<Option<Self::Acc>, String> {
+        let _ = (key, window, stored);
+        Err(format!("no migration from state schema {from}"))
+    }
+}
+
+/// Decodes an accumulator as a plugin stored it (the SDK's encoding), for use in
+/// [`Aggregator::migrate`] with the previous version's accumulator type.
+pub fn decode_state<T: DeserializeOwned>(stored: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(stored).map_err(|e| format!("stored accumulator does not decode: {e}"))
 }
 
 /// Exports an [`Aggregator`] as the plugin's `weir:processor` implementation.
@@ -166,6 +188,13 @@ macro_rules! export {
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
                 {
                     $crate::__private::finish::<$agg>(&slots)
+                }
+                fn migrate(
+                    from_schema: u32,
+                    slots: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
+                {
+                    $crate::__private::migrate::<$agg>(from_schema, &slots)
                 }
             }
             $crate::wit::__export_processor!(Export);

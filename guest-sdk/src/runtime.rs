@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use weir_abi::{FinishIn, FinishOut, ProcessIn, ProcessOut, Reject, SlotUpdate};
+use weir_abi::{FinishIn, FinishOut, MigrateOut, ProcessIn, ProcessOut, Reject, SlotUpdate};
 
 use crate::Aggregator;
 
@@ -116,5 +116,31 @@ pub fn finish_frame<A: Aggregator>(frame: &[u8]) -> Result<Vec<u8>, FrameError> 
         values.push(value);
     }
     let out = FinishOut { values: values.iter().map(|v| v.as_deref()).collect() };
+    weir_abi::encode(&out).map_err(|e| FrameError::Fatal(format!("encode result: {e}")))
+}
+
+/// Runs one `migrate` call (a `weir_abi::FinishIn` frame of accumulators stored
+/// under schema `from`) and returns the `weir_abi::MigrateOut` frame.
+pub fn migrate_frame<A: Aggregator>(from: u32, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
+    if !A::MIGRATES_FROM.contains(&from) {
+        return Err(FrameError::Fatal(format!(
+            "asked to migrate from state schema {from}; this plugin migrates from {:?}",
+            A::MIGRATES_FROM
+        )));
+    }
+    let input: FinishIn<'_> = weir_abi::decode(frame).map_err(|e| bad("migrate frame", e))?;
+    let mut accs: Vec<Option<Vec<u8>>> = Vec::with_capacity(input.slots.len());
+    for slot in &input.slots {
+        let key = String::from_utf8_lossy(slot.key);
+        let acc = A::migrate(from, &key, slot.window, slot.acc)
+            .map_err(|e| FrameError::Fatal(format!("migrating {key} {:?}: {e}", slot.window)))?;
+        accs.push(match acc {
+            Some(acc) => {
+                Some(postcard::to_allocvec(&acc).map_err(|e| FrameError::Fatal(format!("encode accumulator: {e}")))?)
+            }
+            None => None,
+        });
+    }
+    let out = MigrateOut { accs: accs.iter().map(|v| v.as_deref()).collect() };
     weir_abi::encode(&out).map_err(|e| FrameError::Fatal(format!("encode result: {e}")))
 }

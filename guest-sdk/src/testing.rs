@@ -1,10 +1,11 @@
 //! Native test helpers: run an [`Aggregator`] through the same frame code the host
 //! calls in wasm, without building wasm.
 
-use weir_abi::{FinishIn, FinishOut, FinishSlot, ProcessIn, ProcessOut, RecordIn, Window};
+use serde::Serialize;
+use weir_abi::{FinishIn, FinishOut, FinishSlot, MigrateOut, ProcessIn, ProcessOut, RecordIn, Window};
 
 use crate::Aggregator;
-use crate::runtime::{FrameError, finish_frame, process_frame};
+use crate::runtime::{FrameError, finish_frame, migrate_frame, process_frame};
 
 /// What a test run of [`process`] produced.
 #[derive(Debug)]
@@ -50,4 +51,23 @@ pub fn finish<A: Aggregator>(key: &str, window: Window, acc: &A::Acc) -> Result<
     let out = finish_frame::<A>(&bytes)?;
     let out: FinishOut<'_> = weir_abi::decode(&out).map_err(|e| FrameError::BadFrame(e.to_string()))?;
     Ok(out.values.first().copied().flatten().map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// Migrates `old` (a value of the previous version's accumulator type, stored as
+/// that version stored it under state schema `from`) through `migrate`.
+pub fn migrate<A: Aggregator>(
+    from: u32,
+    key: &str,
+    window: Window,
+    old: &impl Serialize,
+) -> Result<Option<A::Acc>, FrameError> {
+    let acc = postcard::to_allocvec(old).map_err(|e| FrameError::Fatal(e.to_string()))?;
+    let frame = FinishIn { slots: vec![FinishSlot { key: key.as_bytes(), window, acc: &acc }] };
+    let bytes = weir_abi::encode(&frame).map_err(|e| FrameError::BadFrame(e.to_string()))?;
+    let out = migrate_frame::<A>(from, &bytes)?;
+    let out: MigrateOut<'_> = weir_abi::decode(&out).map_err(|e| FrameError::BadFrame(e.to_string()))?;
+    match out.accs.first().copied().flatten() {
+        Some(acc) => Ok(Some(postcard::from_bytes(acc).map_err(|e| FrameError::BadFrame(e.to_string()))?)),
+        None => Ok(None),
+    }
 }

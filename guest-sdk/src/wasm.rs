@@ -1,6 +1,6 @@
 //! The wasm-only glue between the generated WIT bindings and [`crate::runtime`].
 
-use crate::runtime::{FrameError, finish_frame, process_frame};
+use crate::runtime::{FrameError, finish_frame, migrate_frame, process_frame};
 use crate::wit::weir::processor::types::{
     HoppingWindows, PluginInfo, ProcessorError, TumblingWindows, Windowing as WitWindowing,
 };
@@ -21,7 +21,13 @@ pub fn describe<A: Aggregator>(name: &str, version: &str) -> PluginInfo {
         Windowing::Hopping { size_ms, advance_ms } => WitWindowing::Hopping(HoppingWindows { size_ms, advance_ms }),
         Windowing::Tumbling { size_ms } => WitWindowing::Tumbling(TumblingWindows { size_ms }),
     };
-    PluginInfo { name: name.to_owned(), version: version.to_owned(), windowing, state_schema: A::STATE_SCHEMA }
+    PluginInfo {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        windowing,
+        state_schema: A::STATE_SCHEMA,
+        migrates_from: A::MIGRATES_FROM.to_vec(),
+    }
 }
 
 /// `process` for an aggregator.
@@ -32,4 +38,9 @@ pub fn process<A: Aggregator>(batch: &[u8]) -> Result<Vec<u8>, ProcessorError> {
 /// `finish` for an aggregator.
 pub fn finish<A: Aggregator>(slots: &[u8]) -> Result<Vec<u8>, ProcessorError> {
     finish_frame::<A>(slots).map_err(Into::into)
+}
+
+/// `migrate` for an aggregator.
+pub fn migrate<A: Aggregator>(from: u32, slots: &[u8]) -> Result<Vec<u8>, ProcessorError> {
+    migrate_frame::<A>(from, slots).map_err(Into::into)
 }

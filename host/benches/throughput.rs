@@ -238,7 +238,7 @@ fn weir_run(
                 while !finished.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(250));
                     let plugin = runtime.load_precompiled(&artifacts[i % 2], Default::default())?;
-                    control.activate(&format!("build-{}", i % 2), plugin)?;
+                    control.activate(&format!("build-{}", i % 2), plugin, false)?;
                     i += 1;
                 }
                 Ok(())

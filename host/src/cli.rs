@@ -81,6 +81,10 @@ pub enum PluginCommand {
         pipeline: String,
         /// Version id (or a prefix of at least 8 characters).
         version: String,
+        /// Drop the pipeline's stored windows instead of migrating them (for a
+        /// version with a state schema it cannot migrate from).
+        #[arg(long)]
+        reset_state: bool,
         /// The host.
         #[command(flatten)]
         target: AdminTarget,
@@ -90,6 +94,9 @@ pub enum PluginCommand {
         /// The pipeline.
         #[arg(long)]
         pipeline: String,
+        /// Drop the stored windows (if the previous version cannot read their schema).
+        #[arg(long)]
+        reset_state: bool,
         /// The host.
         #[command(flatten)]
         target: AdminTarget,

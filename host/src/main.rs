@@ -93,17 +93,21 @@ fn main() -> Result<()> {
         Command::Plugin(PluginCommand::List { target }) => {
             println!("{}", Client::new(&target.admin, target.token).get("/v1/plugins")?);
         }
-        Command::Plugin(PluginCommand::Activate { pipeline, version, target }) => {
-            let body = serde_json::json!({ "version": version }).to_string();
+        Command::Plugin(PluginCommand::Activate { pipeline, version, reset_state, target }) => {
+            let body = serde_json::json!({ "version": version, "reset_state": reset_state }).to_string();
             let client = Client::new(&target.admin, target.token);
             println!(
                 "{}",
                 client.post(&format!("/v1/pipelines/{pipeline}/activate"), "application/json", body.as_bytes())?
             );
         }
-        Command::Plugin(PluginCommand::Rollback { pipeline, target }) => {
+        Command::Plugin(PluginCommand::Rollback { pipeline, reset_state, target }) => {
+            let body = serde_json::json!({ "reset_state": reset_state }).to_string();
             let client = Client::new(&target.admin, target.token);
-            println!("{}", client.post(&format!("/v1/pipelines/{pipeline}/rollback"), "application/json", b"{}")?);
+            println!(
+                "{}",
+                client.post(&format!("/v1/pipelines/{pipeline}/rollback"), "application/json", body.as_bytes())?
+            );
         }
         Command::Plugin(PluginCommand::Status { pipeline, target }) => {
             println!("{}", Client::new(&target.admin, target.token).get(&format!("/v1/pipelines/{pipeline}"))?);

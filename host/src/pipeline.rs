@@ -28,7 +28,7 @@ use crate::kafka::{self, KafkaIoError, base_config, set_default};
 use crate::metrics::Metrics;
 use crate::runtime::{GuestError, Instance, LoadError, Plugin, PluginInfo, Runtime};
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
-use crate::task::{PreparedCommit, Task, TaskContext, TaskError, Topics};
+use crate::task::{CommitMetadata, PreparedCommit, Task, TaskContext, TaskError, Topics};
 
 /// Why a pipeline stopped.
 #[derive(Debug, Error)]
@@ -56,6 +56,9 @@ pub enum PipelineError {
     /// The plugin failed again after being replaced.
     #[error("plugin keeps failing: {0}")]
     Guest(#[from] GuestError),
+    /// The plugin cannot take over the stored state.
+    #[error(transparent)]
+    Swap(#[from] SwapError),
     /// Another thread panicked while holding the pipeline.
     #[error("pipeline state poisoned by an earlier panic")]
     Poisoned,
@@ -76,6 +79,8 @@ struct Staged {
     label: String,
     plugin: Plugin,
     instance: Instance,
+    /// Drop the stored state instead of migrating it.
+    reset_state: bool,
 }
 
 /// Why a swap was refused before it was staged.
@@ -88,6 +93,22 @@ pub enum SwapError {
         label: String,
         /// What differs.
         reason: String,
+    },
+    /// The new version cannot read the pipeline's state.
+    #[error(
+        "version {label} has state schema {schema} and migrates from {migrates_from:?}, but the pipeline's \
+         state is in schema {stored}: use a version that migrates from {stored}, or activate with \
+         reset_state to drop the stored windows"
+    )]
+    StateSchema {
+        /// The version.
+        label: String,
+        /// Its state schema.
+        schema: u32,
+        /// What it migrates from.
+        migrates_from: Vec<u32>,
+        /// The schema the state is in.
+        stored: u32,
     },
     /// Nothing to roll back to.
     #[error("no previous version to roll back to")]
@@ -116,6 +137,8 @@ pub struct SwapEvent {
     pub pause: Duration,
     /// Set if the new version failed and the pipeline rolled back.
     pub rolled_back: Option<String>,
+    /// What happened to the stored state, if anything (migrated or reset).
+    pub state: Option<String>,
 }
 
 /// What a pipeline reports about its plugin.
@@ -129,6 +152,10 @@ pub struct SwapStatus {
     pub history: Vec<SwapEvent>,
     /// The last failure of a new version, if any.
     pub last_error: Option<String>,
+    /// What the active version declared.
+    pub active_info: Option<PluginInfo>,
+    /// What the previous version declared.
+    pub previous_info: Option<PluginInfo>,
 }
 
 /// Hot swap of a running pipeline's plugin.
@@ -136,43 +163,62 @@ pub struct SwapStatus {
 pub struct Control {
     tx: Sender<ControlCommand>,
     status: Arc<Mutex<SwapStatus>>,
-    info: PluginInfo,
 }
 
 enum ControlCommand {
     Activate(Box<Staged>),
-    Rollback,
+    Rollback { reset_state: bool },
+}
+
+/// Why `new` cannot take over from `old`, if it cannot.
+fn incompatibility(label: &str, old: &PluginInfo, new: &PluginInfo, reset_state: bool) -> Option<SwapError> {
+    if old.windowing != new.windowing {
+        let reason = format!(
+            "windows {:?} differ from the running {:?}; a different windowing is a new pipeline (new application id)",
+            new.windowing, old.windowing
+        );
+        return Some(SwapError::Incompatible { label: label.to_owned(), reason });
+    }
+    (!reset_state && !new.reads_state(old.state_schema)).then(|| SwapError::StateSchema {
+        label: label.to_owned(),
+        schema: new.state_schema,
+        migrates_from: new.migrates_from.clone(),
+        stored: old.state_schema,
+    })
 }
 
 impl Control {
     /// Stages `plugin` (labelled `label`) to replace the running version at the
     /// next transaction boundary. The instance is created here, on the caller's
-    /// thread; the pipeline thread only switches to it.
-    pub fn activate(&self, label: &str, plugin: Plugin) -> Result<(), SwapError> {
-        let (old, new) = (&self.info, plugin.info());
-        let reason = if old.windowing != new.windowing {
-            Some(format!("windows {:?} differ from the running {:?}", new.windowing, old.windowing))
-        } else if old.state_schema != new.state_schema {
-            Some(format!("state schema {} differs from the running {}", new.state_schema, old.state_schema))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(SwapError::Incompatible { label: label.to_owned(), reason });
+    /// thread; the pipeline thread only switches to it. A version with another
+    /// state schema must migrate from the running one's, or `reset_state` must be
+    /// set to drop the stored windows.
+    pub fn activate(&self, label: &str, plugin: Plugin, reset_state: bool) -> Result<(), SwapError> {
+        if let Some(old) = self.status().active_info
+            && let Some(refusal) = incompatibility(label, &old, plugin.info(), reset_state)
+        {
+            return Err(refusal);
         }
         let instance =
             plugin.instantiate().map_err(|source| SwapError::Instantiate { label: label.to_owned(), source })?;
         self.tx
-            .send(ControlCommand::Activate(Box::new(Staged { label: label.to_owned(), plugin, instance })))
+            .send(ControlCommand::Activate(Box::new(Staged { label: label.to_owned(), plugin, instance, reset_state })))
             .map_err(|_| SwapError::Stopped)
     }
 
-    /// Returns to the previous version at the next transaction boundary.
-    pub fn rollback(&self) -> Result<(), SwapError> {
-        if self.status().previous.is_none() {
+    /// Returns to the previous version at the next transaction boundary; the same
+    /// state-schema rule as [`Control::activate`] applies.
+    pub fn rollback(&self, reset_state: bool) -> Result<(), SwapError> {
+        let status = self.status();
+        let (Some(label), Some(previous)) = (status.previous, status.previous_info) else {
             return Err(SwapError::NoPrevious);
+        };
+        if let Some(old) = status.active_info
+            && let Some(refusal) = incompatibility(&label, &old, &previous, reset_state)
+        {
+            return Err(refusal);
         }
-        self.tx.send(ControlCommand::Rollback).map_err(|_| SwapError::Stopped)
+        self.tx.send(ControlCommand::Rollback { reset_state }).map_err(|_| SwapError::Stopped)
     }
 
     /// The current status.
@@ -204,6 +250,9 @@ struct Engine {
     /// Set from a swap until the new version's first successful commit; a plugin
     /// failure in that time rolls back instead of dead-lettering records.
     probation: bool,
+    /// The running version was activated with `reset_state` and that reset is
+    /// not committed yet: it is redone if the transaction is rewound.
+    reset_state: bool,
     control: Receiver<ControlCommand>,
     status: Arc<Mutex<SwapStatus>>,
 }
@@ -267,7 +316,7 @@ impl Engine {
                 if let Some(next) = task.next_offset() {
                     let mut elem = offsets.add_partition(&ctx.topics.input, task.partition());
                     elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
-                    elem.set_metadata(task.stream_time().map(|t| t.to_string()).unwrap_or_default());
+                    elem.set_metadata(task.commit_metadata());
                 }
             }
         }
@@ -293,13 +342,53 @@ impl Engine {
         }
         self.metrics.commits.inc();
         self.probation = false;
+        self.reset_state = false;
         Ok(())
+    }
+
+    /// Brings every task's state to the running plugin's schema (or drops it, if
+    /// the version was activated with `reset_state`). Returns what it did, if
+    /// anything, for the swap history.
+    fn align_state(&mut self) -> Result<Option<String>, PipelineError> {
+        let info = self.plugin.info().clone();
+        let label = self.active.clone();
+        let reset = self.reset_state;
+        let (mut ctx, tasks) = self.ctx_parts();
+        let (mut windows, mut from) = (0usize, std::collections::BTreeSet::new());
+        for task in tasks.values_mut() {
+            let stored = task.state_schema();
+            if !reset && stored == info.state_schema {
+                continue;
+            }
+            if !reset && !info.reads_state(stored) {
+                return Err(PipelineError::Swap(SwapError::StateSchema {
+                    label,
+                    schema: info.state_schema,
+                    migrates_from: info.migrates_from,
+                    stored,
+                }));
+            }
+            from.insert(stored);
+            windows += task.evolve(&mut ctx, info.state_schema, reset)?;
+        }
+        if from.is_empty() {
+            return Ok(None);
+        }
+        let what = if reset {
+            format!("reset: {windows} stored windows dropped")
+        } else {
+            format!("migrated {windows} stored windows from state schema {from:?} to {}", info.state_schema)
+        };
+        tracing::info!(version = %label, "{what}");
+        Ok(Some(what))
     }
 
     fn record(&self, event: SwapEvent, error: Option<String>) {
         if let Ok(mut status) = self.status.lock() {
             status.active = self.active.clone();
+            status.active_info = Some(self.plugin.info().clone());
             status.previous = self.previous.as_ref().map(|(label, _)| label.clone());
+            status.previous_info = self.previous.as_ref().map(|(_, plugin)| plugin.info().clone());
             status.history.push(event);
             if error.is_some() {
                 status.last_error = error;
@@ -315,12 +404,12 @@ impl Engine {
         }
         let Ok(command) = self.control.try_recv() else { return };
         let paused = Instant::now();
-        let (label, plugin, instance) = match command {
-            ControlCommand::Activate(staged) => (staged.label, staged.plugin, Ok(staged.instance)),
-            ControlCommand::Rollback => match self.previous.take() {
+        let (label, plugin, instance, reset_state) = match command {
+            ControlCommand::Activate(staged) => (staged.label, staged.plugin, Ok(staged.instance), staged.reset_state),
+            ControlCommand::Rollback { reset_state } => match self.previous.take() {
                 Some((label, plugin)) => {
                     let instance = plugin.instantiate();
-                    (label, plugin, instance)
+                    (label, plugin, instance, reset_state)
                 }
                 None => return,
             },
@@ -337,9 +426,29 @@ impl Engine {
         let from = std::mem::replace(&mut self.active, label.clone());
         self.previous = Some((from.clone(), old_plugin));
         self.probation = true;
+        self.reset_state = reset_state;
+        let state = match self.align_state() {
+            Ok(state) => state,
+            Err(error) => {
+                // Nothing was processed since the boundary: forget the partial
+                // conversion and hand the state back to the previous version.
+                for task in self.tasks.values_mut() {
+                    task.rewind();
+                }
+                self.reset_state = false;
+                self.record(
+                    SwapEvent { from, to: label, pause: paused.elapsed(), rolled_back: None, state: None },
+                    None,
+                );
+                if let Err(e) = self.roll_back_failed_swap(&error) {
+                    self.fatal.get_or_insert(e);
+                }
+                return;
+            }
+        };
         let pause = paused.elapsed();
         tracing::info!(from = %from, to = %label, pause_us = pause.as_micros() as u64, "plugin swapped at a transaction boundary");
-        self.record(SwapEvent { from, to: label, pause, rolled_back: None }, None);
+        self.record(SwapEvent { from, to: label, pause, rolled_back: None, state }, None);
     }
 
     /// The version on probation failed: go back to the previous one.
@@ -351,10 +460,17 @@ impl Engine {
         let failed = std::mem::replace(&mut self.active, label.clone());
         self.previous = Some((failed.clone(), failed_plugin));
         self.probation = false;
+        self.reset_state = false;
         let reason = format!("version {failed} failed and was rolled back to {label}: {error}");
         tracing::error!("{reason}");
         self.record(
-            SwapEvent { from: failed, to: label, pause: Duration::ZERO, rolled_back: Some(reason.clone()) },
+            SwapEvent {
+                from: failed,
+                to: label,
+                pause: Duration::ZERO,
+                rolled_back: Some(reason.clone()),
+                state: None,
+            },
             Some(reason),
         );
         Ok(())
@@ -386,6 +502,8 @@ impl Engine {
                 .seek(&self.topics.input, task.partition(), offset, Duration::from_secs(10))
                 .map_err(KafkaIoError::from)?;
         }
+        // The rewind also forgot an uncommitted state migration: redo it.
+        self.align_state()?;
         Ok(())
     }
 
@@ -411,7 +529,10 @@ impl Engine {
         for elem in committed.elements_for_topic(&self.topics.input) {
             let partition = elem.partition();
             let offset = elem.offset().to_raw().filter(|o| *o >= 0);
-            let stream_time = elem.metadata().parse::<i64>().ok();
+            let meta = CommitMetadata::parse(elem.metadata());
+            let stream_time = meta.stream_time;
+            // Offsets committed before schemas were recorded are in the plugin's.
+            let schema = meta.schema.unwrap_or(self.plugin.info().state_schema);
             let mut store = match self.suspended.remove(&partition) {
                 Some(task) => task.into_store(),
                 None => self.open_store(partition)?,
@@ -424,11 +545,21 @@ impl Engine {
                     store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
                 })?;
             tracing::info!(partition, ?offset, ?stream_time, ?checkpoint, restored = restored.records, "task assigned");
-            let task =
-                Task::new(partition, self.plugin.info().windowing, self.cfg.grace_ms, store, offset, stream_time);
+            let task = Task::new(
+                partition,
+                self.plugin.info().windowing,
+                self.cfg.grace_ms,
+                store,
+                offset,
+                stream_time,
+                schema,
+            );
             self.tasks.insert(partition, task);
         }
         self.suspended.clear();
+        if let Some(what) = self.align_state()? {
+            tracing::info!(version = %self.active, "state of newly assigned partitions: {what}");
+        }
         self.metrics.tasks.set(self.tasks.len() as i64);
         Ok(())
     }
@@ -546,8 +677,12 @@ impl Pipeline {
 
         let label = format!("{}@{}", info.name, info.version);
         let (control_tx, control_rx) = channel();
-        let status = Arc::new(Mutex::new(SwapStatus { active: label.clone(), ..SwapStatus::default() }));
-        let control = Control { tx: control_tx, status: status.clone(), info: info.clone() };
+        let status = Arc::new(Mutex::new(SwapStatus {
+            active: label.clone(),
+            active_info: Some(info.clone()),
+            ..SwapStatus::default()
+        }));
+        let control = Control { tx: control_tx, status: status.clone() };
         let instance = instance_id(&cfg)?;
         let member = format!("{}-{}", cfg.application_id, instance);
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
@@ -570,6 +705,7 @@ impl Pipeline {
             active: label.clone(),
             previous: None,
             probation: false,
+            reset_state: false,
             control: control_rx,
             status: status.clone(),
             cfg: cfg.clone(),

@@ -8,12 +8,18 @@
 //! final mode, closed) windows through the plugin, writes results and changelog
 //! records to the sink, and — once the transaction is committed — writes the changes
 //! and the new changelog checkpoint to its store in one batch.
+//!
+//! A task also knows the state schema its store is written in. When a plugin with
+//! another schema takes over, [`Task::evolve`] converts (or drops) every stored
+//! accumulator before the plugin sees one; the converted values are written like
+//! any other change — changelog and store, with the new schema in the commit —
+//! so a crash before that commit leaves the old state and the old schema intact.
 
 use std::collections::{HashMap, HashSet};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use thiserror::Error;
-use weir_abi::{FinishIn, FinishOut, FinishSlot, ProcessIn, ProcessOut, RecordIn, Window};
+use weir_abi::{FinishIn, FinishOut, FinishSlot, MigrateOut, ProcessIn, ProcessOut, RecordIn, Window};
 
 use crate::config::{EmitMode, FailurePolicy};
 use crate::kafka::KafkaIoError;
@@ -105,6 +111,12 @@ pub struct Task {
     store: Box<dyn Store>,
     /// Uncommitted accumulators by window-store key.
     dirty: HashMap<Vec<u8>, Vec<u8>>,
+    /// Uncommitted conversions of stored accumulators to `schema` (`None` drops
+    /// the window); read before the store, written without emitting results.
+    migrated: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// State schema of the store plus the uncommitted changes.
+    schema: u32,
+    committed_schema: u32,
     stream_time: Option<i64>,
     committed_stream_time: Option<i64>,
     next_offset: Option<i64>,
@@ -132,7 +144,8 @@ impl TaskContext<'_> {
 }
 
 impl Task {
-    /// A task over `store`, resuming at `committed_offset` with `stream_time`.
+    /// A task over `store` (written in state schema `schema`), resuming at
+    /// `committed_offset` with `stream_time`.
     pub fn new(
         partition: i32,
         windowing: Windowing,
@@ -140,6 +153,7 @@ impl Task {
         store: Box<dyn Store>,
         committed_offset: Option<i64>,
         stream_time: Option<i64>,
+        schema: u32,
     ) -> Self {
         Self {
             partition,
@@ -147,6 +161,9 @@ impl Task {
             grace_ms: grace_ms as i64,
             store,
             dirty: HashMap::new(),
+            migrated: HashMap::new(),
+            schema,
+            committed_schema: schema,
             stream_time,
             committed_stream_time: stream_time,
             next_offset: committed_offset,
@@ -188,9 +205,80 @@ impl Task {
         self.pending.len()
     }
 
+    /// The state schema the task's state is in (including uncommitted changes).
+    pub fn state_schema(&self) -> u32 {
+        self.schema
+    }
+
+    /// What to store with the committed offset: stream time and state schema.
+    pub fn commit_metadata(&self) -> String {
+        CommitMetadata { stream_time: self.stream_time, schema: Some(self.schema) }.to_string()
+    }
+
     /// Whether anything happened since the last commit.
     pub fn has_progress(&self) -> bool {
-        self.next_offset != self.committed_offset || !self.dirty.is_empty()
+        self.next_offset != self.committed_offset
+            || !self.dirty.is_empty()
+            || !self.migrated.is_empty()
+            || self.schema != self.committed_schema
+    }
+
+    /// Brings every stored accumulator to state schema `to`: through the plugin's
+    /// `migrate`, or — with `reset` — by dropping them all. Only at a transaction
+    /// boundary (nothing pending or uncommitted). Returns how many windows it
+    /// touched. The conversion is committed by the next commit, or forgotten by
+    /// [`Task::rewind`].
+    pub fn evolve(&mut self, ctx: &mut TaskContext<'_>, to: u32, reset: bool) -> Result<usize, TaskError> {
+        let keys = self.store.keys()?;
+        let from = self.schema;
+        if reset {
+            self.migrated.extend(keys.into_iter().map(|k| (k, None)));
+        } else {
+            for chunk in keys.chunks(MIGRATE_BATCH) {
+                let mut accs = Vec::with_capacity(chunk.len());
+                for key in chunk {
+                    accs.push(self.store.get(key)?.unwrap_or_default());
+                }
+                let mut slots = Vec::with_capacity(chunk.len());
+                for (key, acc) in chunk.iter().zip(&accs) {
+                    let (window, record_key) =
+                        split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
+                    slots.push(FinishSlot { key: record_key, window, acc });
+                }
+                let frame = weir_abi::encode(&FinishIn { slots }).map_err(frame_err)?;
+                ctx.metrics.guest_calls.inc();
+                let answer = ctx.instance.migrate(from, &frame)?;
+                let out: MigrateOut<'_> = weir_abi::decode(&answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+                if out.accs.len() != chunk.len() {
+                    return Err(GuestError::BadFrame(format!(
+                        "migrate returned {} accumulators for {} slots",
+                        out.accs.len(),
+                        chunk.len()
+                    ))
+                    .into());
+                }
+                for (key, acc) in chunk.iter().zip(out.accs) {
+                    if let Some(acc) = acc {
+                        ctx.instance.check_value(acc)?;
+                    }
+                    self.migrated.insert(key.clone(), acc.map(<[u8]>::to_vec));
+                }
+            }
+        }
+        self.schema = to;
+        tracing::info!(partition = self.partition, from, to, reset, windows = self.migrated.len(), "state evolved");
+        Ok(self.migrated.len())
+    }
+
+    /// The current accumulator of `key`: uncommitted, converted, or stored.
+    fn current(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TaskError> {
+        if let Some(v) = self.dirty.get(key) {
+            return Ok(Some(v.clone()));
+        }
+        if let Some(v) = self.migrated.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.get(key)?)
     }
 
     fn push_bytes(&mut self, bytes: Option<&[u8]>) -> Option<Span> {
@@ -392,10 +480,7 @@ impl Task {
                     Some(&slot) => slot,
                     None => {
                         let slot = slot_keys.len() as u32;
-                        let value = match self.dirty.get(key_buf.as_slice()) {
-                            Some(v) => Some(v.clone()),
-                            None => self.store.get(&key_buf)?,
-                        };
+                        let value = self.current(&key_buf)?;
                         slot_index.insert(key_buf.clone(), slot);
                         slot_keys.push(key_buf.clone());
                         slot_values.push(value);
@@ -469,7 +554,7 @@ impl Task {
                     if self.expired_before == i64::MIN { Vec::new() } else { window_end_bound(self.expired_before) };
                 for key in self.store.keys_between(&from, &bound)? {
                     if !self.dirty.contains_key(&key)
-                        && let Some(acc) = self.store.get(&key)?
+                        && let Some(acc) = self.current(&key)?
                     {
                         closed_in_store.push((key, acc));
                     }
@@ -491,12 +576,16 @@ impl Task {
         };
         self.render(ctx, &render)?;
 
-        let mut changes: Vec<Change> = Vec::with_capacity(dirty.len() + closed_in_store.len());
-        for (key, acc) in dirty {
+        // One change per key; later sources win: conversions, then expiry, then
+        // this commit's updates.
+        let mut by_key: HashMap<Vec<u8>, Option<Vec<u8>>> = self.migrated.drain().collect();
+        by_key.extend(closed_in_store.into_iter().map(|(key, _)| (key, None)));
+        by_key.extend(dirty.into_iter().map(|(key, acc)| (key, Some(acc))));
+        let mut changes: Vec<Change> = Vec::with_capacity(by_key.len());
+        for (key, acc) in by_key {
             let closed = split_window_key(&key).is_some_and(|(w, _)| is_closed(w));
-            changes.push((key, (!closed).then_some(acc)));
+            changes.push((key, acc.filter(|_| !closed)));
         }
-        changes.extend(closed_in_store.into_iter().map(|(key, _)| (key, None)));
         for (key, value) in &changes {
             ctx.sink.send(OutRecord {
                 topic: &ctx.topics.changelog,
@@ -556,17 +645,55 @@ impl Task {
         self.store.write(prepared.changes, changelog_next)?;
         self.committed_offset = self.next_offset;
         self.committed_stream_time = self.stream_time;
+        self.committed_schema = self.schema;
         Ok(())
     }
 
     /// The transaction was aborted: forget everything since the last commit.
     pub fn rewind(&mut self) {
         self.dirty.clear();
+        self.migrated.clear();
+        self.schema = self.committed_schema;
         self.pending.clear();
         self.arena.clear();
         self.stream_time = self.committed_stream_time;
         self.next_offset = self.committed_offset;
         self.expired_before = i64::MIN;
+    }
+}
+
+/// Stored accumulators per `migrate` call.
+const MIGRATE_BATCH: usize = 512;
+
+/// What a task keeps in the metadata of its committed offset: `<stream time>`
+/// then `;schema=<n>` (older hosts wrote the stream time alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitMetadata {
+    /// The highest event time seen.
+    pub stream_time: Option<i64>,
+    /// The state schema of the committed state, if recorded.
+    pub schema: Option<u32>,
+}
+
+impl CommitMetadata {
+    /// Reads metadata; anything unreadable counts as absent.
+    pub fn parse(text: &str) -> Self {
+        let mut parts = text.split(';');
+        let stream_time = parts.next().and_then(|t| t.trim().parse().ok());
+        let schema = parts.find_map(|p| p.trim().strip_prefix("schema=")).and_then(|s| s.parse().ok());
+        Self { stream_time, schema }
+    }
+}
+
+impl std::fmt::Display for CommitMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(t) = self.stream_time {
+            write!(f, "{t}")?;
+        }
+        if let Some(s) = self.schema {
+            write!(f, ";schema={s}")?;
+        }
+        Ok(())
     }
 }
 
@@ -586,4 +713,23 @@ enum BatchResult {
         records: u64,
     },
     Rejected(Vec<(usize, String)>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitMetadata;
+
+    #[test]
+    fn commit_metadata_round_trips_and_reads_the_old_format() {
+        for meta in [
+            CommitMetadata { stream_time: Some(1_700_000_000_123), schema: Some(2) },
+            CommitMetadata { stream_time: None, schema: Some(1) },
+            CommitMetadata { stream_time: Some(-5), schema: None },
+            CommitMetadata::default(),
+        ] {
+            assert_eq!(CommitMetadata::parse(&meta.to_string()), meta, "{meta}");
+        }
+        assert_eq!(CommitMetadata::parse("42"), CommitMetadata { stream_time: Some(42), schema: None });
+        assert_eq!(CommitMetadata::parse("garbage;schema=x"), CommitMetadata::default());
+    }
 }

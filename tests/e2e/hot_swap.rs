@@ -27,7 +27,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool
 
 fn swap(control: &Control, runtime: &Runtime, label: &str, plugin_name: &str, swaps_before: usize) -> Result<()> {
     let bytes = std::fs::read(plugin(plugin_name)?)?;
-    control.activate(label, runtime.load(&bytes, Grants::default())?)?;
+    control.activate(label, runtime.load(&bytes, Grants::default())?, false)?;
     wait_for(&format!("swap to {label}"), Duration::from_secs(30), || Ok(control.status().history.len() > swaps_before))
 }
 

@@ -11,4 +11,5 @@ mod dead_letter;
 mod hot_swap;
 mod sandbox;
 mod serve;
+mod state_evolution;
 mod stock_stats;

@@ -186,6 +186,17 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i
     Ok(got.elements().iter().map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1))).collect())
 }
 
+/// The metadata the group committed with its offsets on `topic`.
+pub fn committed_metadata(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i32, String>> {
+    let consumer: BaseConsumer = client().set("group.id", group).set("isolation.level", "read_committed").create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = weir::kafka::committed_offsets(&consumer, &tpl, Duration::from_secs(30))?;
+    Ok(got.elements().iter().map(|e| (e.partition(), e.metadata().to_owned())).collect())
+}
+
 /// A running `weir` process and its log file.
 pub struct Weir {
     pub child: Child,
@@ -386,13 +397,13 @@ pub fn terminate(weir: &mut Weir) -> Result<()> {
 
 /// The input trade, parsed independently of the plugin.
 #[derive(Debug, Deserialize)]
-struct TradeIn {
+pub struct TradeIn {
     #[serde(rename = "type")]
-    side: String,
+    pub side: String,
     #[allow(dead_code)]
-    ticker: String,
-    price: f64,
-    size: u64,
+    pub ticker: String,
+    pub price: f64,
+    pub size: u64,
 }
 
 /// One (ticker, window) result.
@@ -413,6 +424,16 @@ pub struct WindowStats {
 /// late for a window when the window ended at or before (partition's max timestamp
 /// so far − grace). Records that are not valid trades are skipped.
 pub fn recompute(trades: &[Record], grace_ms: i64) -> BTreeMap<(String, i64), WindowStats> {
+    recompute_with(trades, grace_ms, |_, _, _| {})
+}
+
+/// [`recompute`], also calling `each` with every (ticker, window start), record and
+/// trade it counts.
+pub fn recompute_with(
+    trades: &[Record],
+    grace_ms: i64,
+    mut each: impl FnMut(&(String, i64), &Record, &TradeIn),
+) -> BTreeMap<(String, i64), WindowStats> {
     let mut out: BTreeMap<(String, i64), WindowStats> = BTreeMap::new();
     let mut stream_time: HashMap<i32, i64> = HashMap::new();
     for record in trades {
@@ -445,6 +466,7 @@ pub fn recompute(trades: &[Record], grace_ms: i64) -> BTreeMap<(String, i64), Wi
                 e.volume += trade.size;
                 e.sum_price += trade.price;
                 e.avg_price = e.sum_price / e.count_trades as f64;
+                each(&(ticker.clone(), start), record, &trade);
             }
             start -= 1000;
         }
@@ -482,8 +504,27 @@ pub fn assert_same(got: &BTreeMap<(String, i64), WindowStats>, want: &BTreeMap<(
     );
 }
 
+/// Event time of the first trade [`gen_trades`] writes.
+pub const GEN_START_MS: i64 = 1_700_000_000_000;
+
+/// Event time [`gen_trades`] advances per trade: 2000 trades per second.
+pub const GEN_EVENTS_PER_SEC: i64 = 2_000;
+
 /// Runs `weir gen trades` into `topic`.
 pub fn gen_trades(topic: &str, count: u64, tickers: usize, partitions: i32, disorder_ms: u64, rate: u64) -> Result<()> {
+    gen_trades_at(topic, count, tickers, partitions, disorder_ms, rate, GEN_START_MS)
+}
+
+/// [`gen_trades`] with event time starting at `start_ms`.
+pub fn gen_trades_at(
+    topic: &str,
+    count: u64,
+    tickers: usize,
+    partitions: i32,
+    disorder_ms: u64,
+    rate: u64,
+    start_ms: i64,
+) -> Result<()> {
     let status = Command::new(weir_bin()?)
         .args(["gen", "trades", "--bootstrap-servers", &bootstrap(), "--topic", topic])
         .args([
@@ -494,8 +535,8 @@ pub fn gen_trades(topic: &str, count: u64, tickers: usize, partitions: i32, diso
             "--partitions",
             &partitions.to_string(),
         ])
-        .args(["--disorder-ms", &disorder_ms.to_string(), "--event-rate", "2000", "--rate", &rate.to_string()])
-        .args(["--start-ms", "1700000000000", "--bid-ratio", "0.25"])
+        .args(["--disorder-ms", &disorder_ms.to_string(), "--event-rate", &GEN_EVENTS_PER_SEC.to_string()])
+        .args(["--rate", &rate.to_string(), "--start-ms", &start_ms.to_string(), "--bid-ratio", "0.25"])
         .env("RUST_LOG", "warn")
         .status()?;
     if !status.success() {

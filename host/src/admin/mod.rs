@@ -242,6 +242,10 @@ pub struct PipelineStatus {
     pub swap_pauses_us: Vec<u64>,
     /// The last failure of a new version.
     pub last_error: Option<String>,
+    /// State schema of the active version (the schema the state is kept in).
+    pub state_schema: Option<u32>,
+    /// Every swap, in order.
+    pub history: Vec<SwapRecord>,
     /// Records processed.
     pub records_in: u64,
     /// Records dead-lettered.
@@ -250,6 +254,21 @@ pub struct PipelineStatus {
     pub plugin_failures: u64,
     /// Why the pipeline stopped, if it did.
     pub failed: Option<String>,
+}
+
+/// One swap as JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwapRecord {
+    /// Version swapped from.
+    pub from: String,
+    /// Version swapped to.
+    pub to: String,
+    /// Pause of the pipeline thread, µs.
+    pub pause_us: u64,
+    /// Why the swap was undone, if it was.
+    pub rolled_back: Option<String>,
+    /// What happened to the stored state (migrated or reset), if anything.
+    pub state: Option<String>,
 }
 
 fn entry<'a>(state: &'a AdminState, name: &str) -> Result<&'a PipelineEntry, ApiError> {
@@ -266,6 +285,18 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
         rollbacks: status.history.iter().filter(|e| e.rolled_back.is_some()).count(),
         swap_pauses_us: status.history.iter().map(|e| e.pause.as_micros() as u64).collect(),
         last_error: status.last_error,
+        state_schema: status.active_info.as_ref().map(|i| i.state_schema),
+        history: status
+            .history
+            .iter()
+            .map(|e| SwapRecord {
+                from: e.from.clone(),
+                to: e.to.clone(),
+                pause_us: e.pause.as_micros() as u64,
+                rolled_back: e.rolled_back.clone(),
+                state: e.state.clone(),
+            })
+            .collect(),
         records_in: entry.metrics.records_in.get(),
         dead_letters: entry.metrics.dead_letters.get(),
         plugin_failures: entry.metrics.plugin_failures.get(),
@@ -278,6 +309,18 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
 pub struct Activate {
     /// Version id (or a prefix of at least 8 characters).
     pub version: String,
+    /// Drop the pipeline's stored windows instead of migrating them; needed when
+    /// the version has another state schema and cannot migrate from the running one's.
+    #[serde(default)]
+    pub reset_state: bool,
+}
+
+/// Body of a rollback (optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Rollback {
+    /// As for [`Activate::reset_state`].
+    #[serde(default)]
+    pub reset_state: bool,
 }
 
 async fn activate(
@@ -297,7 +340,7 @@ async fn activate(
         };
         let label =
             format!("{}@{}#{}", plugin.info().name, plugin.info().version, &body.version[..body.version.len().min(12)]);
-        entry.control.activate(&label, plugin).map_err(|e| api_error(swap_status(&e), e))?;
+        entry.control.activate(&label, plugin, body.reset_state).map_err(|e| api_error(swap_status(&e), e))?;
         Ok::<_, ApiError>((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": label }))))
     })
     .await
@@ -306,7 +349,7 @@ async fn activate(
 
 fn swap_status(e: &SwapError) -> StatusCode {
     match e {
-        SwapError::Incompatible { .. } | SwapError::NoPrevious => StatusCode::CONFLICT,
+        SwapError::Incompatible { .. } | SwapError::StateSchema { .. } | SwapError::NoPrevious => StatusCode::CONFLICT,
         SwapError::Instantiate { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         SwapError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -316,8 +359,14 @@ async fn rollback(
     State(state): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
-    entry(&state, &name)?.control.rollback().map_err(|e| api_error(swap_status(&e), e))?;
+    let body: Rollback = if body.iter().all(u8::is_ascii_whitespace) {
+        Rollback::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("rollback body: {e}")))?
+    };
+    entry(&state, &name)?.control.rollback(body.reset_state).map_err(|e| api_error(swap_status(&e), e))?;
     Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": "rollback" }))))
 }

@@ -31,6 +31,11 @@ const DOCUMENT: &str = r##"{
           "rollbacks": { "type": "integer" },
           "swap_pauses_us": { "type": "array", "items": { "type": "integer" } },
           "last_error": { "type": "string", "nullable": true },
+          "state_schema": { "type": "integer", "nullable": true },
+          "history": { "type": "array", "items": { "type": "object", "properties": {
+            "from": { "type": "string" }, "to": { "type": "string" }, "pause_us": { "type": "integer" },
+            "rolled_back": { "type": "string", "nullable": true },
+            "state": { "type": "string", "nullable": true, "description": "what happened to the stored windows: migrated or reset" } } } },
           "records_in": { "type": "integer" },
           "dead_letters": { "type": "integer" },
           "plugin_failures": { "type": "integer" }
@@ -72,8 +77,10 @@ const DOCUMENT: &str = r##"{
         "summary": "Stage a stored version; it takes over at the next transaction boundary",
         "security": [{ "bearer": [] }],
         "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
-        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["version"], "properties": { "version": { "type": "string" } } } } } },
-        "responses": { "202": { "description": "staged" }, "404": { "description": "unknown version or pipeline" }, "409": { "description": "incompatible windows or state schema" } }
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["version"], "properties": {
+          "version": { "type": "string", "description": "version id, or a prefix of at least 8 characters" },
+          "reset_state": { "type": "boolean", "default": false, "description": "drop the stored windows instead of migrating them (needed for a state schema the version cannot migrate from)" } } } } } },
+        "responses": { "202": { "description": "staged" }, "404": { "description": "unknown version or pipeline" }, "409": { "description": "incompatible windows, or a state schema the version cannot migrate from (see reset_state)" } }
       }
     },
     "/v1/pipelines/{name}/rollback": {
@@ -81,7 +88,9 @@ const DOCUMENT: &str = r##"{
         "summary": "Return to the previous version at the next transaction boundary",
         "security": [{ "bearer": [] }],
         "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
-        "responses": { "202": { "description": "staged" }, "409": { "description": "no previous version" } }
+        "requestBody": { "required": false, "content": { "application/json": { "schema": { "type": "object", "properties": {
+          "reset_state": { "type": "boolean", "default": false } } } } } },
+        "responses": { "202": { "description": "staged" }, "409": { "description": "no previous version, or it cannot read the current state schema (see reset_state)" } }
       }
     }
   }

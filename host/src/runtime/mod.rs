@@ -72,7 +72,7 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 }
 
 /// The version of the `weir:processor` world this host implements.
-pub const WORLD_VERSION: &str = "0.1.0";
+pub const WORLD_VERSION: &str = "0.2.0";
 
 /// How often the epoch advances; the granularity of [`Limits::call_budget`].
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -86,11 +86,11 @@ pub enum LoadError {
     /// The bytes are not a valid component, or do not compile.
     #[error("not a loadable WebAssembly component: {0}")]
     Compile(String),
-    /// The component does not implement the `weir:processor@0.1.0` world.
-    #[error("component does not implement weir:processor/processor@0.1.0: {0}")]
+    /// The component does not implement the host's `weir:processor` world.
+    #[error("component does not implement weir:processor/processor@{WORLD_VERSION}: {0}")]
     World(String),
     /// The component lacks one of the world's exports.
-    #[error("component does not export `{0}` (the weir:processor world needs describe, process and finish)")]
+    #[error("component does not export `{0}` (the weir:processor world needs describe, process, finish and migrate)")]
     MissingExport(&'static str),
     /// The component was built against another version of the world.
     #[error("component was built for weir:processor@{found}; this host implements weir:processor@{WORLD_VERSION}")]
@@ -142,6 +142,15 @@ pub struct PluginInfo {
     pub windowing: Windowing,
     /// Its accumulator encoding version.
     pub state_schema: u32,
+    /// Older state schemas its `migrate` converts from.
+    pub migrates_from: Vec<u32>,
+}
+
+impl PluginInfo {
+    /// Whether this plugin can take over state stored under `schema`.
+    pub fn reads_state(&self, schema: u32) -> bool {
+        schema == self.state_schema || self.migrates_from.contains(&schema)
+    }
 }
 
 /// A one-line reason for a trap (the full wasm backtrace goes to the debug log).
@@ -256,7 +265,7 @@ impl Runtime {
             }
         }
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
-        for needed in ["describe", "process", "finish"] {
+        for needed in ["describe", "process", "finish", "migrate"] {
             if !exports.iter().any(|e| e == needed) {
                 return Err(LoadError::MissingExport(needed));
             }
@@ -272,6 +281,7 @@ impl Runtime {
                 version: String::new(),
                 windowing: Windowing::tumbling(1)?,
                 state_schema: 0,
+                migrates_from: Vec::new(),
             },
         };
         let mut instance = plugin.instantiate().map_err(|e| LoadError::Describe(e.to_string()))?;
@@ -357,7 +367,13 @@ impl Instance {
         if info.name.is_empty() {
             return Err(LoadError::Describe("plugin name is empty".into()));
         }
-        Ok(PluginInfo { name: info.name, version: info.version, windowing, state_schema: info.state_schema })
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            windowing,
+            state_schema: info.state_schema,
+            migrates_from: info.migrates_from,
+        })
     }
 
     fn finish_call(
@@ -393,6 +409,13 @@ impl Instance {
     pub fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.store.set_epoch_deadline(self.budget_ticks);
         let result = self.bindings.call_finish(&mut self.store, frame);
+        self.finish_call(result)
+    }
+
+    /// Runs a `migrate` frame converting accumulators from state schema `from`.
+    pub fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.store.set_epoch_deadline(self.budget_ticks);
+        let result = self.bindings.call_migrate(&mut self.store, from, frame);
         self.finish_call(result)
     }
 }

@@ -41,6 +41,10 @@ impl Store for MemoryStore {
         Ok(self.map.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))).map(|(k, _)| k.clone()).collect())
     }
 
+    fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.map.keys().cloned().collect())
+    }
+
     fn approximate_len(&self) -> u64 {
         self.map.len() as u64
     }

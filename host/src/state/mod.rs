@@ -54,6 +54,8 @@ pub trait Store: Send {
     fn checkpoint(&self) -> Result<Option<i64>, StoreError>;
     /// Every key ordered in `[from, to)`.
     fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Every key, ordered.
+    fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Number of keys (approximate for RocksDB).
     fn approximate_len(&self) -> u64;
 }
@@ -131,6 +133,7 @@ mod tests {
         assert_eq!(store.get(&k1).unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.checkpoint().unwrap(), Some(7));
         assert_eq!(store.keys_between(&[], &window_end_bound(10)).unwrap(), vec![k1.clone()]);
+        assert_eq!(store.keys().unwrap(), vec![k1.clone(), k2.clone()]);
         assert!(store.keys_between(&window_end_bound(6), &window_end_bound(10)).unwrap().is_empty());
         assert_eq!(
             store.keys_between(&window_end_bound(5), &window_end_bound(11)).unwrap(),

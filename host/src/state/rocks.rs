@@ -113,6 +113,13 @@ impl Store for RocksStore {
         Ok(keys)
     }
 
+    fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.db
+            .iterator(IteratorMode::Start)
+            .map(|item| item.map(|(k, _)| k.into_vec()).map_err(|e| self.err(e)))
+            .collect()
+    }
+
     fn approximate_len(&self) -> u64 {
         self.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
     }
