@@ -288,7 +288,10 @@ mod tests {
         // A component header followed by garbage.
         assert!(refusal(b"\0asm\x0d\0\x01\0\xff\xff").starts_with("invalid WebAssembly component"));
         // The empty component: valid, but implements nothing of the world.
-        assert!(refusal(b"\0asm\x0d\0\x01\0").contains("does not export `describe`"));
+        assert!(
+            refusal(b"\0asm\x0d\0\x01\0")
+                .contains("does not export `describe`, `process`, `finish`, `migrate` (it exports nothing)")
+        );
         let mut reg = registry(tempfile::tempdir().unwrap().path());
         assert!(matches!(reg.upload("bad name!", &stock_stats()), Err(RegistryError::BadName(_))));
     }

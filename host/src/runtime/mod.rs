@@ -71,6 +71,10 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
     }
 }
 
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
 /// The version of the `weir:processor` world this host implements.
 pub const WORLD_VERSION: &str = "0.2.0";
 
@@ -89,9 +93,18 @@ pub enum LoadError {
     /// The component does not implement the host's `weir:processor` world.
     #[error("component does not implement weir:processor/processor@{WORLD_VERSION}: {0}")]
     World(String),
-    /// The component lacks one of the world's exports.
-    #[error("component does not export `{0}` (the weir:processor world needs describe, process, finish and migrate)")]
-    MissingExport(&'static str),
+    /// The component lacks some of the world's exports.
+    #[error(
+        "component does not implement weir:processor/processor@{WORLD_VERSION}: it does not export {} \
+         (it exports {}); a Weir processor exports describe, process, finish and migrate",
+        quoted(missing), if found.is_empty() { "nothing".to_owned() } else { quoted(found) }
+    )]
+    MissingExport {
+        /// The world's exports it lacks.
+        missing: Vec<String>,
+        /// What it exports instead.
+        found: Vec<String>,
+    },
     /// The component was built against another version of the world.
     #[error("component was built for weir:processor@{found}; this host implements weir:processor@{WORLD_VERSION}")]
     WorldVersion {
@@ -264,11 +277,14 @@ impl Runtime {
                 return Err(LoadError::WorldVersion { found: version.to_owned() });
             }
         }
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
-        for needed in ["describe", "process", "finish", "migrate"] {
-            if !exports.iter().any(|e| e == needed) {
-                return Err(LoadError::MissingExport(needed));
-            }
+        let found: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let missing: Vec<String> = ["describe", "process", "finish", "migrate"]
+            .into_iter()
+            .filter(|needed| !found.iter().any(|e| e == needed))
+            .map(str::to_owned)
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError::MissingExport { missing, found });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
