@@ -1,4 +1,5 @@
-//! The `weir` command line: `run`, `gen trades`, `describe`, `demo`.
+//! The `weir` command line: `run`, `serve`, `gen trades`, `describe`, `plugin …`,
+//! `pipeline …`, `demo`.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,9 @@ pub enum Command {
     /// Plugin versions.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Pipelines of a running `weir serve` host.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
     /// Everything in one process on an in-process mock Kafka cluster: generator,
     /// host and stock-stats, with a live table of window statistics.
     Demo(DemoArgs),
@@ -118,6 +122,37 @@ pub enum PluginCommand {
         /// Largest accepted size in MiB.
         #[arg(long, default_value_t = 32)]
         max_mb: usize,
+    },
+}
+
+/// `weir pipeline …`
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// List the host's pipelines.
+    List {
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Create and start a pipeline running a stored plugin version.
+    Create {
+        /// Plugin version id (or a prefix of at least 8 characters).
+        #[arg(long)]
+        version: String,
+        /// TOML file with the pipeline's settings (the keys of a `[[pipeline]]`
+        /// table, without `plugin`).
+        file: PathBuf,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Stop a pipeline (it commits what it processed) and remove it from the host.
+    Stop {
+        /// The pipeline's application id.
+        name: String,
+        /// The host.
+        #[command(flatten)]
+        target: AdminTarget,
     },
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use clap::Parser;
 use weir::admin::client::Client;
-use weir::cli::{Cli, Command, GenCommand, PluginCommand};
+use weir::cli::{Cli, Command, GenCommand, PipelineCommand, PluginCommand};
 use weir::metrics::Metrics;
 use weir::pipeline::Pipeline;
 use weir::runtime::Runtime;
@@ -45,8 +45,9 @@ fn main() -> Result<()> {
                     grants: cfg.grants(),
                     failure: Default::default(),
                 };
-                let pipelines = [(cfg.application_id.clone(), entry)].into_iter().collect();
-                Some(weir::admin::serve(admin_addr, admin_token, registry, pipelines, max)?)
+                let pipelines =
+                    weir::admin::FixedPipelines([(cfg.application_id.clone(), entry)].into_iter().collect());
+                Some(weir::admin::serve(admin_addr, admin_token, registry, std::sync::Arc::new(pipelines), max)?)
             } else {
                 None
             };
@@ -57,17 +58,25 @@ fn main() -> Result<()> {
             if let Some(addr) = args.admin_addr {
                 cfg.admin.addr = addr;
             }
-            if let Some(servers) = args.bootstrap_servers {
-                for p in &mut cfg.pipelines {
-                    p.bootstrap_servers = servers.clone();
-                }
-            }
             let token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
             let stop = stop_flag()?;
-            let failed = weir::server::serve(cfg, token, &stop)?;
+            let failed = weir::server::serve(cfg, token, args.bootstrap_servers, &stop)?;
             if !failed.is_empty() {
                 anyhow::bail!("pipelines that stopped with an error: {}", failed.join(", "));
             }
+        }
+        Command::Pipeline(PipelineCommand::List { target }) => {
+            println!("{}", Client::new(&target.admin, target.token).get("/v1/pipelines")?);
+        }
+        Command::Pipeline(PipelineCommand::Create { version, file, target }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+            let body = serde_json::json!({ "version": version, "pipeline": table }).to_string();
+            let client = Client::new(&target.admin, target.token);
+            println!("{}", client.post("/v1/pipelines", "application/json", body.as_bytes())?);
+        }
+        Command::Pipeline(PipelineCommand::Stop { name, target }) => {
+            println!("{}", Client::new(&target.admin, target.token).delete(&format!("/v1/pipelines/{name}"))?);
         }
         Command::Gen(GenCommand::Trades(cfg)) => {
             let stop = stop_flag()?;

@@ -647,6 +647,13 @@ impl Pipeline {
         let wasm = std::fs::read(&cfg.plugin)
             .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
         let plugin = runtime.load(&wasm, cfg.grants())?;
+        Self::with_plugin(cfg, plugin, metrics)
+    }
+
+    /// Like [`Pipeline::new`], with the plugin already loaded (e.g. from the
+    /// registry); `cfg.plugin` is only reported.
+    pub fn with_plugin(cfg: RunConfig, plugin: Plugin, metrics: Metrics) -> Result<Self, PipelineError> {
+        cfg.validate()?;
         let info = plugin.info().clone();
         tracing::info!(plugin = %info.name, version = %info.version, windows = ?info.windowing, "plugin loaded");
 

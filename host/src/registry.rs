@@ -192,14 +192,23 @@ impl Registry {
         map
     }
 
-    /// Loads a stored version from its precompiled artifact.
-    pub fn load(&self, id: &str, grants: Grants) -> Result<Plugin, RegistryError> {
-        let version = self
-            .index
+    /// The stored version `id` (or an unambiguous prefix of at least 8 characters).
+    pub fn find(&self, id: &str) -> Result<&Version, RegistryError> {
+        self.index
             .versions
             .iter()
             .find(|v| v.id == id || (id.len() >= 8 && v.id.starts_with(id)))
-            .ok_or_else(|| RegistryError::UnknownVersion(id.to_owned()))?;
+            .ok_or_else(|| RegistryError::UnknownVersion(id.to_owned()))
+    }
+
+    /// Where the component of a stored version is kept.
+    pub fn component_path(&self, version: &Version) -> PathBuf {
+        self.dir.join(format!("{}.wasm", version.id))
+    }
+
+    /// Loads a stored version from its precompiled artifact.
+    pub fn load(&self, id: &str, grants: Grants) -> Result<Plugin, RegistryError> {
+        let version = self.find(id)?;
         let path = self.dir.join(format!("{}.cwasm", version.id));
         let artifact = std::fs::read(&path).map_err(io(&path))?;
         if sha256_hex(&artifact) != version.artifact_sha256 {

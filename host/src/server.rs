@@ -1,22 +1,26 @@
 //! `weir serve`: several pipelines (each its own plugin, topics and application id)
 //! in one process, sharing one wasm runtime, one plugin registry and one admin API.
-//! A pipeline that fails stops alone, with its error in its status; the host and
-//! the other pipelines keep running until the host is told to stop.
+//! Pipelines come from the host config and from the API, which can create and stop
+//! them while the host runs. A pipeline that fails stops alone, with its error in
+//! its status; the host and the other pipelines keep running until the host is
+//! told to stop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::admin::{AdminConfigError, PipelineEntry};
+use crate::admin::{AdminConfigError, CreatePipeline, ManageError, PipelineEntry, Pipelines};
 use crate::config::{AdminConfig, ConfigError, LimitsConfig, RunConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{LoadError, Plugin, Runtime};
 
 /// Why the host could not start.
 #[derive(Debug, Error)]
@@ -41,6 +45,9 @@ pub enum ServeError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminConfigError),
+    /// The pipelines created through the API could not be read.
+    #[error("pipelines created through the API: {0}")]
+    Saved(String),
 }
 
 /// A host: shared settings and its pipelines.
@@ -72,9 +79,6 @@ impl HostConfig {
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         let cfg: Self = toml::from_str(&text)
             .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
-        if cfg.pipelines.is_empty() {
-            return Err(ConfigError::Invalid("no [[pipeline]] configured".into()));
-        }
         let mut ids: Vec<&str> = cfg.pipelines.iter().map(|p| p.application_id.as_str()).collect();
         ids.sort_unstable();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -87,55 +91,233 @@ impl HostConfig {
     }
 }
 
-/// Runs every pipeline until `stop` is set; returns the pipelines that failed.
-pub fn serve(cfg: HostConfig, admin_token: Option<String>, stop: &AtomicBool) -> Result<Vec<String>, ServeError> {
-    let addr = crate::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
-    let limits = RunConfig { limits: cfg.limits.clone(), ..RunConfig::default() }.limits();
-    let runtime = Runtime::new(limits)?;
-    let mut pipelines = Vec::new();
-    let mut entries = BTreeMap::new();
-    for mut pc in cfg.pipelines {
-        pc.limits = LimitsConfig { retries: pc.limits.retries, on_failure: pc.limits.on_failure, ..cfg.limits.clone() };
-        let name = pc.application_id.clone();
-        let failure = Arc::new(Mutex::new(None));
-        let pipeline = Pipeline::new(pc.clone(), &runtime, Metrics::default())
-            .map_err(|e| ServeError::Pipeline { name: name.clone(), source: Box::new(e) })?;
-        entries.insert(
-            name.clone(),
-            PipelineEntry {
-                control: pipeline.control(),
-                metrics: pipeline.metrics().clone(),
-                grants: pc.grants(),
-                failure: failure.clone(),
-            },
-        );
-        pipelines.push((name, pipeline, failure));
+/// A pipeline the host runs, with its own stop flag and thread.
+struct Running {
+    entry: PipelineEntry,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The pipelines of `weir serve`: from the config at start, and created or stopped
+/// through the API at any time. Pipelines created through the API are recorded in
+/// `<state_dir>/pipelines.json` and start again with the host.
+pub struct Host {
+    runtime: Runtime,
+    limits: LimitsConfig,
+    bootstrap_override: Option<String>,
+    saved: PathBuf,
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl Host {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Running>> {
+        // A panic elsewhere cannot leave the map half-updated: keep serving.
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-    let _admin = match addr {
-        Some(addr) => {
-            let max = cfg.admin.max_upload_mb << 20;
-            let registry = Registry::open(&cfg.state_dir.join("registry"), runtime.clone(), max)?;
-            Some(crate::admin::serve(addr, admin_token, registry, entries, max).map_err(AdminConfigError::from)?)
+
+    /// Applies the host-wide settings to a pipeline's configuration.
+    fn host_settings(&self, mut cfg: RunConfig) -> RunConfig {
+        cfg.limits =
+            LimitsConfig { retries: cfg.limits.retries, on_failure: cfg.limits.on_failure, ..self.limits.clone() };
+        if let Some(servers) = &self.bootstrap_override {
+            cfg.bootstrap_servers = servers.clone();
         }
-        None => None,
-    };
-    let failed = std::thread::scope(|s| {
-        let handles: Vec<_> = pipelines
-            .into_iter()
-            .map(|(name, pipeline, failure)| {
-                s.spawn(move || {
-                    let result = pipeline.run(stop);
-                    if let Err(e) = &result {
+        cfg
+    }
+
+    /// Builds `cfg`'s pipeline (running `plugin`, or the configured file) and
+    /// starts it on a thread of its own.
+    fn start(&self, cfg: RunConfig, plugin: Option<Plugin>) -> Result<(), PipelineError> {
+        let cfg = self.host_settings(cfg);
+        let name = cfg.application_id.clone();
+        let grants = cfg.grants();
+        let pipeline = match plugin {
+            Some(plugin) => Pipeline::with_plugin(cfg, plugin, Metrics::default())?,
+            None => Pipeline::new(cfg, &self.runtime, Metrics::default())?,
+        };
+        let failure = Arc::new(Mutex::new(None));
+        let entry = PipelineEntry {
+            control: pipeline.control(),
+            metrics: pipeline.metrics().clone(),
+            grants,
+            failure: failure.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, name) = (stop.clone(), name.clone());
+            std::thread::Builder::new()
+                .name(format!("pipeline-{name}"))
+                .spawn(move || {
+                    if let Err(e) = pipeline.run(&stop) {
                         tracing::error!(pipeline = %name, error = %e, "pipeline stopped; the host keeps running");
                         if let Ok(mut f) = failure.lock() {
                             *f = Some(e.to_string());
                         }
                     }
-                    (name, result.is_err())
                 })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).filter(|(_, failed)| *failed).map(|(name, _)| name).collect()
+                .map_err(|e| PipelineError::Kafka(crate::kafka::KafkaIoError::Setup(format!("thread: {e}"))))?
+        };
+        tracing::info!(pipeline = %name, "pipeline started");
+        self.lock().insert(name, Running { entry, stop, thread: Some(thread) });
+        Ok(())
+    }
+
+    fn saved_requests(&self) -> Result<Vec<CreatePipeline>, ManageError> {
+        match std::fs::read(&self.saved) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ManageError::Persist(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ManageError::Persist(format!("{}: {e}", self.saved.display()))),
+        }
+    }
+
+    /// Rewrites the saved list with `change` applied, atomically.
+    fn save(&self, change: impl FnOnce(&mut Vec<CreatePipeline>)) -> Result<(), ManageError> {
+        let mut requests = self.saved_requests()?;
+        change(&mut requests);
+        let json = serde_json::to_vec_pretty(&requests).map_err(|e| ManageError::Persist(e.to_string()))?;
+        let tmp = self.saved.with_extension("json.tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &self.saved))
+            .map_err(|e| ManageError::Persist(format!("{}: {e}", self.saved.display())))
+    }
+
+    /// Stops every pipeline, waits for them, and returns those that had failed.
+    fn stop_all(&self) -> Vec<String> {
+        let mut running = std::mem::take(&mut *self.lock());
+        for r in running.values() {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        let mut failed = Vec::new();
+        for (name, r) in &mut running {
+            if let Some(thread) = r.thread.take() {
+                let _ = thread.join();
+            }
+            if r.entry.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                failed.push(name.clone());
+            }
+        }
+        failed
+    }
+}
+
+fn request_name(request: &CreatePipeline) -> Option<&str> {
+    request.pipeline.get("application_id").and_then(|v| v.as_str())
+}
+
+impl Pipelines for Host {
+    fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Option<PipelineEntry> {
+        self.lock().get(name).map(|r| r.entry.clone())
+    }
+
+    fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError> {
+        let name = cfg.application_id.clone();
+        if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
+            return Err(ManageError::Exists(name));
+        }
+        // A stopped (failed) pipeline of that name is replaced.
+        if let Some(mut old) = self.lock().remove(&name)
+            && let Some(thread) = old.thread.take()
+        {
+            let _ = thread.join();
+        }
+        self.start(cfg, Some(plugin)).map_err(|e| ManageError::Invalid(e.to_string()))?;
+        self.save(|saved| {
+            saved.retain(|r| request_name(r) != Some(name.as_str()));
+            saved.push(request);
+        })?;
+        Ok(name)
+    }
+
+    fn stop(&self, name: &str) -> Result<Option<String>, ManageError> {
+        let was_saved = self.saved_requests()?.iter().any(|r| request_name(r) == Some(name));
+        let running = self.lock().remove(name);
+        if running.is_none() && !was_saved {
+            return Err(ManageError::Unknown(name.to_owned()));
+        }
+        if was_saved {
+            self.save(|saved| saved.retain(|r| request_name(r) != Some(name)))?;
+        }
+        let Some(mut running) = running else { return Ok(None) };
+        running.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = running.thread.take() {
+            let _ = thread.join();
+        }
+        tracing::info!(pipeline = %name, "pipeline stopped through the API");
+        Ok(running.entry.failure.lock().ok().and_then(|f| f.clone()))
+    }
+}
+
+/// Runs the host until `stop` is set: the configured pipelines, those created
+/// through the API before, and any created while it runs; `bootstrap`, if given,
+/// replaces every pipeline's bootstrap servers. Returns the pipelines that had
+/// stopped with an error.
+pub fn serve(
+    cfg: HostConfig,
+    admin_token: Option<String>,
+    bootstrap: Option<String>,
+    stop: &AtomicBool,
+) -> Result<Vec<String>, ServeError> {
+    let addr = crate::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
+    let limits = RunConfig { limits: cfg.limits.clone(), ..RunConfig::default() }.limits();
+    let runtime = Runtime::new(limits)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| ServeError::Config(ConfigError::Invalid(format!("state_dir {}: {e}", cfg.state_dir.display()))))?;
+    let host = Arc::new(Host {
+        runtime: runtime.clone(),
+        limits: cfg.limits.clone(),
+        bootstrap_override: bootstrap,
+        saved: cfg.state_dir.join("pipelines.json"),
+        running: Mutex::new(BTreeMap::new()),
     });
-    Ok(failed)
+    let max = cfg.admin.max_upload_mb << 20;
+    let registry = Registry::open(&cfg.state_dir.join("registry"), runtime, max)?;
+    let started = (|| {
+        for pc in cfg.pipelines {
+            let name = pc.application_id.clone();
+            host.start(pc, None).map_err(|e| ServeError::Pipeline { name, source: Box::new(e) })?;
+        }
+        for request in host.saved_requests().map_err(|e| ServeError::Saved(e.to_string()))? {
+            let name = request_name(&request).unwrap_or("?").to_owned();
+            if host.get(&name).is_some() {
+                return Err(ServeError::Saved(format!(
+                    "pipeline {name:?} is both in the config and created through the API; stop one"
+                )));
+            }
+            let restored = serde_json::from_value::<RunConfig>(request.pipeline.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|mut cfg| {
+                    let version = registry.find(&request.version).map_err(|e| e.to_string())?;
+                    cfg.plugin = registry.component_path(version);
+                    let plugin = registry.load(&request.version, cfg.grants()).map_err(|e| e.to_string())?;
+                    host.start(cfg, Some(plugin)).map_err(|e| e.to_string())
+                });
+            match restored {
+                Ok(()) => tracing::info!(pipeline = %name, "pipeline created through the API restarted"),
+                // One saved pipeline that cannot start must not keep the host down.
+                Err(e) => {
+                    tracing::error!(pipeline = %name, error = %e, "saved pipeline could not start; DELETE it or fix it")
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        host.stop_all();
+        return Err(e);
+    }
+    let _admin = match addr {
+        Some(addr) => {
+            let pipelines: Arc<dyn Pipelines> = host.clone();
+            Some(crate::admin::serve(addr, admin_token, registry, pipelines, max).map_err(AdminConfigError::from)?)
+        }
+        None => None,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(host.stop_all())
 }

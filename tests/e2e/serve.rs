@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use weir::admin::client::Client;
+use weir::admin::client::{Client, ClientError};
 
 use crate::support::*;
 
@@ -115,5 +115,118 @@ limits = {{ on_failure = "pause" }}
     assert!(!status.success());
     let log = std::fs::read_to_string(dir.path().join("weir.log"))?;
     assert!(log.contains(&format!("pipelines that stopped with an error: {app}-paused")), "{log}");
+    Ok(())
+}
+
+/// A host with no configured pipeline: one is created through the API, runs
+/// exactly, comes back after a host restart, and is stopped and forgotten.
+#[test]
+fn pipelines_are_created_and_stopped_through_the_api() -> Result<()> {
+    let app = unique("managed");
+    let (input, output) = (format!("{app}-trades"), format!("{app}-out"));
+    create_topic(&input, 2)?;
+    gen_trades(&input, 20_000, 20, 2, 1_000, 0)?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display().to_string();
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, format!("state_dir = \"{d}/host\"\n[admin]\ntoken = \"t0ken\"\n"))?;
+    let mut weir = spawn_weir_serve(&config, &dir.path().join("weir-1.log"))?;
+    let admin = Client::new(&weir.admin_url()?, Some("t0ken".into()));
+    assert_eq!(admin.get("/v1/pipelines")?, "[]");
+    let uploaded: serde_json::Value = serde_json::from_str(&admin.post(
+        "/v1/plugins/stock-stats",
+        "application/wasm",
+        &std::fs::read(plugin("stock-stats")?)?,
+    )?)?;
+    let version = uploaded["id"].as_str().unwrap_or_default().to_owned();
+    let pipeline = serde_json::json!({
+        "application_id": app, "input_topic": input, "output_topic": output, "grace_ms": 2000,
+        "instance_id": "managed-test", "state": { "dir": format!("{d}/state") },
+    });
+    let create = |client: &Client, body: serde_json::Value| {
+        client.post("/v1/pipelines", "application/json", body.to_string().as_bytes())
+    };
+
+    // Refusals first: each says why and creates nothing.
+    let refusals = [
+        (
+            Client::new(&weir.admin_url()?, None),
+            serde_json::json!({ "version": version, "pipeline": pipeline }),
+            401,
+            "missing bearer token",
+        ),
+        (admin.clone(), serde_json::json!({ "version": "0000000000", "pipeline": pipeline }), 404, "no plugin version"),
+        (
+            admin.clone(),
+            serde_json::json!({ "version": version, "pipeline": { "application_id": app, "input_topik": "x" } }),
+            422,
+            "unknown field `input_topik`",
+        ),
+        (
+            admin.clone(),
+            serde_json::json!({ "version": version, "pipeline": { "application_id": app, "plugin": "/etc/passwd" } }),
+            422,
+            "cannot be set through the API",
+        ),
+        (
+            admin.clone(),
+            serde_json::json!({ "version": version, "pipeline": { "application_id": app, "input_topic": format!("{app}-missing") } }),
+            422,
+            "does not exist",
+        ),
+    ];
+    for (client, body, want, needle) in refusals {
+        match create(&client, body) {
+            Err(ClientError::Refused { status, message }) => {
+                assert_eq!(status, want, "{message}");
+                assert!(message.contains(needle), "expected {needle:?} in {message:?}");
+            }
+            other => bail!("expected a refusal containing {needle:?}, got {other:?}"),
+        }
+        assert_eq!(admin.get("/v1/pipelines")?, "[]");
+    }
+
+    // Created with the CLI, from a TOML file.
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "application_id = \"{app}\"\ninput_topic = \"{input}\"\noutput_topic = \"{output}\"\ngrace_ms = 2000\n\
+             instance_id = \"managed-test\"\nstate = {{ dir = \"{d}/state\" }}\n"
+        ),
+    )?;
+    let out = std::process::Command::new(weir_bin()?)
+        .args(["pipeline", "create", "--version", &version, "--admin", &weir.admin_url()?, "--token", "t0ken"])
+        .arg(&file)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("\"created\":\"{app}\"")));
+    match create(&admin, serde_json::json!({ "version": version, "pipeline": pipeline })) {
+        Err(ClientError::Refused { status: 409, message }) => assert!(message.contains("already running"), "{message}"),
+        other => bail!("a second pipeline of the same name must be refused, got {other:?}"),
+    }
+    await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
+    assert_same(&last_results(&read_all(&output)?)?, &recompute(&read_all(&input)?, 2_000));
+
+    // It is part of the host now: a restart brings it back, and it goes on.
+    terminate(&mut weir)?;
+    let mut weir = spawn_weir_serve(&config, &dir.path().join("weir-2.log"))?;
+    let admin = Client::new(&weir.admin_url()?, Some("t0ken".into()));
+    let names: Vec<String> = serde_json::from_str(&admin.get("/v1/pipelines")?)?;
+    assert_eq!(names, vec![app.clone()]);
+    gen_trades_at(&input, 10_000, 20, 2, 1_000, 0, GEN_START_MS + 10_000)?;
+    await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
+    assert_same(&last_results(&read_all(&output)?)?, &recompute(&read_all(&input)?, 2_000));
+
+    // Stopped through the API: gone now and after the next restart.
+    let stopped: serde_json::Value = serde_json::from_str(&admin.delete(&format!("/v1/pipelines/{app}"))?)?;
+    assert_eq!(stopped["stopped"], app.as_str());
+    assert!(stopped["failed"].is_null(), "{stopped}");
+    assert_eq!(admin.get("/v1/pipelines")?, "[]");
+    terminate(&mut weir)?;
+    let mut weir = spawn_weir_serve(&config, &dir.path().join("weir-3.log"))?;
+    let admin = Client::new(&weir.admin_url()?, Some("t0ken".into()));
+    assert_eq!(admin.get("/v1/pipelines")?, "[]");
+    terminate(&mut weir)?;
     Ok(())
 }

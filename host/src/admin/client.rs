@@ -24,6 +24,7 @@ pub enum ClientError {
 }
 
 /// A call to a host's admin API.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -63,6 +64,17 @@ impl Client {
     pub fn get(&self, path: &str) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
         let result = self.agent.get(&url).call();
+        self.finish(&url, result)
+    }
+
+    /// DELETE a path.
+    pub fn delete(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.agent.delete(&url);
+        if let Some(auth) = self.auth() {
+            request = request.header("Authorization", auth);
+        }
+        let result = request.call();
         self.finish(&url, result)
     }
 

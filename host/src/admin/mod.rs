@@ -22,10 +22,11 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::{Control, SwapError};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::Grants;
+use crate::runtime::{Grants, Plugin};
 
 /// Why the API could not start.
 #[derive(Debug, Error)]
@@ -44,6 +45,7 @@ pub enum AdminError {
 }
 
 /// A pipeline the API can act on.
+#[derive(Clone)]
 pub struct PipelineEntry {
     /// Its swap control.
     pub control: Control,
@@ -55,10 +57,76 @@ pub struct PipelineEntry {
     pub failure: Arc<Mutex<Option<String>>>,
 }
 
+/// Why a pipeline could not be created or stopped.
+#[derive(Debug, Error)]
+pub enum ManageError {
+    /// This host runs a fixed pipeline.
+    #[error("this host runs one pipeline (`weir run`); use `weir serve` to create and stop pipelines through the API")]
+    Fixed,
+    /// A running pipeline has that name.
+    #[error("a pipeline named {0:?} is already running")]
+    Exists(String),
+    /// No pipeline has that name.
+    #[error("no pipeline {0:?}")]
+    Unknown(String),
+    /// The definition is unusable, or the pipeline could not start.
+    #[error("{0}")]
+    Invalid(String),
+    /// The host could not record the change.
+    #[error("saving the pipeline list: {0}")]
+    Persist(String),
+}
+
+/// A request to create a pipeline: a stored plugin version and the same settings
+/// as a `[[pipeline]]` table of the host config (without `plugin`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePipeline {
+    /// Plugin version id (or a prefix of at least 8 characters).
+    pub version: String,
+    /// The pipeline's settings.
+    pub pipeline: serde_json::Value,
+}
+
+/// The pipelines of a host, as the API sees them.
+pub trait Pipelines: Send + Sync {
+    /// Names of the pipelines, sorted.
+    fn names(&self) -> Vec<String>;
+    /// One pipeline.
+    fn get(&self, name: &str) -> Option<PipelineEntry>;
+    /// Creates and starts a pipeline from `cfg` (parsed from `request`, with
+    /// `plugin` set to the stored component) running `plugin`.
+    fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError>;
+    /// Stops a pipeline (committing what it processed) and forgets it; returns the
+    /// error it had stopped with, if any.
+    fn stop(&self, name: &str) -> Result<Option<String>, ManageError>;
+}
+
+/// The pipelines of `weir run`: fixed at start.
+pub struct FixedPipelines(pub BTreeMap<String, PipelineEntry>);
+
+impl Pipelines for FixedPipelines {
+    fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Option<PipelineEntry> {
+        self.0.get(name).cloned()
+    }
+
+    fn create(&self, _: CreatePipeline, _: RunConfig, _: Plugin) -> Result<String, ManageError> {
+        Err(ManageError::Fixed)
+    }
+
+    fn stop(&self, _: &str) -> Result<Option<String>, ManageError> {
+        Err(ManageError::Fixed)
+    }
+}
+
 struct AdminState {
     token: Option<String>,
     registry: Mutex<Registry>,
-    pipelines: BTreeMap<String, PipelineEntry>,
+    pipelines: Arc<dyn Pipelines>,
 }
 
 /// A running admin API.
@@ -109,7 +177,7 @@ pub fn serve(
     addr: SocketAddr,
     token: Option<String>,
     registry: Registry,
-    pipelines: BTreeMap<String, PipelineEntry>,
+    pipelines: Arc<dyn Pipelines>,
     max_upload_bytes: usize,
 ) -> Result<AdminServer, AdminError> {
     let token = token.filter(|t| !t.is_empty());
@@ -123,8 +191,8 @@ pub fn serve(
         .route("/v1/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", post(upload))
-        .route("/v1/pipelines", get(list_pipelines))
-        .route("/v1/pipelines/{name}", get(pipeline_status))
+        .route("/v1/pipelines", get(list_pipelines).post(create_pipeline))
+        .route("/v1/pipelines/{name}", get(pipeline_status).delete(stop_pipeline))
         .route("/v1/pipelines/{name}/activate", post(activate))
         .route("/v1/pipelines/{name}/rollback", post(rollback))
         // Larger bodies are cut off here; the registry names the limit for
@@ -195,7 +263,7 @@ fn registry_status(e: &RegistryError) -> StatusCode {
 type Shared = State<Arc<AdminState>>;
 
 async fn metrics(State(state): Shared) -> String {
-    state.pipelines.values().map(|p| p.metrics.render()).collect()
+    state.pipelines.names().iter().filter_map(|n| state.pipelines.get(n)).map(|p| p.metrics.render()).collect()
 }
 
 async fn list_plugins(State(state): Shared) -> Result<impl IntoResponse, ApiError> {
@@ -224,7 +292,62 @@ async fn upload(
 }
 
 async fn list_pipelines(State(state): Shared) -> impl IntoResponse {
-    axum::Json(state.pipelines.keys().cloned().collect::<Vec<_>>())
+    axum::Json(state.pipelines.names())
+}
+
+fn manage_status(e: &ManageError) -> StatusCode {
+    match e {
+        ManageError::Fixed => StatusCode::METHOD_NOT_ALLOWED,
+        ManageError::Exists(_) => StatusCode::CONFLICT,
+        ManageError::Unknown(_) => StatusCode::NOT_FOUND,
+        ManageError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ManageError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn create_pipeline(
+    State(state): Shared,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<CreatePipeline>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let state = state.clone();
+    // Loading the plugin and setting up topics and clients blocks.
+    tokio::task::spawn_blocking(move || {
+        let mut cfg: RunConfig = serde_json::from_value(request.pipeline.clone())
+            .map_err(|e| api_error(StatusCode::UNPROCESSABLE_ENTITY, format!("pipeline: {e}")))?;
+        if !cfg.plugin.as_os_str().is_empty() {
+            let message = "pipeline.plugin cannot be set through the API: upload the plugin and give its version";
+            return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, message));
+        }
+        let plugin = {
+            let registry =
+                state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
+            let version = registry.find(&request.version).map_err(|e| api_error(registry_status(&e), e))?;
+            cfg.plugin = registry.component_path(version);
+            registry.load(&request.version, cfg.grants()).map_err(|e| api_error(registry_status(&e), e))?
+        };
+        let name = state.pipelines.create(request, cfg, plugin).map_err(|e| api_error(manage_status(&e), e))?;
+        Ok::<_, ApiError>((StatusCode::CREATED, axum::Json(serde_json::json!({ "created": name }))))
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?
+}
+
+async fn stop_pipeline(
+    State(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let state = state.clone();
+    // Stopping commits and leaves the group: wait for it off the async thread.
+    tokio::task::spawn_blocking(move || {
+        let failed = state.pipelines.stop(&name).map_err(|e| api_error(manage_status(&e), e))?;
+        Ok::<_, ApiError>(axum::Json(serde_json::json!({ "stopped": name, "failed": failed })))
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?
 }
 
 /// A pipeline's plugin status as JSON.
@@ -271,7 +394,7 @@ pub struct SwapRecord {
     pub state: Option<String>,
 }
 
-fn entry<'a>(state: &'a AdminState, name: &str) -> Result<&'a PipelineEntry, ApiError> {
+fn entry(state: &AdminState, name: &str) -> Result<PipelineEntry, ApiError> {
     state.pipelines.get(name).ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no pipeline {name:?}")))
 }
 

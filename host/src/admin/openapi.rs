@@ -65,12 +65,29 @@ const DOCUMENT: &str = r##"{
         }
       }
     },
-    "/v1/pipelines": { "get": { "summary": "Pipeline names", "responses": { "200": { "description": "names" } } } },
+    "/v1/pipelines": {
+      "get": { "summary": "Pipeline names", "responses": { "200": { "description": "names" } } },
+      "post": {
+        "summary": "Create and start a pipeline (weir serve only); it is saved and starts again with the host",
+        "security": [{ "bearer": [] }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["version", "pipeline"], "properties": {
+          "version": { "type": "string", "description": "stored plugin version id, or a prefix of at least 8 characters" },
+          "pipeline": { "type": "object", "description": "the keys of a [[pipeline]] table of the host config, without plugin" } } } } } },
+        "responses": { "201": { "description": "created and started" }, "404": { "description": "unknown version" },
+                       "405": { "description": "the host is a single `weir run` pipeline" }, "409": { "description": "a pipeline of that name is running" },
+                       "422": { "description": "invalid settings, or the pipeline could not start (e.g. its input topic does not exist)" } }
+      }
+    },
     "/v1/pipelines/{name}": {
       "get": { "summary": "Active version, swaps, rollbacks, errors",
         "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
         "responses": { "200": { "description": "status", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PipelineStatus" } } } },
-                       "404": { "description": "no such pipeline" } } }
+                       "404": { "description": "no such pipeline" } } },
+      "delete": { "summary": "Stop a pipeline (it commits what it processed first) and remove it from the host",
+        "security": [{ "bearer": [] }],
+        "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": { "200": { "description": "stopped; `failed` holds the error it had stopped with, if any" }, "404": { "description": "no such pipeline" },
+                       "405": { "description": "the host is a single `weir run` pipeline" } } }
     },
     "/v1/pipelines/{name}/activate": {
       "post": {
@@ -110,5 +127,7 @@ mod tests {
         {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+        assert!(doc["paths"]["/v1/pipelines"]["post"].is_object());
+        assert!(doc["paths"]["/v1/pipelines/{name}"]["delete"].is_object());
     }
 }
