@@ -1,5 +1,6 @@
 //! Several pipelines in one host: stock-stats stays exact while, in the same
-//! process, a hostile plugin's trap, infinite loop and memory bomb are contained,
+//! process, a hostile plugin's trap, infinite loop, memory bomb, huge output and
+//! file, environment and clock access are contained,
 //! and a pipeline configured to pause on plugin failure stops alone, with its
 //! reason in the admin API, while the host keeps running.
 
@@ -21,7 +22,16 @@ fn one_host_runs_pipelines_that_fail_independently() -> Result<()> {
     let base = 1_700_000_000_000i64;
     let mut acts: Vec<RawRecord> =
         (0..600i64).map(|i| (Some(b"k".to_vec()), Some(br#"{"act":"count"}"#.to_vec()), base + i)).collect();
-    for (at, act) in [(100usize, "trap"), (300, "loop"), (500, "oom")] {
+    let hostile_acts = [
+        (100usize, "trap", "plugin trapped"),
+        (150, "huge", "the limit is 1048576 bytes"),
+        (200, "fs", "file access denied"),
+        (250, "env", "environment is empty"),
+        (300, "loop", "interrupt"),
+        (400, "clock", "clock is frozen at 0 s"),
+        (500, "oom", "plugin trapped"),
+    ];
+    for (at, act, _) in hostile_acts {
         acts.insert(at, (Some(b"k".to_vec()), Some(format!(r#"{{"act":"{act}"}}"#).into_bytes()), base + at as i64));
     }
     produce(&hostile_in, &acts)?;
@@ -93,10 +103,19 @@ limits = {{ on_failure = "pause" }}
     let names: Vec<String> = serde_json::from_str(&admin.get("/v1/pipelines")?)?;
     assert_eq!(names.len(), 3, "{names:?}");
 
+    // Each hostile record was contained with a clear reason, next to a healthy
+    // pipeline in the same process.
     let letters = read_all(&format!("{hostile_in}-dead"))?;
-    let reasons: Vec<&str> = letters.iter().map(|l| l.headers["weir.error"].as_str()).collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("CPU budget")), "{reasons:?}");
+    let mut reason_of: std::collections::BTreeMap<String, String> = Default::default();
+    for letter in &letters {
+        let value: serde_json::Value = serde_json::from_slice(letter.value.as_deref().unwrap_or_default())?;
+        reason_of.insert(value["act"].as_str().unwrap_or("?").to_owned(), letter.headers["weir.error"].clone());
+    }
+    assert_eq!(letters.len(), hostile_acts.len(), "one dead letter per hostile record: {reason_of:#?}");
+    for (_, act, needle) in hostile_acts {
+        let reason = reason_of.get(act).map(String::as_str).unwrap_or_default();
+        assert!(reason.contains(needle), "{act}: expected {needle:?} in {reason:?}");
+    }
     // The last value of each window (a window is rewritten at every commit).
     let mut last: std::collections::BTreeMap<(String, i64), u64> = Default::default();
     for r in read_all(&format!("{hostile_in}-out"))? {
