@@ -107,6 +107,9 @@ pub struct Host {
     bootstrap_override: Option<String>,
     saved: PathBuf,
     running: Mutex<BTreeMap<String, Running>>,
+    /// Held through a whole create or stop, so two calls for one name cannot
+    /// interleave (the `running` lock is not held while a pipeline starts).
+    managing: Mutex<()>,
 }
 
 impl Host {
@@ -214,6 +217,7 @@ impl Pipelines for Host {
     }
 
     fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError> {
+        let _managing = self.managing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let name = cfg.application_id.clone();
         if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
             return Err(ManageError::Exists(name));
@@ -233,6 +237,7 @@ impl Pipelines for Host {
     }
 
     fn stop(&self, name: &str) -> Result<Option<String>, ManageError> {
+        let _managing = self.managing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let was_saved = self.saved_requests()?.iter().any(|r| request_name(r) == Some(name));
         let running = self.lock().remove(name);
         if running.is_none() && !was_saved {
@@ -272,6 +277,7 @@ pub fn serve(
         bootstrap_override: bootstrap,
         saved: cfg.state_dir.join("pipelines.json"),
         running: Mutex::new(BTreeMap::new()),
+        managing: Mutex::new(()),
     });
     let max = cfg.admin.max_upload_mb << 20;
     let registry = Registry::open(&cfg.state_dir.join("registry"), runtime, max)?;
