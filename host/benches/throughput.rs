@@ -217,7 +217,7 @@ fn weir_run(
         state: weir::config::StateConfig { dir: state.path().to_path_buf(), ..Default::default() },
         ..RunConfig::default()
     };
-    let runtime = Runtime::new(cfg.limits())?;
+    let runtime = Runtime::new()?;
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
     let control = pipeline.control();

@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::runtime::{Grants, Limits};
+use crate::runtime::{Limits, Sandbox};
 
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
@@ -99,7 +99,7 @@ impl Default for StateConfig {
 
 /// What to do with a record the plugin keeps failing on (trap, out of memory,
 /// out of time, oversized value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Send the record to the dead-letter topic with the failure and go on.
@@ -109,7 +109,7 @@ pub enum FailurePolicy {
 }
 
 /// Plugin sandbox limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest linear memory of a plugin instance, in MiB.
@@ -260,18 +260,17 @@ impl RunConfig {
         Duration::from_millis(self.commit_interval_ms)
     }
 
-    /// Sandbox limits.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            memory_bytes: self.limits.memory_mb << 20,
-            call_budget: Duration::from_millis(self.limits.call_budget_ms),
-            max_value_bytes: self.limits.max_value_kb << 10,
+    /// What the plugin is granted and the limits it runs under.
+    pub fn sandbox(&self) -> Sandbox {
+        Sandbox {
+            clock: self.sandbox.clock,
+            env: self.sandbox.env.clone().into_iter().collect(),
+            limits: Limits {
+                memory_bytes: self.limits.memory_mb << 20,
+                call_budget: Duration::from_millis(self.limits.call_budget_ms),
+                max_value_bytes: self.limits.max_value_kb << 10,
+            },
         }
-    }
-
-    /// What the plugin is granted.
-    pub fn grants(&self) -> Grants {
-        Grants { clock: self.sandbox.clock, env: self.sandbox.env.clone().into_iter().collect() }
     }
 
     /// Checks values that the types alone do not.

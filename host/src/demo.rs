@@ -111,7 +111,7 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> Result<(), DemoError> {
     for topic in [cfg.input_topic.clone(), cfg.output_topic.clone(), cfg.changelog_topic(), cfg.dead_letter_topic()] {
         cluster.create_topic(&topic, partitions, 1)?;
     }
-    let runtime = Runtime::new(cfg.limits())?;
+    let runtime = Runtime::new()?;
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg.clone(), &runtime, metrics.clone())?;
     let trades = GenConfig {

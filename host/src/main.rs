@@ -33,7 +33,7 @@ fn main() -> Result<()> {
             let stop = stop_flag()?;
             let admin_token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
             let admin_addr = weir::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
-            let runtime = Runtime::new(cfg.limits())?;
+            let runtime = Runtime::new()?;
             let pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
             let _admin = if let Some(admin_addr) = admin_addr {
                 let registry_dir = cfg.state.dir.join("registry");
@@ -42,7 +42,7 @@ fn main() -> Result<()> {
                 let entry = weir::admin::PipelineEntry {
                     control: pipeline.control(),
                     metrics: pipeline.metrics().clone(),
-                    grants: cfg.grants(),
+                    sandbox: cfg.sandbox(),
                     failure: Default::default(),
                 };
                 let pipelines =
@@ -89,9 +89,9 @@ fn main() -> Result<()> {
                 Some(path) => weir::config::RunConfig::from_file(path)?,
                 None => weir::config::RunConfig::default(),
             };
-            let runtime = Runtime::new(cfg.limits())?;
+            let runtime = Runtime::new()?;
             let wasm = std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin.display()))?;
-            let plugin = runtime.load(&wasm, cfg.grants())?;
+            let plugin = runtime.load(&wasm, cfg.sandbox())?;
             print!("{}", weir::demo::describe(&cfg, plugin.info()));
         }
         Command::Plugin(PluginCommand::Upload { name, file, target }) => {
@@ -124,7 +124,7 @@ fn main() -> Result<()> {
         Command::Plugin(PluginCommand::Check { file, max_mb }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let dir = tempfile::tempdir()?;
-            let runtime = Runtime::new(Default::default())?;
+            let runtime = Runtime::new()?;
             let mut registry = weir::registry::Registry::open(dir.path(), runtime, max_mb << 20)?;
             match registry.upload("check", &bytes) {
                 Ok(v) => println!(

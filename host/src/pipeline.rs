@@ -646,7 +646,7 @@ impl Pipeline {
         cfg.validate()?;
         let wasm = std::fs::read(&cfg.plugin)
             .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
-        let plugin = runtime.load(&wasm, cfg.grants())?;
+        let plugin = runtime.load(&wasm, cfg.sandbox())?;
         Self::with_plugin(cfg, plugin, metrics)
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::runtime::{Grants, LoadError, Plugin, Runtime};
+use crate::runtime::{LoadError, Plugin, Runtime, Sandbox};
 
 /// Why an upload was refused, or the registry failed.
 #[derive(Debug, Error)]
@@ -154,7 +154,7 @@ impl Registry {
             return Err(RegistryError::BadName(name.to_owned()));
         }
         check_bytes(bytes, self.max_bytes)?;
-        let plugin = self.runtime.load(bytes, Grants::default())?;
+        let plugin = self.runtime.load(bytes, Sandbox::default())?;
         let id = sha256_hex(bytes);
         if let Some(existing) = self.index.versions.iter().find(|v| v.id == id && v.name == name) {
             return Ok(existing.clone());
@@ -207,14 +207,14 @@ impl Registry {
     }
 
     /// Loads a stored version from its precompiled artifact.
-    pub fn load(&self, id: &str, grants: Grants) -> Result<Plugin, RegistryError> {
+    pub fn load(&self, id: &str, sandbox: Sandbox) -> Result<Plugin, RegistryError> {
         let version = self.find(id)?;
         let path = self.dir.join(format!("{}.cwasm", version.id));
         let artifact = std::fs::read(&path).map_err(io(&path))?;
         if sha256_hex(&artifact) != version.artifact_sha256 {
             return Err(RegistryError::Corrupt(path.display().to_string()));
         }
-        Ok(self.runtime.load_precompiled(&artifact, grants)?)
+        Ok(self.runtime.load_precompiled(&artifact, sandbox)?)
     }
 
     fn write(&self, file: &str, bytes: &[u8]) -> Result<(), RegistryError> {
@@ -233,7 +233,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Limits;
 
     fn stock_stats() -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/stock_stats.wasm");
@@ -243,7 +242,7 @@ mod tests {
     }
 
     fn registry(dir: &Path) -> Registry {
-        Registry::open(dir, Runtime::new(Limits::default()).unwrap(), 4 << 20).unwrap()
+        Registry::open(dir, Runtime::new().unwrap(), 4 << 20).unwrap()
     }
 
     #[test]
@@ -261,7 +260,7 @@ mod tests {
         };
         let reg = registry(dir.path());
         assert_eq!(reg.versions().len(), 1);
-        let plugin = reg.load(&id[..12], Grants::default()).unwrap();
+        let plugin = reg.load(&id[..12], Sandbox::default()).unwrap();
         assert_eq!(plugin.info().name, "stock-stats");
     }
 
@@ -275,7 +274,7 @@ mod tests {
         let last = artifact.len() - 1;
         artifact[last] ^= 0xff;
         std::fs::write(&path, artifact).unwrap();
-        assert!(matches!(reg.load(&v.id, Grants::default()), Err(RegistryError::Corrupt(_))));
+        assert!(matches!(reg.load(&v.id, Sandbox::default()), Err(RegistryError::Corrupt(_))));
     }
 
     fn refusal(bytes: &[u8]) -> String {

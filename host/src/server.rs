@@ -57,7 +57,8 @@ pub struct HostConfig {
     /// Where the registry (and, by default, pipelines' state) lives.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Sandbox limits shared by every plugin of the host.
+    /// Default sandbox limits of the host's pipelines; a pipeline's own `limits`
+    /// table overrides them key by key.
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The admin API.
@@ -77,8 +78,20 @@ impl HostConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+        let parse_error =
+            |source: toml::de::Error| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) };
+        // Typed first, for errors that point at the line; then each pipeline
+        // again from its own table, to fill in the host's limits it leaves out.
+        let mut cfg: Self = toml::from_str(&text).map_err(parse_error)?;
+        let raw: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let tables = raw.get("pipeline").and_then(toml::Value::as_array).cloned().unwrap_or_default();
+        cfg.pipelines = tables
+            .into_iter()
+            .map(|table| {
+                let json = serde_json::to_value(table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                with_host_limits(json, &cfg.limits).map_err(ConfigError::Invalid)
+            })
+            .collect::<Result<_, _>>()?;
         let mut ids: Vec<&str> = cfg.pipelines.iter().map(|p| p.application_id.as_str()).collect();
         ids.sort_unstable();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
@@ -118,10 +131,8 @@ impl Host {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies the host-wide settings to a pipeline's configuration.
+    /// Applies the `--bootstrap-servers` override to a pipeline's configuration.
     fn host_settings(&self, mut cfg: RunConfig) -> RunConfig {
-        cfg.limits =
-            LimitsConfig { retries: cfg.limits.retries, on_failure: cfg.limits.on_failure, ..self.limits.clone() };
         if let Some(servers) = &self.bootstrap_override {
             cfg.bootstrap_servers = servers.clone();
         }
@@ -133,7 +144,7 @@ impl Host {
     fn start(&self, cfg: RunConfig, plugin: Option<Plugin>) -> Result<(), PipelineError> {
         let cfg = self.host_settings(cfg);
         let name = cfg.application_id.clone();
-        let grants = cfg.grants();
+        let sandbox = cfg.sandbox();
         let pipeline = match plugin {
             Some(plugin) => Pipeline::with_plugin(cfg, plugin, Metrics::default())?,
             None => Pipeline::new(cfg, &self.runtime, Metrics::default())?,
@@ -142,7 +153,7 @@ impl Host {
         let entry = PipelineEntry {
             control: pipeline.control(),
             metrics: pipeline.metrics().clone(),
-            grants,
+            sandbox,
             failure: failure.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -203,6 +214,22 @@ impl Host {
     }
 }
 
+/// Reads a pipeline's settings with the host's limits filled in for the keys its
+/// own `limits` table leaves out.
+fn with_host_limits(mut pipeline: serde_json::Value, host: &LimitsConfig) -> Result<RunConfig, String> {
+    if let serde_json::Value::Object(fields) = &mut pipeline {
+        let serde_json::Value::Object(mut limits) = serde_json::to_value(host).map_err(|e| e.to_string())? else {
+            return Err("host limits are not a table".into());
+        };
+        if let Some(serde_json::Value::Object(own)) = fields.get("limits") {
+            limits.extend(own.clone());
+        }
+        fields.insert("limits".into(), serde_json::Value::Object(limits));
+    }
+    let name = pipeline.get("application_id").and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+    serde_json::from_value(pipeline).map_err(|e| format!("pipeline {name:?}: {e}"))
+}
+
 fn request_name(request: &CreatePipeline) -> Option<&str> {
     request.pipeline.get("application_id").and_then(|v| v.as_str())
 }
@@ -214,6 +241,10 @@ impl Pipelines for Host {
 
     fn get(&self, name: &str) -> Option<PipelineEntry> {
         self.lock().get(name).map(|r| r.entry.clone())
+    }
+
+    fn config(&self, pipeline: &serde_json::Value) -> Result<RunConfig, ManageError> {
+        with_host_limits(pipeline.clone(), &self.limits).map_err(ManageError::Invalid)
     }
 
     fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError> {
@@ -267,8 +298,7 @@ pub fn serve(
     stop: &AtomicBool,
 ) -> Result<Vec<String>, ServeError> {
     let addr = crate::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
-    let limits = RunConfig { limits: cfg.limits.clone(), ..RunConfig::default() }.limits();
-    let runtime = Runtime::new(limits)?;
+    let runtime = Runtime::new()?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| ServeError::Config(ConfigError::Invalid(format!("state_dir {}: {e}", cfg.state_dir.display()))))?;
     let host = Arc::new(Host {
@@ -293,14 +323,12 @@ pub fn serve(
                     "pipeline {name:?} is both in the config and created through the API; stop one"
                 )));
             }
-            let restored = serde_json::from_value::<RunConfig>(request.pipeline.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|mut cfg| {
-                    let version = registry.find(&request.version).map_err(|e| e.to_string())?;
-                    cfg.plugin = registry.component_path(version);
-                    let plugin = registry.load(&request.version, cfg.grants()).map_err(|e| e.to_string())?;
-                    host.start(cfg, Some(plugin)).map_err(|e| e.to_string())
-                });
+            let restored = host.config(&request.pipeline).map_err(|e| e.to_string()).and_then(|mut cfg| {
+                let version = registry.find(&request.version).map_err(|e| e.to_string())?;
+                cfg.plugin = registry.component_path(version);
+                let plugin = registry.load(&request.version, cfg.sandbox()).map_err(|e| e.to_string())?;
+                host.start(cfg, Some(plugin)).map_err(|e| e.to_string())
+            });
             match restored {
                 Ok(()) => tracing::info!(pipeline = %name, "pipeline created through the API restarted"),
                 // One saved pipeline that cannot start must not keep the host down.
@@ -326,4 +354,48 @@ pub fn serve(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(host.stop_all())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FailurePolicy;
+
+    #[test]
+    fn a_pipeline_takes_the_host_limits_it_does_not_set_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        let pipeline = |name: &str, extra: &str| {
+            format!(
+                "[[pipeline]]\napplication_id = \"{name}\"\nplugin = \"p.wasm\"\ninput_topic = \"i\"\noutput_topic = \"o\"\n{extra}\n"
+            )
+        };
+        let text = format!(
+            "[limits]\nmemory_mb = 32\ncall_budget_ms = 300\n\n{}{}",
+            pipeline("plain", ""),
+            pipeline("own", "limits = { memory_mb = 8, on_failure = \"pause\" }"),
+        );
+        std::fs::write(&path, text).unwrap();
+        let cfg = HostConfig::from_file(&path).unwrap();
+        let [plain, own] = [&cfg.pipelines[0], &cfg.pipelines[1]];
+        assert_eq!((plain.limits.memory_mb, plain.limits.call_budget_ms), (32, 300));
+        assert_eq!(plain.limits.on_failure, FailurePolicy::DeadLetter);
+        assert_eq!((own.limits.memory_mb, own.limits.call_budget_ms), (8, 300));
+        assert_eq!(own.limits.on_failure, FailurePolicy::Pause);
+        assert_eq!(own.sandbox().limits.memory_bytes, 8 << 20);
+
+        // The same through the API, and a bad key is named.
+        let api = serde_json::json!({"application_id": "api", "input_topic": "i", "output_topic": "o",
+            "limits": {"call_budget_ms": 50}});
+        let cfg_api = with_host_limits(api, &cfg.limits).unwrap();
+        assert_eq!((cfg_api.limits.memory_mb, cfg_api.limits.call_budget_ms), (32, 50));
+        let bad = serde_json::json!({"application_id": "api", "limits": {"memory": 1}});
+        let err = with_host_limits(bad, &cfg.limits).unwrap_err();
+        assert!(err.contains("\"api\"") && err.contains("unknown field `memory`"), "{err}");
+
+        // A mistake in the file still points at its line.
+        std::fs::write(&path, format!("{}limits = {{ memory = 1 }}\n", pipeline("x", ""))).unwrap();
+        let err = HostConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("memory") && err.contains("line 7"), "{err}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Hot swap during a live stock-stats stream: six swaps between two real builds,
 //! then one to a build that traps on its first record. The output still equals the
 //! independent recomputation, the broken build is rolled back and the reason is
-//! reported. Runs the pipeline in-process to drive its swap control directly.
+//! reported. Runs the pipeline in-process to drive its swap control directly; the
+//! builds are compiled before the stream starts, so each swap happens while
+//! records are still arriving.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use weir::config::{RunConfig, StateConfig};
 use weir::metrics::Metrics;
 use weir::pipeline::{Control, Pipeline};
-use weir::runtime::{Grants, Limits, Runtime};
+use weir::runtime::{Plugin, Runtime, Sandbox};
 
 use crate::support::*;
 
@@ -25,9 +27,12 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool
     Ok(())
 }
 
-fn swap(control: &Control, runtime: &Runtime, label: &str, plugin_name: &str, swaps_before: usize) -> Result<()> {
-    let bytes = std::fs::read(plugin(plugin_name)?)?;
-    control.activate(label, runtime.load(&bytes, Grants::default())?, false)?;
+fn load(runtime: &Runtime, name: &str) -> Result<Plugin> {
+    Ok(runtime.load(&std::fs::read(plugin(name)?)?, Sandbox::default())?)
+}
+
+fn swap(control: &Control, label: &str, build: &Plugin, swaps_before: usize) -> Result<()> {
+    control.activate(label, build.clone(), false)?;
     wait_for(&format!("swap to {label}"), Duration::from_secs(30), || Ok(control.status().history.len() > swaps_before))
 }
 
@@ -36,9 +41,13 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
     let app = unique("swap");
     let (input, output) = (format!("{app}-trades"), format!("{app}-out"));
     create_topic(&input, 4)?;
+    let runtime = Runtime::new()?;
+    let (v1, v2, broken) =
+        (load(&runtime, "stock-stats")?, load(&runtime, "stock-stats-next")?, load(&runtime, "stock-stats-trap")?);
+    const TRADES: u64 = 150_000;
     let producer = {
         let input = input.clone();
-        std::thread::spawn(move || gen_trades(&input, 150_000, 50, 4, 1_500, 20_000))
+        std::thread::spawn(move || gen_trades(&input, TRADES, 50, 4, 1_500, 20_000))
     };
     let state = tempfile::tempdir()?;
     let cfg = RunConfig {
@@ -52,7 +61,6 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
         state: StateConfig { dir: state.path().to_path_buf(), ..StateConfig::default() },
         ..RunConfig::default()
     };
-    let runtime = Runtime::new(Limits::default())?;
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
     let control = pipeline.control();
@@ -62,20 +70,23 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
         let running = s.spawn(|| pipeline.run(&stop));
         let result = (|| -> Result<()> {
             let mut progress = 0;
-            let mut step = |label: &str, name: &str, swaps: usize| -> Result<()> {
+            let mut step = |label: &str, build: &Plugin, swaps: usize| -> Result<()> {
                 // Let the current version process a share of the stream first.
                 progress += 12_000;
                 let target = progress;
                 wait_for("progress", Duration::from_secs(120), || Ok(metrics.records_in.get() >= target))?;
-                swap(&control, &runtime, label, name, swaps)
+                swap(&control, label, build, swaps)
             };
             for i in 0..6 {
-                let (label, name) = if i % 2 == 0 { ("v2", "stock-stats-next") } else { ("v1", "stock-stats") };
-                step(label, name, i)?;
+                let (label, build) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
+                step(label, build, i)?;
             }
-            step("broken", "stock-stats-trap", 6)?;
-            wait_for("the rollback", Duration::from_secs(60), || Ok(control.status().last_error.is_some()))?;
+            step("broken", &broken, 6)?;
             producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+            // The pipeline may have read the whole stream by now: give the broken
+            // build records of its own, after the stream's event times.
+            gen_trades_at(&input, 2_000, 50, 4, 0, 0, GEN_START_MS + (TRADES as i64 * 1000) / GEN_EVENTS_PER_SEC)?;
+            wait_for("the rollback", Duration::from_secs(60), || Ok(control.status().last_error.is_some()))?;
             let ends = end_offsets(&input)?;
             wait_for("catching up", Duration::from_secs(300), || {
                 let done = committed(&app, &input, 4)?;

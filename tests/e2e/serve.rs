@@ -2,7 +2,8 @@
 //! process, a hostile plugin's trap, infinite loop, memory bomb, huge output and
 //! file, environment and clock access are contained,
 //! and a pipeline configured to pause on plugin failure stops alone, with its
-//! reason in the admin API, while the host keeps running.
+//! reason in the admin API, while the host keeps running. Each pipeline runs under
+//! the host's `[limits]` with its own `limits` keys on top.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ fn one_host_runs_pipelines_that_fail_independently() -> Result<()> {
         (0..600i64).map(|i| (Some(b"k".to_vec()), Some(br#"{"act":"count"}"#.to_vec()), base + i)).collect();
     let hostile_acts = [
         (100usize, "trap", "plugin trapped"),
-        (150, "huge", "the limit is 1048576 bytes"),
+        (150, "huge", "the limit is 2097152 bytes"),
         (200, "fs", "file access denied"),
         (250, "env", "environment is empty"),
         (300, "loop", "interrupt"),
@@ -68,6 +69,7 @@ output_topic = "{hostile_in}-out"
 dead_letter_topic = "{hostile_in}-dead"
 instance_id = "host-test"
 state = {{ dir = "{d}/state" }}
+limits = {{ max_value_kb = 2048 }}
 
 [[pipeline]]
 application_id = "{app}-paused"

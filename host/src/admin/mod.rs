@@ -26,7 +26,7 @@ use crate::config::RunConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::{Control, SwapError};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{Grants, Plugin};
+use crate::runtime::{Plugin, Sandbox};
 
 /// Why the API could not start.
 #[derive(Debug, Error)]
@@ -51,8 +51,8 @@ pub struct PipelineEntry {
     pub control: Control,
     /// Its counters.
     pub metrics: Metrics,
-    /// Capabilities its plugin versions get.
-    pub grants: Grants,
+    /// What its plugin versions are granted, and the limits they run under.
+    pub sandbox: Sandbox,
     /// Set when the pipeline stopped with an error.
     pub failure: Arc<Mutex<Option<String>>>,
 }
@@ -94,6 +94,11 @@ pub trait Pipelines: Send + Sync {
     fn names(&self) -> Vec<String>;
     /// One pipeline.
     fn get(&self, name: &str) -> Option<PipelineEntry>;
+    /// Reads a pipeline's settings as given to the API, completed with the
+    /// host's defaults.
+    fn config(&self, pipeline: &serde_json::Value) -> Result<RunConfig, ManageError> {
+        serde_json::from_value(pipeline.clone()).map_err(|e| ManageError::Invalid(format!("pipeline: {e}")))
+    }
     /// Creates and starts a pipeline from `cfg` (parsed from `request`, with
     /// `plugin` set to the stored component) running `plugin`.
     fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError>;
@@ -314,8 +319,7 @@ async fn create_pipeline(
     let state = state.clone();
     // Loading the plugin and setting up topics and clients blocks.
     tokio::task::spawn_blocking(move || {
-        let mut cfg: RunConfig = serde_json::from_value(request.pipeline.clone())
-            .map_err(|e| api_error(StatusCode::UNPROCESSABLE_ENTITY, format!("pipeline: {e}")))?;
+        let mut cfg = state.pipelines.config(&request.pipeline).map_err(|e| api_error(manage_status(&e), e))?;
         if !cfg.plugin.as_os_str().is_empty() {
             let message = "pipeline.plugin cannot be set through the API: upload the plugin and give its version";
             return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, message));
@@ -325,7 +329,7 @@ async fn create_pipeline(
                 state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
             let version = registry.find(&request.version).map_err(|e| api_error(registry_status(&e), e))?;
             cfg.plugin = registry.component_path(version);
-            registry.load(&request.version, cfg.grants()).map_err(|e| api_error(registry_status(&e), e))?
+            registry.load(&request.version, cfg.sandbox()).map_err(|e| api_error(registry_status(&e), e))?
         };
         let name = state.pipelines.create(request, cfg, plugin).map_err(|e| api_error(manage_status(&e), e))?;
         Ok::<_, ApiError>((StatusCode::CREATED, axum::Json(serde_json::json!({ "created": name }))))
@@ -459,7 +463,7 @@ async fn activate(
         let plugin = {
             let registry =
                 state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
-            registry.load(&body.version, entry.grants.clone()).map_err(|e| api_error(registry_status(&e), e))?
+            registry.load(&body.version, entry.sandbox.clone()).map_err(|e| api_error(registry_status(&e), e))?
         };
         let label =
             format!("{}@{}#{}", plugin.info().name, plugin.info().version, &body.version[..body.version.len().min(12)]);

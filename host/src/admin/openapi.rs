@@ -72,7 +72,7 @@ const DOCUMENT: &str = r##"{
         "security": [{ "bearer": [] }],
         "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["version", "pipeline"], "properties": {
           "version": { "type": "string", "description": "stored plugin version id, or a prefix of at least 8 characters" },
-          "pipeline": { "type": "object", "description": "the keys of a [[pipeline]] table of the host config, without plugin" } } } } } },
+          "pipeline": { "type": "object", "description": "the keys of a [[pipeline]] table of the host config, without plugin; limits it leaves out come from the host's [limits]" } } } } } },
         "responses": { "201": { "description": "created and started" }, "404": { "description": "unknown version" },
                        "405": { "description": "the host is a single `weir run` pipeline" }, "409": { "description": "a pipeline of that name is running" },
                        "422": { "description": "invalid settings, or the pipeline could not start (e.g. its input topic does not exist)" } }

@@ -1,9 +1,10 @@
 //! Runs plugins: the wasmtime engine, compiled plugins and their instances.
 //!
 //! A [`Runtime`] holds one engine (component model, epoch interruption, no async
-//! bookkeeping) and a linker with WASI preview 2. A plugin is granted nothing it
-//! is not given in its [`Grants`]: no files, no network, no stdio, an empty
-//! environment and a clock frozen at the epoch. A [`Plugin`] is a compiled,
+//! bookkeeping) and a linker with WASI preview 2, shared by every plugin of a
+//! host. Each plugin brings its own [`Sandbox`]: it is granted nothing it is not
+//! given there (no files, no network, no stdio, an empty environment and a clock
+//! frozen at the epoch) and runs under that sandbox's [`Limits`]. A [`Plugin`] is a compiled,
 //! type-checked component with its `InstancePre`; an [`Instance`] is one store with
 //! a linear-memory cap, run under a per-call CPU budget, whose answers may not carry
 //! values above a size limit. A failed instance is poisoned and must be replaced
@@ -24,7 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::window::{WindowError, Windowing};
 use bindings::{Processor, ProcessorPre, types};
 
-/// Limits applied to every plugin instance.
+/// Limits applied to each instance of a plugin.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest linear memory an instance may grow to.
@@ -41,13 +42,16 @@ impl Default for Limits {
     }
 }
 
-/// Capabilities granted to one plugin beyond computing.
+/// What one plugin's instances may use: capabilities granted beyond computing,
+/// and resource limits.
 #[derive(Debug, Clone, Default)]
-pub struct Grants {
+pub struct Sandbox {
     /// A real wall and monotonic clock; without it both read zero.
     pub clock: bool,
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
+    /// Memory, CPU and value-size limits.
+    pub limits: Limits,
 }
 
 /// A clock stopped at zero: the default for plugins without the clock grant.
@@ -209,13 +213,12 @@ impl Drop for Ticker {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    limits: Limits,
     _ticker: Arc<Ticker>,
 }
 
 impl Runtime {
     /// Creates the engine, the WASI linker and the epoch ticker.
-    pub fn new(limits: Limits) -> Result<Self, LoadError> {
+    pub fn new() -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.concurrency_support(false);
@@ -235,13 +238,13 @@ impl Runtime {
                 })
                 .map_err(|e| LoadError::Engine(e.to_string()))?
         };
-        Ok(Self { engine, linker: Arc::new(linker), limits, _ticker: Arc::new(Ticker { stop, thread: Some(thread) }) })
+        Ok(Self { engine, linker: Arc::new(linker), _ticker: Arc::new(Ticker { stop, thread: Some(thread) }) })
     }
 
     /// Compiles and type-checks a component, then asks it to describe itself.
-    pub fn load(&self, wasm: &[u8], grants: Grants) -> Result<Plugin, LoadError> {
+    pub fn load(&self, wasm: &[u8], sandbox: Sandbox) -> Result<Plugin, LoadError> {
         let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.plugin(component, grants)
+        self.plugin(component, sandbox)
     }
 
     /// Compiles a component to this engine's native artifact (`.cwasm`).
@@ -254,7 +257,7 @@ impl Runtime {
     ///
     /// The caller must pass bytes this host produced and has not let anyone else
     /// change (the registry checks their hash before calling this).
-    pub fn load_precompiled(&self, cwasm: &[u8], grants: Grants) -> Result<Plugin, LoadError> {
+    pub fn load_precompiled(&self, cwasm: &[u8], sandbox: Sandbox) -> Result<Plugin, LoadError> {
         // SAFETY: `Component::deserialize` trusts its input to be a wasmtime
         // artifact; a corrupt or foreign one could run arbitrary native code. The
         // only caller is the registry, which loads artifacts it wrote itself into
@@ -264,10 +267,10 @@ impl Runtime {
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.engine, cwasm) }
             .map_err(|e| LoadError::Artifact(format!("{e:#}")))?;
-        self.plugin(component, grants)
+        self.plugin(component, sandbox)
     }
 
-    fn plugin(&self, component: Component, grants: Grants) -> Result<Plugin, LoadError> {
+    fn plugin(&self, component: Component, sandbox: Sandbox) -> Result<Plugin, LoadError> {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("weir:processor/")
@@ -290,7 +293,7 @@ impl Runtime {
         let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let mut plugin = Plugin {
             pre,
-            grants,
+            sandbox,
             runtime: self.clone(),
             info: PluginInfo {
                 name: String::new(),
@@ -306,10 +309,12 @@ impl Runtime {
     }
 }
 
-/// A compiled plugin, ready to instantiate.
+/// A compiled plugin, ready to instantiate. Cloning is cheap: clones share the
+/// compiled code.
+#[derive(Clone)]
 pub struct Plugin {
     pre: ProcessorPre<HostState>,
-    grants: Grants,
+    sandbox: Sandbox,
     runtime: Runtime,
     info: PluginInfo,
 }
@@ -323,10 +328,10 @@ impl Plugin {
     /// A fresh instance with its own store and limits.
     pub fn instantiate(&self) -> Result<Instance, GuestError> {
         let limits =
-            StoreLimitsBuilder::new().memory_size(self.runtime.limits.memory_bytes).trap_on_grow_failure(true).build();
+            StoreLimitsBuilder::new().memory_size(self.sandbox.limits.memory_bytes).trap_on_grow_failure(true).build();
         let mut wasi = WasiCtx::builder();
-        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).envs(&self.grants.env);
-        if !self.grants.clock {
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).envs(&self.sandbox.env);
+        if !self.sandbox.clock {
             wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
         let state = HostState { wasi: wasi.build(), table: ResourceTable::new(), limits };
@@ -338,13 +343,13 @@ impl Plugin {
             store,
             bindings,
             budget_ticks: self.budget_ticks(),
-            max_value_bytes: self.runtime.limits.max_value_bytes,
+            max_value_bytes: self.sandbox.limits.max_value_bytes,
             poisoned: false,
         })
     }
 
     fn budget_ticks(&self) -> u64 {
-        (self.runtime.limits.call_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+        (self.sandbox.limits.call_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 }
 
