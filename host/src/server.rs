@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::admin::{AdminConfigError, CreatePipeline, ManageError, PipelineEntry, Pipelines};
+use crate::admin::{AdminConfigError, CreatePipeline, ManageError, PipelineEntry, Pipelines, Stopped};
 use crate::config::{AdminConfig, ConfigError, LimitsConfig, RunConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError};
@@ -267,7 +267,7 @@ impl Pipelines for Host {
         Ok(name)
     }
 
-    fn stop(&self, name: &str) -> Result<Option<String>, ManageError> {
+    fn stop(&self, name: &str) -> Result<Stopped, ManageError> {
         let _managing = self.managing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let was_saved = self.saved_requests()?.iter().any(|r| request_name(r) == Some(name));
         let running = self.lock().remove(name);
@@ -277,13 +277,18 @@ impl Pipelines for Host {
         if was_saved {
             self.save(|saved| saved.retain(|r| request_name(r) != Some(name)))?;
         }
-        let Some(mut running) = running else { return Ok(None) };
+        let Some(mut running) = running else { return Ok(Stopped::default()) };
         running.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = running.thread.take() {
             let _ = thread.join();
         }
-        tracing::info!(pipeline = %name, "pipeline stopped through the API");
-        Ok(running.entry.failure.lock().ok().and_then(|f| f.clone()))
+        let in_config = !was_saved;
+        if in_config {
+            tracing::warn!(pipeline = %name, "pipeline of the config file stopped through the API; it starts again with the host unless removed from the file");
+        } else {
+            tracing::info!(pipeline = %name, "pipeline stopped through the API");
+        }
+        Ok(Stopped { failed: running.entry.failure.lock().ok().and_then(|f| f.clone()), in_config })
     }
 }
 

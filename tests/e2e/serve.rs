@@ -130,6 +130,14 @@ limits = {{ on_failure = "pause" }}
     let want = recompute(&read_all(&stats_in)?, 2_000);
     assert_same(&last_results(&read_all(&format!("{stats_in}-out"))?)?, &want);
 
+    // A pipeline of the config file can be stopped too; the answer says it will
+    // come back with the host.
+    let stopped: serde_json::Value = serde_json::from_str(&admin.delete(&format!("/v1/pipelines/{app}-stats"))?)?;
+    assert_eq!(stopped["in_config"], true, "{stopped}");
+    assert!(stopped["note"].as_str().is_some_and(|n| n.contains("config file")), "{stopped}");
+    let names: Vec<String> = serde_json::from_str(&admin.get("/v1/pipelines")?)?;
+    assert!(!names.contains(&format!("{app}-stats")) && names.len() == 2, "{names:?}");
+
     // The host reports the failed pipeline when it stops.
     std::process::Command::new("kill").args(["-TERM", &weir.child.id().to_string()]).status()?;
     let status = wait_exit(&mut weir, Duration::from_secs(60))?;
@@ -242,7 +250,7 @@ fn pipelines_are_created_and_stopped_through_the_api() -> Result<()> {
     // Stopped through the API: gone now and after the next restart.
     let stopped: serde_json::Value = serde_json::from_str(&admin.delete(&format!("/v1/pipelines/{app}"))?)?;
     assert_eq!(stopped["stopped"], app.as_str());
-    assert!(stopped["failed"].is_null(), "{stopped}");
+    assert!(stopped["failed"].is_null() && stopped["in_config"] == false, "{stopped}");
     assert_eq!(admin.get("/v1/pipelines")?, "[]");
     terminate(&mut weir)?;
     let mut weir = spawn_weir_serve(&config, &dir.path().join("weir-3.log"))?;

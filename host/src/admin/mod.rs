@@ -88,6 +88,15 @@ pub struct CreatePipeline {
     pub pipeline: serde_json::Value,
 }
 
+/// What stopping a pipeline found.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped {
+    /// The error it had stopped with before, if any.
+    pub failed: Option<String>,
+    /// It is defined in the host's config file, so it starts again with the host.
+    pub in_config: bool,
+}
+
 /// The pipelines of a host, as the API sees them.
 pub trait Pipelines: Send + Sync {
     /// Names of the pipelines, sorted.
@@ -102,9 +111,8 @@ pub trait Pipelines: Send + Sync {
     /// Creates and starts a pipeline from `cfg` (parsed from `request`, with
     /// `plugin` set to the stored component) running `plugin`.
     fn create(&self, request: CreatePipeline, cfg: RunConfig, plugin: Plugin) -> Result<String, ManageError>;
-    /// Stops a pipeline (committing what it processed) and forgets it; returns the
-    /// error it had stopped with, if any.
-    fn stop(&self, name: &str) -> Result<Option<String>, ManageError>;
+    /// Stops a pipeline (committing what it processed) and forgets it.
+    fn stop(&self, name: &str) -> Result<Stopped, ManageError>;
 }
 
 /// The pipelines of `weir run`: fixed at start.
@@ -123,7 +131,7 @@ impl Pipelines for FixedPipelines {
         Err(ManageError::Fixed)
     }
 
-    fn stop(&self, _: &str) -> Result<Option<String>, ManageError> {
+    fn stop(&self, _: &str) -> Result<Stopped, ManageError> {
         Err(ManageError::Fixed)
     }
 }
@@ -347,8 +355,14 @@ async fn stop_pipeline(
     let state = state.clone();
     // Stopping commits and leaves the group: wait for it off the async thread.
     tokio::task::spawn_blocking(move || {
-        let failed = state.pipelines.stop(&name).map_err(|e| api_error(manage_status(&e), e))?;
-        Ok::<_, ApiError>(axum::Json(serde_json::json!({ "stopped": name, "failed": failed })))
+        let stopped = state.pipelines.stop(&name).map_err(|e| api_error(manage_status(&e), e))?;
+        let mut body = serde_json::json!({ "stopped": name, "failed": stopped.failed, "in_config": stopped.in_config });
+        if stopped.in_config {
+            body["note"] = "this pipeline is defined in the host's config file: it starts again when the host \
+                            restarts unless it is removed there"
+                .into();
+        }
+        Ok::<_, ApiError>(axum::Json(body))
     })
     .await
     .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?

@@ -86,7 +86,7 @@ const DOCUMENT: &str = r##"{
       "delete": { "summary": "Stop a pipeline (it commits what it processed first) and remove it from the host",
         "security": [{ "bearer": [] }],
         "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
-        "responses": { "200": { "description": "stopped; `failed` holds the error it had stopped with, if any" }, "404": { "description": "no such pipeline" },
+        "responses": { "200": { "description": "stopped; `failed` holds the error it had stopped with, if any; `in_config` (with a `note`) when the pipeline comes from the host config file and will start again with the host" }, "404": { "description": "no such pipeline" },
                        "405": { "description": "the host is a single `weir run` pipeline" } } }
     },
     "/v1/pipelines/{name}/activate": {
