@@ -4,11 +4,11 @@
 //! bookkeeping) and a linker with WASI preview 2, shared by every plugin of a
 //! host. Each plugin brings its own [`Sandbox`]: it is granted nothing it is not
 //! given there (no files, no network, no stdio, an empty environment and a clock
-//! frozen at the epoch) and runs under that sandbox's [`Limits`]. A [`Plugin`] is a compiled,
-//! type-checked component with its `InstancePre`; an [`Instance`] is one store with
-//! a linear-memory cap, run under a per-call CPU budget, whose answers may not carry
-//! values above a size limit. A failed instance is poisoned and must be replaced
-//! with a fresh one from its plugin.
+//! frozen at the epoch) and runs under that sandbox's [`Limits`]. A [`Plugin`] is
+//! a compiled, type-checked component with its `InstancePre`; an [`Instance`] is
+//! one store with a linear-memory cap, run under a per-call CPU budget, whose
+//! answers may not carry values above a size limit. A failed instance is
+//! poisoned and must be replaced with a fresh one from its plugin.
 
 mod bindings;
 
