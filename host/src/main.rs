@@ -40,6 +40,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints an admin API answer: indented for a person at a terminal, as sent
+/// (one line of JSON) for a pipe or a script.
+fn answer(body: String) {
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(json) if std::io::stdout().is_terminal() => {
+            println!("{}", serde_json::to_string_pretty(&json).unwrap_or(body))
+        }
+        _ => println!("{body}"),
+    }
+}
+
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -86,17 +97,17 @@ fn run() -> Result<()> {
             }
         }
         Command::Pipeline(PipelineCommand::List { target }) => {
-            println!("{}", Client::new(&target.admin, target.token).get("/v1/pipelines")?);
+            answer(Client::new(&target.admin, target.token).get("/v1/pipelines")?);
         }
         Command::Pipeline(PipelineCommand::Create { version, file, target }) => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
             let body = serde_json::json!({ "version": version, "pipeline": table }).to_string();
             let client = Client::new(&target.admin, target.token);
-            println!("{}", client.post("/v1/pipelines", "application/json", body.as_bytes())?);
+            answer(client.post("/v1/pipelines", "application/json", body.as_bytes())?);
         }
         Command::Pipeline(PipelineCommand::Stop { name, target }) => {
-            println!("{}", Client::new(&target.admin, target.token).delete(&format!("/v1/pipelines/{name}"))?);
+            answer(Client::new(&target.admin, target.token).delete(&format!("/v1/pipelines/{name}"))?);
         }
         Command::Gen(GenCommand::Trades(cfg)) => {
             let stop = stop_flag()?;
@@ -117,29 +128,23 @@ fn run() -> Result<()> {
         Command::Plugin(PluginCommand::Upload { name, file, target }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let client = Client::new(&target.admin, target.token);
-            println!("{}", client.post(&format!("/v1/plugins/{name}"), "application/wasm", &bytes)?);
+            answer(client.post(&format!("/v1/plugins/{name}"), "application/wasm", &bytes)?);
         }
         Command::Plugin(PluginCommand::List { target }) => {
-            println!("{}", Client::new(&target.admin, target.token).get("/v1/plugins")?);
+            answer(Client::new(&target.admin, target.token).get("/v1/plugins")?);
         }
         Command::Plugin(PluginCommand::Activate { pipeline, version, reset_state, target }) => {
             let body = serde_json::json!({ "version": version, "reset_state": reset_state }).to_string();
             let client = Client::new(&target.admin, target.token);
-            println!(
-                "{}",
-                client.post(&format!("/v1/pipelines/{pipeline}/activate"), "application/json", body.as_bytes())?
-            );
+            answer(client.post(&format!("/v1/pipelines/{pipeline}/activate"), "application/json", body.as_bytes())?);
         }
         Command::Plugin(PluginCommand::Rollback { pipeline, reset_state, target }) => {
             let body = serde_json::json!({ "reset_state": reset_state }).to_string();
             let client = Client::new(&target.admin, target.token);
-            println!(
-                "{}",
-                client.post(&format!("/v1/pipelines/{pipeline}/rollback"), "application/json", body.as_bytes())?
-            );
+            answer(client.post(&format!("/v1/pipelines/{pipeline}/rollback"), "application/json", body.as_bytes())?);
         }
         Command::Plugin(PluginCommand::Status { pipeline, target }) => {
-            println!("{}", Client::new(&target.admin, target.token).get(&format!("/v1/pipelines/{pipeline}"))?);
+            answer(Client::new(&target.admin, target.token).get(&format!("/v1/pipelines/{pipeline}"))?);
         }
         Command::Plugin(PluginCommand::Check { file, max_mb }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
