@@ -30,7 +30,7 @@ pub struct TopicSpec {
 
 /// Number of partitions of `topic`, or `None` if it does not exist. A topic that
 /// exists but whose metadata is not complete yet (just created, leader election in
-/// progress) is asked about again for up to [`TIMEOUT`].
+/// progress) is asked about again for up to 30 s.
 pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<Option<i32>, KafkaIoError> {
     let consumer: BaseConsumer = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
     let deadline = std::time::Instant::now() + TIMEOUT;
