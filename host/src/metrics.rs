@@ -1,8 +1,12 @@
 //! Pipeline metrics in the Prometheus/OpenMetrics model: what came in, what went
-//! out, what was dead-lettered or dropped as late, commits, aborts and restores.
+//! out, what was dead-lettered or dropped as late, commits, aborts, restores,
+//! plugin failures and swaps; and the host's own counters (rejected uploads).
+//! Several pipelines render as one exposition, each series labelled with its
+//! pipeline.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -31,15 +35,29 @@ pub struct Metrics {
     pub guest_calls: Counter,
     /// Plugin calls that trapped, ran out of memory or time, or returned too much.
     pub plugin_failures: Counter,
+    /// Plugin versions switched in at a transaction boundary (swaps and rollbacks
+    /// asked for).
+    pub swaps: Counter,
+    /// Versions that failed after a swap and were rolled back by the host.
+    pub swap_rollbacks: Counter,
     /// Tasks (input partitions) currently owned.
     pub tasks: Gauge,
 }
 
+/// Counters of a host rather than of one pipeline.
+#[derive(Clone, Default)]
+pub struct HostMetrics {
+    /// Plugin uploads refused (invalid, too large, unauthenticated).
+    pub uploads_rejected: Counter,
+    /// Plugin uploads stored.
+    pub uploads_accepted: Counter,
+}
+
+type Labels = Vec<(String, String)>;
+
 impl Metrics {
-    /// The metrics in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut registry = Registry::with_prefix("weir");
-        let counters: [(&str, &str, &Counter); 11] = [
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); 13] {
+        [
             ("records_in", "Records read from the input topic", &self.records_in),
             ("records_out", "Records written to the output topic", &self.records_out),
             ("dead_letters", "Records sent to the dead-letter topic", &self.dead_letters),
@@ -51,15 +69,43 @@ impl Metrics {
             ("restored_records", "Changelog records replayed into state stores", &self.restored_records),
             ("guest_calls", "Calls into the plugin", &self.guest_calls),
             ("plugin_failures", "Plugin calls that failed (trap, memory, time, size)", &self.plugin_failures),
-        ];
-        for (name, help, counter) in counters {
+            ("swaps", "Plugin versions switched in at a transaction boundary", &self.swaps),
+            ("swap_rollbacks", "Versions rolled back by the host after failing", &self.swap_rollbacks),
+        ]
+    }
+
+    /// One pipeline's metrics in the Prometheus text format, unlabelled.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("weir");
+        for (name, help, counter) in self.counters() {
             registry.register(name, help, counter.clone());
         }
         registry.register("tasks", "Input partitions owned", self.tasks.clone());
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &registry);
-        out
+        encoded(&registry)
+    }
+
+    /// Several pipelines' metrics and the host's, in the Prometheus text format:
+    /// one family per metric, a series per pipeline labelled `pipeline="<name>"`.
+    pub fn render_all(pipelines: &[(String, Metrics)], host: &HostMetrics) -> String {
+        let mut registry = Registry::with_prefix("weir");
+        let template = Metrics::default();
+        for (i, (name, help, _)) in template.counters().into_iter().enumerate() {
+            let family = Family::<Labels, Counter>::default();
+            for (pipeline, metrics) in pipelines {
+                family
+                    .get_or_create(&vec![("pipeline".into(), pipeline.clone())])
+                    .inc_by(metrics.counters()[i].2.get());
+            }
+            registry.register(name, help, family);
+        }
+        let tasks = Family::<Labels, Gauge>::default();
+        for (pipeline, metrics) in pipelines {
+            tasks.get_or_create(&vec![("pipeline".into(), pipeline.clone())]).set(metrics.tasks.get());
+        }
+        registry.register("tasks", "Input partitions owned", tasks);
+        registry.register("uploads_rejected", "Plugin uploads refused", host.uploads_rejected.clone());
+        registry.register("uploads_accepted", "Plugin uploads stored", host.uploads_accepted.clone());
+        encoded(&registry)
     }
 
     /// A one-line summary for logs.
@@ -78,6 +124,13 @@ impl Metrics {
     }
 }
 
+fn encoded(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, registry);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -86,5 +139,24 @@ mod tests {
         m.dead_letters.inc();
         let text = m.render();
         assert!(text.contains("weir_dead_letters_total 1"), "{text}");
+    }
+
+    #[test]
+    fn several_pipelines_share_one_family_per_metric() {
+        let (a, b) = (super::Metrics::default(), super::Metrics::default());
+        a.records_in.inc_by(5);
+        b.records_in.inc_by(7);
+        b.swap_rollbacks.inc();
+        b.tasks.set(3);
+        let host = super::HostMetrics::default();
+        host.uploads_rejected.inc_by(2);
+        let text = super::Metrics::render_all(&[("a".into(), a), ("b".into(), b)], &host);
+        assert_eq!(text.matches("# TYPE weir_records_in counter").count(), 1, "{text}");
+        assert!(text.contains("weir_records_in_total{pipeline=\"a\"} 5"), "{text}");
+        assert!(text.contains("weir_records_in_total{pipeline=\"b\"} 7"), "{text}");
+        assert!(text.contains("weir_swap_rollbacks_total{pipeline=\"b\"} 1"), "{text}");
+        assert!(text.contains("weir_tasks{pipeline=\"b\"} 3"), "{text}");
+        assert!(text.contains("weir_uploads_rejected_total 2"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }

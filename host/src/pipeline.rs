@@ -384,6 +384,7 @@ impl Engine {
     }
 
     fn record(&self, event: SwapEvent, error: Option<String>) {
+        if event.rolled_back.is_some() { &self.metrics.swap_rollbacks } else { &self.metrics.swaps }.inc();
         if let Ok(mut status) = self.status.lock() {
             status.active = self.active.clone();
             status.active_info = Some(self.plugin.info().clone());

@@ -416,7 +416,10 @@ impl Task {
             ctx.renew_instance_if_poisoned()?;
             match self.run_batch(ctx, pending, &|i| excluded.contains(&i)) {
                 Ok(result) => return Ok(Some(result)),
-                Err(TaskError::Guest(e)) => last = e,
+                Err(TaskError::Guest(e)) => {
+                    ctx.metrics.plugin_failures.inc();
+                    last = e;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -430,6 +433,7 @@ impl Task {
             match self.run_batch(ctx, pending, &|j| j != i) {
                 Ok(_) => {}
                 Err(TaskError::Guest(e)) => {
+                    ctx.metrics.plugin_failures.inc();
                     self.dead_letter(ctx, &pending[i], &format!("plugin failed on this record: {e}"))?;
                     excluded.insert(i);
                     found = true;

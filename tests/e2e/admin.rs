@@ -89,12 +89,15 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
         ("no token", anonymous.post("/v1/plugins/x", "application/wasm", &next), 401, "missing bearer token"),
         ("a wrong token", wrong.post("/v1/plugins/x", "application/wasm", &next), 403, "wrong bearer token"),
     ];
+    let refusals = cases.len();
     for (what, result, want_status, needle) in cases {
         let (status, message) = refused(result)?;
         assert_eq!(status, want_status, "{what}: {message}");
         assert!(message.contains(needle), "{what}: expected {needle:?} in {message:?}");
         assert_eq!(admin.get("/v1/plugins")?, "[]", "{what} must change nothing");
     }
+    let metrics = anonymous.get("/v1/metrics")?;
+    assert!(metrics.contains(&format!("weir_uploads_rejected_total {refusals}\n")), "{metrics}");
 
     // A good upload, activated in the running pipeline.
     let version: serde_json::Value =
@@ -128,7 +131,11 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
 
     let openapi: serde_json::Value = serde_json::from_str(&anonymous.get("/v1/openapi.json")?)?;
     assert!(openapi["paths"]["/v1/plugins/{name}"]["post"].is_object());
-    assert!(anonymous.get("/v1/metrics")?.contains("weir_records_in_total"));
+    let metrics = anonymous.get("/v1/metrics")?;
+    for series in [format!("weir_swaps_total{{pipeline=\"{app}\"}} 2\n"), "weir_uploads_accepted_total 2\n".into()] {
+        assert!(metrics.contains(&series), "{series:?} in {metrics}");
+    }
+    assert!(metrics.contains(&format!("weir_records_in_total{{pipeline=\"{app}\"}}")), "{metrics}");
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
     terminate(&mut weir)?;
     Ok(())

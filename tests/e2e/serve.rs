@@ -130,6 +130,18 @@ limits = {{ on_failure = "pause" }}
     let want = recompute(&read_all(&stats_in)?, 2_000);
     assert_same(&last_results(&read_all(&format!("{stats_in}-out"))?)?, &want);
 
+    // One metrics exposition for the host, a series per pipeline.
+    let metrics = admin.get("/v1/metrics")?;
+    let failures = |name: &str| -> Option<u64> {
+        let prefix = format!("weir_plugin_failures_total{{pipeline=\"{name}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+    };
+    assert_eq!(failures(&format!("{app}-stats")), Some(0), "{metrics}");
+    // trap, huge, loop and oom each fail at least the call that runs them alone
+    // (fs, env and clock are refused by the plugin itself, not failures).
+    assert!(failures(&format!("{app}-hostile")).is_some_and(|n| n >= 4), "{metrics}");
+    assert_eq!(metrics.matches("# TYPE weir_plugin_failures counter").count(), 1, "{metrics}");
+
     // A pipeline of the config file can be stopped too; the answer says it will
     // come back with the host.
     let stopped: serde_json::Value = serde_json::from_str(&admin.delete(&format!("/v1/pipelines/{app}-stats"))?)?;

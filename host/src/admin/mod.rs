@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::RunConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{HostMetrics, Metrics};
 use crate::pipeline::{Control, SwapError};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{Plugin, Sandbox};
@@ -140,6 +141,7 @@ struct AdminState {
     token: Option<String>,
     registry: Mutex<Registry>,
     pipelines: Arc<dyn Pipelines>,
+    host_metrics: HostMetrics,
 }
 
 /// A running admin API.
@@ -198,7 +200,8 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(addr).map_err(|source| AdminError::Io { addr, source })?;
     listener.set_nonblocking(true).map_err(|source| AdminError::Io { addr, source })?;
     let bound = listener.local_addr().map_err(|source| AdminError::Io { addr, source })?;
-    let state = Arc::new(AdminState { token, registry: Mutex::new(registry), pipelines });
+    let state =
+        Arc::new(AdminState { token, registry: Mutex::new(registry), pipelines, host_metrics: HostMetrics::default() });
     let app = Router::new()
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/metrics", get(metrics))
@@ -275,8 +278,15 @@ fn registry_status(e: &RegistryError) -> StatusCode {
 
 type Shared = State<Arc<AdminState>>;
 
-async fn metrics(State(state): Shared) -> String {
-    state.pipelines.names().iter().filter_map(|n| state.pipelines.get(n)).map(|p| p.metrics.render()).collect()
+async fn metrics(State(state): Shared) -> impl IntoResponse {
+    let pipelines: Vec<(String, Metrics)> = state
+        .pipelines
+        .names()
+        .into_iter()
+        .filter_map(|name| state.pipelines.get(&name).map(|p| (name, p.metrics)))
+        .collect();
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], Metrics::render_all(&pipelines, &state.host_metrics))
 }
 
 async fn list_plugins(State(state): Shared) -> Result<impl IntoResponse, ApiError> {
@@ -289,19 +299,34 @@ async fn upload(
     State(state): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    let stored = store_upload(&state, name, &headers, body).await;
+    match &stored {
+        Ok(_) => state.host_metrics.uploads_accepted.inc(),
+        Err(_) => state.host_metrics.uploads_rejected.inc(),
+    };
+    Ok((StatusCode::CREATED, axum::Json(stored?)))
+}
+
+async fn store_upload(
+    state: &Arc<AdminState>,
+    name: String,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<crate::registry::Version, ApiError> {
+    authorize(state, headers)?;
+    // A body far over the limit is cut off before the registry sees it.
+    let body = body.map_err(|e| api_error(e.status(), format!("upload refused: {}", e.body_text())))?;
     let state = state.clone();
     // Compiling takes tens of milliseconds or more: keep it off the async thread.
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut registry =
             state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
         registry.upload(&name, &body).map_err(|e| api_error(registry_status(&e), e))
     })
     .await
-    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))??;
-    Ok((StatusCode::CREATED, axum::Json(result)))
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?
 }
 
 async fn list_pipelines(State(state): Shared) -> impl IntoResponse {

@@ -45,7 +45,7 @@ const DOCUMENT: &str = r##"{
   },
   "paths": {
     "/v1/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI document" } } } },
-    "/v1/metrics": { "get": { "summary": "Prometheus metrics of every pipeline", "responses": { "200": { "description": "text/plain" } } } },
+    "/v1/metrics": { "get": { "summary": "OpenMetrics text: every pipeline's counters labelled pipeline=<name>, and the host's upload counters", "responses": { "200": { "description": "application/openmetrics-text" } } } },
     "/v1/plugins": {
       "get": { "summary": "Every stored plugin version", "responses": { "200": { "description": "versions",
         "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Version" } } } } } } }
