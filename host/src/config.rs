@@ -190,6 +190,10 @@ pub struct RunConfig {
     pub commit_interval_ms: u64,
     /// How long after a window ends late records are still accepted, in ms.
     pub grace_ms: u64,
+    /// How long a newly activated plugin version is on probation, in ms: a
+    /// plugin failure in that time (and always before its first commit) rolls
+    /// back to the previous version instead of dead-lettering records.
+    pub swap_probation_ms: u64,
     /// When results are written.
     pub emit: EmitMode,
     /// Largest number of records per plugin call.
@@ -222,6 +226,7 @@ impl Default for RunConfig {
             dead_letter_topic: None,
             processing_guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: 100,
+            swap_probation_ms: 30_000,
             grace_ms: 0,
             emit: EmitMode::Updates,
             batch_size: 1000,

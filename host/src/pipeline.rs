@@ -247,9 +247,11 @@ struct Engine {
     active: String,
     /// The version before it, kept for rollback.
     previous: Option<(String, Plugin)>,
-    /// Set from a swap until the new version's first successful commit; a plugin
-    /// failure in that time rolls back instead of dead-lettering records.
+    /// Set from a swap until the first commit after `probation_until` (so at
+    /// least until the new version's first commit); a plugin failure in that
+    /// time rolls back instead of dead-lettering records.
     probation: bool,
+    probation_until: Instant,
     /// The running version was activated with `reset_state` and that reset is
     /// not committed yet: it is redone if the transaction is rewound.
     reset_state: bool,
@@ -341,7 +343,9 @@ impl Engine {
             }
         }
         self.metrics.commits.inc();
-        self.probation = false;
+        if Instant::now() >= self.probation_until {
+            self.probation = false;
+        }
         self.reset_state = false;
         Ok(())
     }
@@ -427,6 +431,7 @@ impl Engine {
         let from = std::mem::replace(&mut self.active, label.clone());
         self.previous = Some((from.clone(), old_plugin));
         self.probation = true;
+        self.probation_until = Instant::now() + Duration::from_millis(self.cfg.swap_probation_ms);
         self.reset_state = reset_state;
         let state = match self.align_state() {
             Ok(state) => state,
@@ -490,9 +495,27 @@ impl Engine {
         self.sink.abort()?;
         self.metrics.aborts.inc();
         if self.probation && matches!(error, PipelineError::Task(TaskError::Guest(_)) | PipelineError::Guest(_)) {
-            // The swap was at the last commit, so the rewind below hands
-            // everything after it to the previous version.
-            self.roll_back_failed_swap(&error)?;
+            // The rewind below hands everything after the last commit to the
+            // previous version, if it can read the state as last committed.
+            let readable = self.previous.as_ref().is_some_and(|(_, previous)| {
+                self.tasks.values().all(|t| previous.info().reads_state(t.committed_state_schema()))
+            });
+            if readable {
+                self.roll_back_failed_swap(&error)?;
+            } else {
+                // It committed state the previous version cannot read: keep it,
+                // and let its failures be contained like any version's.
+                self.probation = false;
+                let reason = format!(
+                    "version {} failed on probation but was kept: the previous version cannot read the state \
+                     schema it committed; failures now follow on_failure: {error}",
+                    self.active
+                );
+                tracing::error!("{reason}");
+                if let Ok(mut status) = self.status.lock() {
+                    status.last_error = Some(reason);
+                }
+            }
             self.failures -= 1;
         }
         self.fresh_instance_if_poisoned()?;
@@ -713,6 +736,7 @@ impl Pipeline {
             active: label.clone(),
             previous: None,
             probation: false,
+            probation_until: Instant::now(),
             reset_state: false,
             control: control_rx,
             status: status.clone(),

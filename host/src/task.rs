@@ -210,6 +210,11 @@ impl Task {
         self.schema
     }
 
+    /// The state schema of the task's last commit.
+    pub fn committed_state_schema(&self) -> u32 {
+        self.committed_schema
+    }
+
     /// What to store with the committed offset: stream time and state schema.
     pub fn commit_metadata(&self) -> String {
         CommitMetadata { stream_time: self.stream_time, schema: Some(self.schema) }.to_string()

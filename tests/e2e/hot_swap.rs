@@ -3,7 +3,8 @@
 //! independent recomputation, the broken build is rolled back and the reason is
 //! reported. Runs the pipeline in-process to drive its swap control directly; the
 //! builds are compiled before the stream starts, so each swap happens while
-//! records are still arriving.
+//! records are still arriving. A version that fails only after it has committed
+//! is rolled back too while on probation, and contained like any failure after.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -111,5 +112,99 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
     let want = recompute(&read_all(&input)?, 2_000);
     let got = last_results(&read_all(&output)?)?;
     assert_same(&got, &want);
+    Ok(())
+}
+
+/// Waits until the group has committed every record of `input`.
+fn await_committed_all(app: &str, input: &str, partitions: i32) -> Result<()> {
+    let ends = end_offsets(input)?;
+    wait_for("catching up", Duration::from_secs(120), || {
+        let done = committed(app, input, partitions)?;
+        Ok(ends.iter().all(|(p, end)| done.get(p).copied().unwrap_or(-1) >= *end))
+    })
+}
+
+/// Runs stock-stats, swaps to a build that fails only on ticker ZZZZ, lets it
+/// commit normal trades, then sends it a ZZZZ trade. Returns the pipeline's swap
+/// status and the dead letters, after checking the output against the
+/// recomputation.
+fn fail_after_commits(probation_ms: u64) -> Result<(weir::pipeline::SwapStatus, Vec<Record>)> {
+    const PARTITIONS: i32 = 2;
+    let app = unique("late-fail");
+    let (input, output) = (format!("{app}-trades"), format!("{app}-out"));
+    create_topic(&input, PARTITIONS)?;
+    let runtime = Runtime::new()?;
+    let late_env = vec![("TRAP_TICKER".to_owned(), "ZZZZ".to_owned())];
+    let late =
+        runtime.load(&std::fs::read(plugin("stock-stats-trap")?)?, Sandbox { env: late_env, ..Sandbox::default() })?;
+    let state = tempfile::tempdir()?;
+    let cfg = RunConfig {
+        application_id: app.clone(),
+        plugin: plugin("stock-stats")?,
+        bootstrap_servers: bootstrap(),
+        input_topic: input.clone(),
+        output_topic: output.clone(),
+        grace_ms: 2_000,
+        swap_probation_ms: probation_ms,
+        instance_id: Some("late-fail-test".into()),
+        state: StateConfig { dir: state.path().to_path_buf(), ..StateConfig::default() },
+        ..RunConfig::default()
+    };
+    let metrics = Metrics::default();
+    let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let control = pipeline.control();
+    let stop = AtomicBool::new(false);
+    const PHASE: u64 = 6_000;
+    gen_trades_at(&input, PHASE, 20, PARTITIONS, 500, 0, GEN_START_MS)?;
+    std::thread::scope(|s| -> Result<()> {
+        let running = s.spawn(|| pipeline.run(&stop));
+        let result = (|| -> Result<()> {
+            await_committed_all(&app, &input, PARTITIONS)?;
+            swap(&control, "late", &late, 0)?;
+            // The new version processes and commits normal trades...
+            let commits_at_swap = metrics.commits.get();
+            let phase2 = GEN_START_MS + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
+            gen_trades_at(&input, PHASE, 20, PARTITIONS, 500, 0, phase2)?;
+            await_committed_all(&app, &input, PARTITIONS)?;
+            assert!(metrics.commits.get() > commits_at_swap, "the new version must have committed");
+            assert_eq!(control.status().active, "late");
+            // ...then meets the trade it fails on.
+            let at = phase2 + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
+            let trade = br#"{"type":"ASK","ticker":"ZZZZ","price":12.5,"size":40}"#;
+            produce(&input, &[(Some(b"ZZZZ".to_vec()), Some(trade.to_vec()), at)])?;
+            await_committed_all(&app, &input, PARTITIONS)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        running.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+        result
+    })?;
+    let mut want = recompute(&read_all(&input)?, 2_000);
+    let dead = read_all(&format!("{app}-dlq"))?;
+    if !dead.is_empty() {
+        // What was dead-lettered is missing from the output, by design.
+        want.retain(|(ticker, _), _| ticker != "ZZZZ");
+    }
+    assert!(want.keys().any(|(t, _)| t != "ZZZZ"), "the recomputation must not be empty");
+    assert_same(&last_results(&read_all(&output)?)?, &want);
+    Ok((control.status(), dead))
+}
+
+#[test]
+fn a_version_failing_after_it_committed_rolls_back_on_probation_and_is_contained_after() -> Result<()> {
+    // On probation (the default is 30 s; here long enough for the whole run):
+    // rolled back, and the previous version counts the trade.
+    let (status, dead) = fail_after_commits(600_000)?;
+    let last = status.history.last().context("no history")?;
+    let reason = last.rolled_back.as_deref().context("the last event must be the rollback")?;
+    assert!(reason.contains("version late failed") && reason.contains("panicked"), "{reason}");
+    assert_eq!(status.active, "stock-stats@0.1.0");
+    assert!(dead.is_empty(), "nothing is dead-lettered when the previous version takes over");
+
+    // Probation over at its first commit: the failure is contained as usual.
+    let (status, dead) = fail_after_commits(0)?;
+    assert_eq!(status.active, "late", "{:#?}", status.history);
+    assert!(status.history.iter().all(|e| e.rolled_back.is_none()), "{:#?}", status.history);
+    assert_eq!(dead.len(), 1, "the trade the version fails on is dead-lettered");
+    assert!(dead[0].headers["weir.error"].contains("panicked"), "{:?}", dead[0].headers);
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! A stock-stats build that declares the same windows and state as stock-stats but
-//! traps on its first record: the hot-swap test's broken upgrade.
+//! traps: on its first record, or, when the environment variable `TRAP_TICKER` is
+//! granted, only on that ticker's trades (a version that fails late). The hot-swap
+//! tests' broken upgrades.
 
 #[path = "../../stock-stats/src/stats.rs"]
 pub mod stats;
@@ -16,10 +18,15 @@ impl Aggregator for Broken {
     type Acc = Stats;
     type Output = StatsOut;
 
-    fn add(_acc: &mut Stats, _trade: &Trade) {
-        #[allow(clippy::panic)] // The point of this fixture.
-        {
-            panic!("this build is broken");
+    fn filter(trade: &Trade) -> bool {
+        StockStats::filter(trade)
+    }
+
+    fn add(acc: &mut Stats, trade: &Trade) {
+        match std::env::var("TRAP_TICKER") {
+            Ok(ticker) if ticker != trade.ticker => StockStats::add(acc, trade),
+            #[allow(clippy::panic)] // The point of this fixture.
+            _ => panic!("this build is broken"),
         }
     }
 
