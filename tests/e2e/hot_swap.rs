@@ -51,52 +51,29 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
         std::thread::spawn(move || gen_trades(&input, TRADES, 50, 4, 1_500, 20_000))
     };
     let state = tempfile::tempdir()?;
-    let cfg = RunConfig {
-        application_id: app.clone(),
-        plugin: plugin("stock-stats")?,
-        bootstrap_servers: bootstrap(),
-        input_topic: input.clone(),
-        output_topic: output.clone(),
-        grace_ms: 2_000,
-        instance_id: Some("swap-test".into()),
-        state: StateConfig { dir: state.path().to_path_buf(), ..StateConfig::default() },
-        ..RunConfig::default()
-    };
     let metrics = Metrics::default();
-    let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let pipeline = Pipeline::new(stats_config(&app, &input, state.path())?, &runtime, metrics.clone())?;
     let control = pipeline.control();
-    let stop = AtomicBool::new(false);
-
-    std::thread::scope(|s| -> Result<()> {
-        let running = s.spawn(|| pipeline.run(&stop));
-        let result = (|| -> Result<()> {
-            let mut progress = 0;
-            let mut step = |label: &str, build: &Plugin, swaps: usize| -> Result<()> {
-                // Let the current version process a share of the stream first.
-                progress += 12_000;
-                let target = progress;
-                wait_for("progress", Duration::from_secs(120), || Ok(metrics.records_in.get() >= target))?;
-                swap(&control, label, build, swaps)
-            };
-            for i in 0..6 {
-                let (label, build) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
-                step(label, build, i)?;
-            }
-            step("broken", &broken, 6)?;
-            producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
-            // The pipeline may have read the whole stream by now: give the broken
-            // build records of its own, after the stream's event times.
-            gen_trades_at(&input, 2_000, 50, 4, 0, 0, GEN_START_MS + (TRADES as i64 * 1000) / GEN_EVENTS_PER_SEC)?;
-            wait_for("the rollback", Duration::from_secs(60), || Ok(control.status().last_error.is_some()))?;
-            let ends = end_offsets(&input)?;
-            wait_for("catching up", Duration::from_secs(300), || {
-                let done = committed(&app, &input, 4)?;
-                Ok(ends.iter().all(|(p, end)| done.get(p).copied().unwrap_or(-1) >= *end))
-            })
-        })();
-        stop.store(true, Ordering::Relaxed);
-        running.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
-        result
+    while_running(pipeline, || {
+        let mut progress = 0;
+        let mut step = |label: &str, build: &Plugin, swaps: usize| -> Result<()> {
+            // Let the current version process a share of the stream first.
+            progress += 12_000;
+            let target = progress;
+            wait_for("progress", Duration::from_secs(120), || Ok(metrics.records_in.get() >= target))?;
+            swap(&control, label, build, swaps)
+        };
+        for i in 0..6 {
+            let (label, build) = if i % 2 == 0 { ("v2", &v2) } else { ("v1", &v1) };
+            step(label, build, i)?;
+        }
+        step("broken", &broken, 6)?;
+        producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        // The pipeline may have read the whole stream by now: give the broken
+        // build records of its own, after the stream's event times.
+        gen_trades_at(&input, 2_000, 50, 4, 0, 0, GEN_START_MS + (TRADES as i64 * 1000) / GEN_EVENTS_PER_SEC)?;
+        wait_for("the rollback", Duration::from_secs(60), || Ok(control.status().last_error.is_some()))?;
+        await_committed_all(&app, &input, 4)
     })?;
 
     let status = control.status();
@@ -115,10 +92,37 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
     Ok(())
 }
 
+/// Stock-stats from `input` to `<app>-out`, grace 2 s, state under `state`.
+fn stats_config(app: &str, input: &str, state: &std::path::Path) -> Result<RunConfig> {
+    Ok(RunConfig {
+        application_id: app.to_owned(),
+        plugin: plugin("stock-stats")?,
+        bootstrap_servers: bootstrap(),
+        input_topic: input.to_owned(),
+        output_topic: format!("{app}-out"),
+        grace_ms: 2_000,
+        instance_id: Some(format!("{app}-host")),
+        state: StateConfig { dir: state.to_path_buf(), ..StateConfig::default() },
+        ..RunConfig::default()
+    })
+}
+
+/// Runs `pipeline` on its own thread while `drive` runs, then stops it.
+fn while_running(pipeline: Pipeline, drive: impl FnOnce() -> Result<()>) -> Result<()> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let running = s.spawn(|| pipeline.run(&stop));
+        let result = drive();
+        stop.store(true, Ordering::Relaxed);
+        running.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+        result
+    })
+}
+
 /// Waits until the group has committed every record of `input`.
 fn await_committed_all(app: &str, input: &str, partitions: i32) -> Result<()> {
     let ends = end_offsets(input)?;
-    wait_for("catching up", Duration::from_secs(120), || {
+    wait_for("catching up", Duration::from_secs(300), || {
         let done = committed(app, input, partitions)?;
         Ok(ends.iter().all(|(p, end)| done.get(p).copied().unwrap_or(-1) >= *end))
     })
@@ -138,45 +142,27 @@ fn fail_after_commits(probation_ms: u64) -> Result<(weir::pipeline::SwapStatus, 
     let late =
         runtime.load(&std::fs::read(plugin("stock-stats-trap")?)?, Sandbox { env: late_env, ..Sandbox::default() })?;
     let state = tempfile::tempdir()?;
-    let cfg = RunConfig {
-        application_id: app.clone(),
-        plugin: plugin("stock-stats")?,
-        bootstrap_servers: bootstrap(),
-        input_topic: input.clone(),
-        output_topic: output.clone(),
-        grace_ms: 2_000,
-        swap_probation_ms: probation_ms,
-        instance_id: Some("late-fail-test".into()),
-        state: StateConfig { dir: state.path().to_path_buf(), ..StateConfig::default() },
-        ..RunConfig::default()
-    };
+    let cfg = RunConfig { swap_probation_ms: probation_ms, ..stats_config(&app, &input, state.path())? };
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
     let control = pipeline.control();
-    let stop = AtomicBool::new(false);
     const PHASE: u64 = 6_000;
     gen_trades_at(&input, PHASE, 20, PARTITIONS, 500, 0, GEN_START_MS)?;
-    std::thread::scope(|s| -> Result<()> {
-        let running = s.spawn(|| pipeline.run(&stop));
-        let result = (|| -> Result<()> {
-            await_committed_all(&app, &input, PARTITIONS)?;
-            swap(&control, "late", &late, 0)?;
-            // The new version processes and commits normal trades...
-            let commits_at_swap = metrics.commits.get();
-            let phase2 = GEN_START_MS + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
-            gen_trades_at(&input, PHASE, 20, PARTITIONS, 500, 0, phase2)?;
-            await_committed_all(&app, &input, PARTITIONS)?;
-            assert!(metrics.commits.get() > commits_at_swap, "the new version must have committed");
-            assert_eq!(control.status().active, "late");
-            // ...then meets the trade it fails on.
-            let at = phase2 + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
-            let trade = br#"{"type":"ASK","ticker":"ZZZZ","price":12.5,"size":40}"#;
-            produce(&input, &[(Some(b"ZZZZ".to_vec()), Some(trade.to_vec()), at)])?;
-            await_committed_all(&app, &input, PARTITIONS)
-        })();
-        stop.store(true, Ordering::Relaxed);
-        running.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
-        result
+    while_running(pipeline, || {
+        await_committed_all(&app, &input, PARTITIONS)?;
+        swap(&control, "late", &late, 0)?;
+        // The new version processes and commits normal trades...
+        let commits_at_swap = metrics.commits.get();
+        let phase2 = GEN_START_MS + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
+        gen_trades_at(&input, PHASE, 20, PARTITIONS, 500, 0, phase2)?;
+        await_committed_all(&app, &input, PARTITIONS)?;
+        assert!(metrics.commits.get() > commits_at_swap, "the new version must have committed");
+        assert_eq!(control.status().active, "late");
+        // ...then meets the trade it fails on.
+        let at = phase2 + (PHASE as i64 * 1000) / GEN_EVENTS_PER_SEC;
+        let trade = br#"{"type":"ASK","ticker":"ZZZZ","price":12.5,"size":40}"#;
+        produce(&input, &[(Some(b"ZZZZ".to_vec()), Some(trade.to_vec()), at)])?;
+        await_committed_all(&app, &input, PARTITIONS)
     })?;
     let mut want = recompute(&read_all(&input)?, 2_000);
     let dead = read_all(&format!("{app}-dlq"))?;
