@@ -251,7 +251,8 @@ struct Engine {
     /// least until the new version's first commit); a plugin failure in that
     /// time rolls back instead of dead-lettering records.
     probation: bool,
-    probation_until: Instant,
+    /// `None`: a probation too long to represent, which does not end.
+    probation_until: Option<Instant>,
     /// The running version was activated with `reset_state` and that reset is
     /// not committed yet: it is redone if the transaction is rewound.
     reset_state: bool,
@@ -343,7 +344,7 @@ impl Engine {
             }
         }
         self.metrics.commits.inc();
-        if Instant::now() >= self.probation_until {
+        if self.probation_until.is_some_and(|until| Instant::now() >= until) {
             self.probation = false;
         }
         self.reset_state = false;
@@ -431,7 +432,7 @@ impl Engine {
         let from = std::mem::replace(&mut self.active, label.clone());
         self.previous = Some((from.clone(), old_plugin));
         self.probation = true;
-        self.probation_until = Instant::now() + Duration::from_millis(self.cfg.swap_probation_ms);
+        self.probation_until = Instant::now().checked_add(Duration::from_millis(self.cfg.swap_probation_ms));
         self.reset_state = reset_state;
         let state = match self.align_state() {
             Ok(state) => state,
@@ -736,7 +737,7 @@ impl Pipeline {
             active: label.clone(),
             previous: None,
             probation: false,
-            probation_until: Instant::now(),
+            probation_until: None,
             reset_state: false,
             control: control_rx,
             status: status.clone(),
