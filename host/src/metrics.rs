@@ -55,8 +55,11 @@ pub struct HostMetrics {
 
 type Labels = Vec<(String, String)>;
 
+/// How many counters a pipeline has.
+const COUNTERS: usize = 13;
+
 impl Metrics {
-    fn counters(&self) -> [(&'static str, &'static str, &Counter); 13] {
+    fn counters(&self) -> [(&'static str, &'static str, &Counter); COUNTERS] {
         [
             ("records_in", "Records read from the input topic", &self.records_in),
             ("records_out", "Records written to the output topic", &self.records_out),
@@ -74,38 +77,29 @@ impl Metrics {
         ]
     }
 
-    /// One pipeline's metrics in the Prometheus text format, unlabelled.
-    pub fn render(&self) -> String {
-        let mut registry = Registry::with_prefix("weir");
-        for (name, help, counter) in self.counters() {
-            registry.register(name, help, counter.clone());
-        }
-        registry.register("tasks", "Input partitions owned", self.tasks.clone());
-        encoded(&registry)
-    }
-
     /// Several pipelines' metrics and the host's, in the Prometheus text format:
     /// one family per metric, a series per pipeline labelled `pipeline="<name>"`.
     pub fn render_all(pipelines: &[(String, Metrics)], host: &HostMetrics) -> String {
-        let mut registry = Registry::with_prefix("weir");
-        let template = Metrics::default();
-        for (i, (name, help, _)) in template.counters().into_iter().enumerate() {
-            let family = Family::<Labels, Counter>::default();
-            for (pipeline, metrics) in pipelines {
-                family
-                    .get_or_create(&vec![("pipeline".into(), pipeline.clone())])
-                    .inc_by(metrics.counters()[i].2.get());
-            }
-            registry.register(name, help, family);
-        }
+        let counters: Vec<Family<Labels, Counter>> = (0..COUNTERS).map(|_| Family::default()).collect();
         let tasks = Family::<Labels, Gauge>::default();
         for (pipeline, metrics) in pipelines {
-            tasks.get_or_create(&vec![("pipeline".into(), pipeline.clone())]).set(metrics.tasks.get());
+            let labels = vec![("pipeline".to_owned(), pipeline.clone())];
+            for (family, (_, _, counter)) in counters.iter().zip(metrics.counters()) {
+                family.get_or_create(&labels).inc_by(counter.get());
+            }
+            tasks.get_or_create(&labels).set(metrics.tasks.get());
+        }
+        let mut registry = Registry::with_prefix("weir");
+        for (family, (name, help, _)) in counters.into_iter().zip(Metrics::default().counters()) {
+            registry.register(name, help, family);
         }
         registry.register("tasks", "Input partitions owned", tasks);
         registry.register("uploads_rejected", "Plugin uploads refused", host.uploads_rejected.clone());
         registry.register("uploads_accepted", "Plugin uploads stored", host.uploads_accepted.clone());
-        encoded(&registry)
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
     }
 
     /// A one-line summary for logs.
@@ -124,21 +118,14 @@ impl Metrics {
     }
 }
 
-fn encoded(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut out, registry);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn renders_counters_with_prefix() {
         let m = super::Metrics::default();
         m.dead_letters.inc();
-        let text = m.render();
-        assert!(text.contains("weir_dead_letters_total 1"), "{text}");
+        let text = super::Metrics::render_all(&[("p".into(), m)], &super::HostMetrics::default());
+        assert!(text.contains("weir_dead_letters_total{pipeline=\"p\"} 1"), "{text}");
     }
 
     #[test]
