@@ -28,8 +28,8 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool
     Ok(())
 }
 
-fn load(runtime: &Runtime, name: &str) -> Result<Plugin> {
-    Ok(runtime.load(&std::fs::read(plugin(name)?)?, Sandbox::default())?)
+fn load(runtime: &Runtime, name: &str, sandbox: Sandbox) -> Result<Plugin> {
+    Ok(runtime.load(&std::fs::read(plugin(name)?)?, sandbox)?)
 }
 
 fn swap(control: &Control, label: &str, build: &Plugin, swaps_before: usize) -> Result<()> {
@@ -43,8 +43,11 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
     let (input, output) = (format!("{app}-trades"), format!("{app}-out"));
     create_topic(&input, 4)?;
     let runtime = Runtime::new()?;
-    let (v1, v2, broken) =
-        (load(&runtime, "stock-stats")?, load(&runtime, "stock-stats-next")?, load(&runtime, "stock-stats-trap")?);
+    let (v1, v2, broken) = (
+        load(&runtime, "stock-stats", Sandbox::default())?,
+        load(&runtime, "stock-stats-next", Sandbox::default())?,
+        load(&runtime, "stock-stats-trap", Sandbox::default())?,
+    );
     const TRADES: u64 = 150_000;
     let producer = {
         let input = input.clone();
@@ -139,8 +142,7 @@ fn fail_after_commits(probation_ms: u64) -> Result<(weir::pipeline::SwapStatus, 
     create_topic(&input, PARTITIONS)?;
     let runtime = Runtime::new()?;
     let late_env = vec![("TRAP_TICKER".to_owned(), "ZZZZ".to_owned())];
-    let late =
-        runtime.load(&std::fs::read(plugin("stock-stats-trap")?)?, Sandbox { env: late_env, ..Sandbox::default() })?;
+    let late = load(&runtime, "stock-stats-trap", Sandbox { env: late_env, ..Sandbox::default() })?;
     let state = tempfile::tempdir()?;
     let cfg = RunConfig { swap_probation_ms: probation_ms, ..stats_config(&app, &input, state.path())? };
     let metrics = Metrics::default();
