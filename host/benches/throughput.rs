@@ -69,6 +69,7 @@ fn main() -> Result<()> {
         disorder_ms: 1_500,
         bid_ratio: 0.2,
         seed: 1,
+        compression: weir::config::Compression::None,
     };
     weir::generator::run(&trades, base_config(&bootstrap, &Default::default()), &AtomicBool::new(false))?;
 
@@ -145,8 +146,12 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
             configs: vec![],
             exact_partitions: false,
         }],
+        Duration::from_secs(30),
     )?;
-    let mut sink = Sink::new(base.clone(), "-", Some(&format!("bench-{id}-passthrough")))?;
+    let health = weir::kafka::health::Health::new("bench", Default::default());
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut sink = Sink::new(base.clone(), &[], Some(&format!("bench-{id}-passthrough")), health, stop);
+    sink.ready(Duration::from_secs(30))?;
     let mut config = base;
     config
         .set("group.id", format!("bench-{id}-passthrough"))
@@ -182,7 +187,7 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
                 }
             }
             if offsets.count() > 0 {
-                sink.commit(&offsets, consumer.group_metadata().as_ref())?;
+                sink.commit(&offsets, consumer.group_metadata())?;
             }
             last_commit = Instant::now();
         }
@@ -219,7 +224,7 @@ fn weir_run(
     };
     let runtime = Runtime::new()?;
     let metrics = Metrics::default();
-    let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let mut pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
     let control = pipeline.control();
     // Precompiled once, as the registry does on upload; activation loads them.
     let next = plugin.replace("stock_stats.wasm", "stock_stats_next.wasm");
@@ -228,7 +233,7 @@ fn weir_run(
     } else {
         Vec::new()
     };
-    let stop = AtomicBool::new(false);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
     let finished = AtomicBool::new(false);
     std::thread::scope(|s| {
         let handle = s.spawn(|| pipeline.run(&stop));
@@ -237,7 +242,8 @@ fn weir_run(
                 let mut i = 0;
                 while !finished.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(250));
-                    let plugin = runtime.load_precompiled(&artifacts[i % 2], Default::default())?;
+                    let id = format!("build-{}", i % 2);
+                    let plugin = runtime.load_precompiled(&artifacts[i % 2], Default::default(), &id)?;
                     control.activate(&format!("build-{}", i % 2), plugin, false)?;
                     i += 1;
                 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, EmitMode, Guarantee, RunConfig, StateBackend};
+use crate::config::{Compression, ConfigError, EmitMode, Guarantee, RunConfig, StateBackend};
 use crate::generator::GenConfig;
 
 /// Weir: Kafka stream processing with sandboxed WebAssembly processors.
@@ -198,7 +198,9 @@ pub struct DemoArgs {
     pub seconds: u64,
 }
 
-/// `weir run`: every flag overrides the config file.
+/// `weir run`: every flag overrides the config file. A flag is its config key
+/// with `-` for `_` and `.` (`processing_guarantee` → `--processing-guarantee`,
+/// `state.dir` → `--state-dir`), and takes the same values (`exactly_once`).
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file.
@@ -224,7 +226,10 @@ pub struct RunArgs {
     pub dead_letter_topic: Option<String>,
     /// Processing guarantee.
     #[arg(long, value_enum)]
-    pub guarantee: Option<Guarantee>,
+    pub processing_guarantee: Option<Guarantee>,
+    /// Compression of what the pipeline writes.
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
     /// Commit interval in ms.
     #[arg(long)]
     pub commit_interval_ms: Option<u64>,
@@ -272,7 +277,8 @@ impl RunArgs {
             bootstrap_servers => cfg.bootstrap_servers,
             input_topic => cfg.input_topic,
             output_topic => cfg.output_topic,
-            guarantee => cfg.processing_guarantee,
+            processing_guarantee => cfg.processing_guarantee,
+            compression => cfg.compression,
             commit_interval_ms => cfg.commit_interval_ms,
             grace_ms => cfg.grace_ms,
             emit => cfg.emit,
@@ -318,8 +324,8 @@ mod tests {
             file.to_str().unwrap(),
             "--grace-ms",
             "2000",
-            "--guarantee",
-            "at-least-once",
+            "--processing-guarantee",
+            "at_least_once",
             "-X",
             "linger.ms=0",
         ]);
@@ -329,5 +335,20 @@ mod tests {
         assert_eq!(cfg.grace_ms, 2000);
         assert_eq!(cfg.processing_guarantee, Guarantee::AtLeastOnce);
         assert_eq!(cfg.kafka["linger.ms"], "0");
+    }
+
+    #[test]
+    fn flag_values_are_the_config_values() {
+        for (flag, value) in [
+            ("--processing-guarantee", "exactly_once"),
+            ("--emit", "final"),
+            ("--state-backend", "rocksdb"),
+            ("--compression", "zstd"),
+        ] {
+            let parsed = Cli::try_parse_from(["weir", "run", flag, value]);
+            assert!(parsed.is_ok(), "{flag} {value}: {:?}", parsed.err());
+        }
+        // The kebab-case spelling is not a second vocabulary.
+        assert!(Cli::try_parse_from(["weir", "run", "--processing-guarantee", "exactly-once"]).is_err());
     }
 }

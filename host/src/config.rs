@@ -50,6 +50,7 @@ pub enum ConfigError {
 /// Exactly-once or at-least-once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Guarantee {
     /// Output, changelog and input offsets commit in one Kafka transaction.
     ExactlyOnce,
@@ -60,6 +61,7 @@ pub enum Guarantee {
 /// When results are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum EmitMode {
     /// Every changed window at every commit (results update as data arrives).
     Updates,
@@ -70,11 +72,44 @@ pub enum EmitMode {
 /// Which backend holds task state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum StateBackend {
     /// RocksDB on local disk, restored incrementally from its checkpoint.
     Rocksdb,
     /// Memory only, restored from the whole changelog on every start.
     Memory,
+}
+
+/// Compression of the batches a pipeline writes (output, changelog, dead
+/// letters). Reading handles every codec whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Compression {
+    /// Uncompressed (Kafka's producer default).
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The name librdkafka's `compression.type` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// State store settings.
@@ -89,11 +124,21 @@ pub struct StateConfig {
     pub cache_mb: usize,
     /// Memtable size per store, in MiB.
     pub write_buffer_mb: usize,
+    /// Most memory a pipeline holds for its next commit (buffered records,
+    /// uncommitted state, queued output), in MiB: beyond it, it commits early
+    /// and reads nothing more until it has.
+    pub uncommitted_mb: usize,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { backend: StateBackend::Rocksdb, dir: PathBuf::from(".weir-state"), cache_mb: 64, write_buffer_mb: 8 }
+        Self {
+            backend: StateBackend::Rocksdb,
+            dir: PathBuf::from(".weir-state"),
+            cache_mb: 64,
+            write_buffer_mb: 8,
+            uncommitted_mb: 128,
+        }
     }
 }
 
@@ -101,6 +146,7 @@ impl Default for StateConfig {
 /// out of time, oversized value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Send the record to the dead-letter topic with the failure and go on.
     DeadLetter,
@@ -118,6 +164,8 @@ pub struct LimitsConfig {
     pub call_budget_ms: u64,
     /// Largest accumulator or output value a plugin may return, in KiB.
     pub max_value_kb: usize,
+    /// Most windows a plugin's windowing may put one record into.
+    pub max_windows_per_record: u64,
     /// Retries of a failed plugin call (each on a fresh instance) before the
     /// failing record is looked for.
     pub retries: u32,
@@ -132,6 +180,7 @@ impl Default for LimitsConfig {
             memory_mb: d.memory_bytes >> 20,
             call_budget_ms: d.call_budget.as_millis() as u64,
             max_value_kb: d.max_value_bytes >> 10,
+            max_windows_per_record: d.max_windows_per_record,
             retries: 2,
             on_failure: FailurePolicy::DeadLetter,
         }
@@ -200,6 +249,8 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Replication factor of topics Weir creates; -1 takes the broker's default.
     pub replication_factor: i32,
+    /// Compression of what the pipeline writes (output, changelog, dead letters).
+    pub compression: Compression,
     /// Identifies this host in the group (static membership) and in transactional
     /// ids; default: a UUID kept in the state directory.
     pub instance_id: Option<String>,
@@ -231,6 +282,7 @@ impl Default for RunConfig {
             emit: EmitMode::Updates,
             batch_size: 1000,
             replication_factor: -1,
+            compression: Compression::None,
             instance_id: None,
             state: StateConfig::default(),
             limits: LimitsConfig::default(),
@@ -274,6 +326,7 @@ impl RunConfig {
                 memory_bytes: self.limits.memory_mb << 20,
                 call_budget: Duration::from_millis(self.limits.call_budget_ms),
                 max_value_bytes: self.limits.max_value_kb << 10,
+                max_windows_per_record: self.limits.max_windows_per_record,
             },
         }
     }
@@ -300,6 +353,15 @@ impl RunConfig {
         }
         if self.grace_ms > i64::MAX as u64 / 2 {
             return bad("grace_ms is too large");
+        }
+        if self.state.uncommitted_mb == 0 {
+            return bad("state.uncommitted_mb must be at least 1");
+        }
+        if self.limits.memory_mb == 0 || self.limits.memory_mb > 4096 {
+            return bad("limits.memory_mb must be between 1 and 4096 (a wasm32 plugin addresses at most 4 GiB)");
+        }
+        if self.limits.call_budget_ms == 0 {
+            return bad("limits.call_budget_ms must be at least 1");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -66,14 +67,26 @@ pub fn describe(cfg: &RunConfig, info: &PluginInfo) -> String {
     let _ = writeln!(out, "  source     {} (one task per partition, event time = record timestamp)", cfg.input_topic);
     let _ = writeln!(
         out,
-        "  aggregate  {} by record key over {windows}, grace {} ms, emit {:?}",
-        info.name, cfg.grace_ms, cfg.emit
+        "  aggregate  {} by record key over {windows}, grace {} ms, emit {}",
+        info.name,
+        cfg.grace_ms,
+        value_name(&cfg.emit)
     );
     let _ = writeln!(out, "  store      window store ({backend}) -> changelog {} (compacted)", cfg.changelog_topic());
     let _ = writeln!(out, "  sink       {}", cfg.output_topic);
     let _ = writeln!(out, "  dead-letter {}", cfg.dead_letter_topic());
-    let _ = writeln!(out, "guarantee    {:?}, commit every {} ms", cfg.processing_guarantee, cfg.commit_interval_ms);
+    let _ = writeln!(
+        out,
+        "guarantee    {}, commit every {} ms",
+        value_name(&cfg.processing_guarantee),
+        cfg.commit_interval_ms
+    );
     out
+}
+
+/// How a setting's value is spelled in the config file and on the command line.
+fn value_name<T: clap::ValueEnum>(value: &T) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -88,7 +101,7 @@ struct Row {
 }
 
 /// Runs the demo until `stop` is set (or `args.seconds` pass).
-pub fn run(args: &DemoArgs, stop: &AtomicBool) -> Result<(), DemoError> {
+pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
     if !args.plugin.exists() {
         return Err(DemoError::NoPlugin(args.plugin.display().to_string()));
     }
@@ -113,7 +126,7 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> Result<(), DemoError> {
     }
     let runtime = Runtime::new()?;
     let metrics = Metrics::default();
-    let pipeline = Pipeline::new(cfg.clone(), &runtime, metrics.clone())?;
+    let mut pipeline = Pipeline::new(cfg.clone(), &runtime, metrics.clone())?;
     let trades = GenConfig {
         bootstrap_servers: cfg.bootstrap_servers.clone(),
         topic: cfg.input_topic.clone(),
@@ -126,10 +139,11 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> Result<(), DemoError> {
         disorder_ms: 300,
         bid_ratio: 0.2,
         seed: 7,
+        compression: crate::config::Compression::None,
     };
     let began = Instant::now();
     let result = std::thread::scope(|s| {
-        let pipeline = s.spawn(|| pipeline.run(stop));
+        let pipeline = s.spawn(move || pipeline.run(stop));
         let generator = s.spawn(|| {
             crate::generator::run(&trades, base_config(&trades.bootstrap_servers, &Default::default()), stop)
         });

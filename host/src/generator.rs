@@ -51,6 +51,9 @@ pub struct GenConfig {
     /// Seed for reproducible output.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Compression of the batches written.
+    #[arg(long, value_enum, default_value_t = crate::config::Compression::None)]
+    pub compression: crate::config::Compression,
 }
 
 #[derive(Serialize)]
@@ -84,8 +87,10 @@ pub fn run(cfg: &GenConfig, client: ClientConfig, stop: &AtomicBool) -> Result<u
             configs: vec![],
             exact_partitions: false,
         }],
+        std::time::Duration::from_secs(30),
     )?;
     let mut config = client;
+    config.set("compression.type", cfg.compression.as_str());
     config.set("enable.idempotence", "true");
     config.set("linger.ms", "5");
     config.set("queue.buffering.max.messages", "1000000");

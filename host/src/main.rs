@@ -65,16 +65,19 @@ fn run() -> Result<()> {
             let admin_token = cfg.admin.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok());
             let admin_addr = weir::admin::parse_and_check(&cfg.admin.addr, cfg.admin.enabled, admin_token.as_deref())?;
             let runtime = Runtime::new()?;
-            let pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
+            let mut pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
             let _admin = if let Some(admin_addr) = admin_addr {
                 let registry_dir = cfg.state.dir.join("registry");
                 let max = cfg.admin.max_upload_mb << 20;
-                let registry = weir::registry::Registry::open(&registry_dir, runtime.clone(), max)?;
+                let registry = weir::registry::Registry::open(&registry_dir, runtime.clone(), max)?
+                    .with_limits(cfg.sandbox().limits);
                 let entry = weir::admin::PipelineEntry {
                     control: pipeline.control(),
                     metrics: pipeline.metrics().clone(),
+                    health: pipeline.health().clone(),
                     sandbox: cfg.sandbox(),
                     failure: Default::default(),
+                    last_failure: Default::default(),
                 };
                 let pipelines =
                     weir::admin::FixedPipelines([(cfg.application_id.clone(), entry)].into_iter().collect());
@@ -128,7 +131,7 @@ fn run() -> Result<()> {
         Command::Plugin(PluginCommand::Upload { name, file, target }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let client = Client::new(&target.admin, target.token);
-            answer(client.post(&format!("/v1/plugins/{name}"), "application/wasm", &bytes)?);
+            answer(client.upload(&name, &bytes)?);
         }
         Command::Plugin(PluginCommand::List { target }) => {
             answer(Client::new(&target.admin, target.token).get("/v1/plugins")?);

@@ -40,8 +40,14 @@ pub struct Metrics {
     pub swaps: Counter,
     /// Versions that failed after a swap and were rolled back by the host.
     pub swap_rollbacks: Counter,
-    /// Tasks (input partitions) currently owned.
+    /// Times the pipeline was started again after a failure.
+    pub restarts: Counter,
+    /// Tasks (input partitions) currently running.
     pub tasks: Gauge,
+    /// Tasks restoring their state before they run.
+    pub tasks_restoring: Gauge,
+    /// 1 while the pipeline's Kafka clients reach the cluster, 0 while not.
+    pub kafka_reachable: Gauge,
 }
 
 /// Counters of a host rather than of one pipeline.
@@ -56,7 +62,9 @@ pub struct HostMetrics {
 type Labels = Vec<(String, String)>;
 
 /// How many counters a pipeline has.
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
+/// How many gauges a pipeline has.
+const GAUGES: usize = 3;
 
 impl Metrics {
     fn counters(&self) -> [(&'static str, &'static str, &Counter); COUNTERS] {
@@ -74,6 +82,15 @@ impl Metrics {
             ("plugin_failures", "Plugin calls that failed (trap, memory, time, size)", &self.plugin_failures),
             ("swaps", "Plugin versions switched in at a transaction boundary", &self.swaps),
             ("swap_rollbacks", "Versions rolled back by the host after failing", &self.swap_rollbacks),
+            ("restarts", "Times the pipeline was started again after a failure", &self.restarts),
+        ]
+    }
+
+    fn gauges(&self) -> [(&'static str, &'static str, &Gauge); GAUGES] {
+        [
+            ("tasks", "Input partitions whose tasks run", &self.tasks),
+            ("tasks_restoring", "Tasks restoring their state before they run", &self.tasks_restoring),
+            ("kafka_reachable", "1 while the pipeline reaches Kafka, 0 while not", &self.kafka_reachable),
         ]
     }
 
@@ -81,19 +98,24 @@ impl Metrics {
     /// one family per metric, a series per pipeline labelled `pipeline="<name>"`.
     pub fn render_all(pipelines: &[(String, Metrics)], host: &HostMetrics) -> String {
         let counters: Vec<Family<Labels, Counter>> = (0..COUNTERS).map(|_| Family::default()).collect();
-        let tasks = Family::<Labels, Gauge>::default();
+        let gauges: Vec<Family<Labels, Gauge>> = (0..GAUGES).map(|_| Family::default()).collect();
         for (pipeline, metrics) in pipelines {
             let labels = vec![("pipeline".to_owned(), pipeline.clone())];
             for (family, (_, _, counter)) in counters.iter().zip(metrics.counters()) {
                 family.get_or_create(&labels).inc_by(counter.get());
             }
-            tasks.get_or_create(&labels).set(metrics.tasks.get());
+            for (family, (_, _, gauge)) in gauges.iter().zip(metrics.gauges()) {
+                family.get_or_create(&labels).set(gauge.get());
+            }
         }
         let mut registry = Registry::with_prefix("weir");
-        for (family, (name, help, _)) in counters.into_iter().zip(Metrics::default().counters()) {
+        let names = Metrics::default();
+        for (family, (name, help, _)) in counters.into_iter().zip(names.counters()) {
             registry.register(name, help, family);
         }
-        registry.register("tasks", "Input partitions owned", tasks);
+        for (family, (name, help, _)) in gauges.into_iter().zip(names.gauges()) {
+            registry.register(name, help, family);
+        }
         registry.register("uploads_rejected", "Plugin uploads refused", host.uploads_rejected.clone());
         registry.register("uploads_accepted", "Plugin uploads stored", host.uploads_accepted.clone());
         let mut out = String::new();
@@ -105,7 +127,8 @@ impl Metrics {
     /// A one-line summary for logs.
     pub fn summary(&self) -> String {
         format!(
-            "in={} out={} dead_letters={} late={} commits={} aborts={} restored={} plugin_failures={}",
+            "in={} out={} dead_letters={} late={} commits={} aborts={} restored={} plugin_failures={} tasks={} \
+             restoring={}",
             self.records_in.get(),
             self.records_out.get(),
             self.dead_letters.get(),
@@ -113,7 +136,9 @@ impl Metrics {
             self.commits.get(),
             self.aborts.get(),
             self.restored_records.get(),
-            self.plugin_failures.get()
+            self.plugin_failures.get(),
+            self.tasks.get(),
+            self.tasks_restoring.get()
         )
     }
 }

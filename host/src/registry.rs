@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::runtime::{LoadError, Plugin, Runtime, Sandbox};
+use crate::runtime::{Limits, LoadError, Plugin, Runtime, Sandbox, clip, sha256_hex};
 
 /// Why an upload was refused, or the registry failed.
 #[derive(Debug, Error)]
@@ -44,10 +43,10 @@ pub enum RegistryError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A plugin name that cannot be used.
-    #[error("invalid plugin name {0:?}: use 1-64 ASCII letters, digits, '.', '_' or '-'")]
+    #[error("invalid plugin name {:?}: use 1-64 ASCII letters, digits, '.', '_' or '-'", clip(.0, 80))]
     BadName(String),
     /// No such version.
-    #[error("no plugin version {0}")]
+    #[error("no plugin version {:?}", clip(.0, 80))]
     UnknownVersion(String),
     /// A stored artifact does not match its recorded hash.
     #[error("stored artifact {0} is corrupt (hash mismatch); upload the plugin again")]
@@ -97,15 +96,13 @@ pub struct Registry {
     dir: PathBuf,
     runtime: Runtime,
     max_bytes: usize,
+    /// What an upload's `describe` runs under (and what it may declare).
+    limits: Limits,
     index: Index,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     move |source| RegistryError::Io { path: path.display().to_string(), source }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Checks the bytes before anything is compiled: size, magic, kind, structure.
@@ -142,7 +139,15 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(io(&index_path)(e)),
         };
-        Ok(Self { dir: dir.to_path_buf(), runtime, max_bytes, index })
+        Ok(Self { dir: dir.to_path_buf(), runtime, max_bytes, limits: Limits::default(), index })
+    }
+
+    /// Validates uploads under `limits` (the host's) instead of the defaults: a
+    /// `describe` that does not return is stopped at its CPU budget, and the
+    /// windows an upload declares are held to `max_windows_per_record`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Validates, compiles and stores an upload under `name`.
@@ -154,7 +159,7 @@ impl Registry {
             return Err(RegistryError::BadName(name.to_owned()));
         }
         check_bytes(bytes, self.max_bytes)?;
-        let plugin = self.runtime.load(bytes, Sandbox::default())?;
+        let plugin = self.runtime.load(bytes, Sandbox { limits: self.limits, ..Sandbox::default() })?;
         let id = sha256_hex(bytes);
         if let Some(existing) = self.index.versions.iter().find(|v| v.id == id && v.name == name) {
             return Ok(existing.clone());
@@ -214,7 +219,7 @@ impl Registry {
         if sha256_hex(&artifact) != version.artifact_sha256 {
             return Err(RegistryError::Corrupt(path.display().to_string()));
         }
-        Ok(self.runtime.load_precompiled(&artifact, sandbox)?)
+        Ok(self.runtime.load_precompiled(&artifact, sandbox, &version.id)?)
     }
 
     fn write(&self, file: &str, bytes: &[u8]) -> Result<(), RegistryError> {
@@ -302,5 +307,9 @@ mod tests {
         );
         let mut reg = registry(tempfile::tempdir().unwrap().path());
         assert!(matches!(reg.upload("bad name!", &stock_stats()), Err(RegistryError::BadName(_))));
+        // A huge name is not echoed back whole.
+        let long = "n".repeat(10_000);
+        let refusal = reg.upload(&long, &stock_stats()).unwrap_err().to_string();
+        assert!(refusal.len() < 300 && refusal.contains("(10000 bytes)"), "{refusal}");
     }
 }

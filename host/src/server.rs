@@ -3,7 +3,10 @@
 //! Pipelines come from the host config and from the API, which can create and stop
 //! them while the host runs. A pipeline that fails stops alone, with its error in
 //! its status; the host and the other pipelines keep running until the host is
-//! told to stop.
+//! told to stop. A pipeline that fails for a reason on the host's side (Kafka, a
+//! store) is started again with backoff, the reason in its status; one whose
+//! plugin, state or configuration is at fault stays stopped. Every log line of a
+//! pipeline's thread carries its name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use thiserror::Error;
 use crate::admin::{AdminConfigError, CreatePipeline, ManageError, PipelineEntry, Pipelines, Stopped};
 use crate::config::{AdminConfig, ConfigError, LimitsConfig, RunConfig};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError, sleep_unless};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{LoadError, Plugin, Runtime};
 
@@ -145,30 +148,27 @@ impl Host {
         let cfg = self.host_settings(cfg);
         let name = cfg.application_id.clone();
         let sandbox = cfg.sandbox();
-        let pipeline = match plugin {
+        let mut pipeline = match plugin {
             Some(plugin) => Pipeline::with_plugin(cfg, plugin, Metrics::default())?,
             None => Pipeline::new(cfg, &self.runtime, Metrics::default())?,
         };
+        pipeline.preflight()?;
         let failure = Arc::new(Mutex::new(None));
+        let last_failure = Arc::new(Mutex::new(None));
         let entry = PipelineEntry {
             control: pipeline.control(),
             metrics: pipeline.metrics().clone(),
+            health: pipeline.health().clone(),
             sandbox,
             failure: failure.clone(),
+            last_failure: last_failure.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, name) = (stop.clone(), name.clone());
             std::thread::Builder::new()
                 .name(format!("pipeline-{name}"))
-                .spawn(move || {
-                    if let Err(e) = pipeline.run(&stop) {
-                        tracing::error!(pipeline = %name, error = %e, "pipeline stopped; the host keeps running");
-                        if let Ok(mut f) = failure.lock() {
-                            *f = Some(e.to_string());
-                        }
-                    }
-                })
+                .spawn(move || supervise(&mut pipeline, &name, &stop, &failure, &last_failure))
                 .map_err(|e| PipelineError::Kafka(crate::kafka::KafkaIoError::Setup(format!("thread: {e}"))))?
         };
         tracing::info!(pipeline = %name, "pipeline started");
@@ -211,6 +211,47 @@ impl Host {
             }
         }
         failed
+    }
+}
+
+/// Longest wait between restarts of a failing pipeline.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Runs `pipeline` until it is stopped, starting it again with backoff when it
+/// fails for a reason on the host's side; other failures stop it, with the reason
+/// in `failure`.
+fn supervise(
+    pipeline: &mut Pipeline,
+    name: &str,
+    stop: &Arc<AtomicBool>,
+    failure: &Mutex<Option<String>>,
+    last_failure: &Mutex<Option<String>>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        match pipeline.run(stop) {
+            Ok(()) => return,
+            Err(e) if e.is_restartable() && !stop.load(Ordering::Relaxed) => {
+                if started.elapsed() > MAX_RESTART_BACKOFF * 2 {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::error!(pipeline = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "pipeline failed; starting it again");
+                if let Ok(mut f) = last_failure.lock() {
+                    *f = Some(e.to_string());
+                }
+                pipeline.metrics().restarts.inc();
+                sleep_unless(stop, backoff);
+                backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %e, "pipeline stopped; the host keeps running");
+                if let Ok(mut f) = failure.lock() {
+                    *f = Some(e.to_string());
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -315,7 +356,8 @@ pub fn serve(
         managing: Mutex::new(()),
     });
     let max = cfg.admin.max_upload_mb << 20;
-    let registry = Registry::open(&cfg.state_dir.join("registry"), runtime, max)?;
+    let host_limits = RunConfig { limits: cfg.limits.clone(), ..RunConfig::default() }.sandbox().limits;
+    let registry = Registry::open(&cfg.state_dir.join("registry"), runtime, max)?.with_limits(host_limits);
     let started = (|| {
         for pc in cfg.pipelines {
             let name = pc.application_id.clone();

@@ -78,6 +78,27 @@ impl Client {
         self.finish(&url, result)
     }
 
+    /// Uploads a plugin component under `name`. A file over the host's upload
+    /// limit is refused here, with the host's own message, before it is sent (a
+    /// host cuts an oversized upload off mid-way, which a client would only see
+    /// as a broken connection).
+    pub fn upload(&self, name: &str, bytes: &[u8]) -> Result<String, ClientError> {
+        let limit = self
+            .get("/v1/host")
+            .ok()
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|host| host["max_upload_bytes"].as_u64());
+        if let Some(limit) = limit
+            && bytes.len() as u64 > limit
+        {
+            return Err(ClientError::Refused {
+                status: 413,
+                message: format!("the upload is {} bytes; the limit is {limit} bytes", bytes.len()),
+            });
+        }
+        self.post(&format!("/v1/plugins/{name}"), "application/wasm", bytes)
+    }
+
     /// POST bytes to a path.
     pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);

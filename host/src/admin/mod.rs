@@ -3,7 +3,10 @@
 //!
 //! Bound to 127.0.0.1 by default. Every call that changes something needs
 //! `Authorization: Bearer <token>` when a token is configured, and the host refuses
-//! to serve the API on a non-loopback address without one.
+//! to serve the API on a non-loopback address without one. Every answer that is
+//! not a success is a JSON `{"error": "..."}` saying why — unknown routes, wrong
+//! methods and unreadable bodies included — and echoes at most a bounded part of
+//! what it was sent.
 
 pub mod client;
 mod openapi;
@@ -15,19 +18,23 @@ use std::thread::JoinHandle;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::RunConfig;
+use crate::kafka::health::{Health, KafkaStatus};
 use crate::metrics::{HostMetrics, Metrics};
 use crate::pipeline::{Control, SwapError};
 use crate::registry::{Registry, RegistryError};
-use crate::runtime::{Plugin, Sandbox};
+use crate::runtime::{Plugin, Sandbox, WORLD_VERSION, clip};
+
+/// Longest part of a name from a request that an error message repeats.
+const ECHO: usize = 80;
 
 /// Why the API could not start.
 #[derive(Debug, Error)]
@@ -52,10 +59,14 @@ pub struct PipelineEntry {
     pub control: Control,
     /// Its counters.
     pub metrics: Metrics,
+    /// Whether it reaches Kafka.
+    pub health: Health,
     /// What its plugin versions are granted, and the limits they run under.
     pub sandbox: Sandbox,
-    /// Set when the pipeline stopped with an error.
+    /// Set when the pipeline stopped with an error (and stays stopped).
     pub failure: Arc<Mutex<Option<String>>>,
+    /// The last failure the host started the pipeline again after.
+    pub last_failure: Arc<Mutex<Option<String>>>,
 }
 
 /// Why a pipeline could not be created or stopped.
@@ -65,10 +76,10 @@ pub enum ManageError {
     #[error("this host runs one pipeline (`weir run`); use `weir serve` to create and stop pipelines through the API")]
     Fixed,
     /// A running pipeline has that name.
-    #[error("a pipeline named {0:?} is already running")]
+    #[error("a pipeline named {:?} is already running", clip(.0, ECHO))]
     Exists(String),
     /// No pipeline has that name.
-    #[error("no pipeline {0:?}")]
+    #[error("no pipeline {:?}", clip(.0, ECHO))]
     Unknown(String),
     /// The definition is unusable, or the pipeline could not start.
     #[error("{0}")]
@@ -142,6 +153,7 @@ struct AdminState {
     registry: Mutex<Registry>,
     pipelines: Arc<dyn Pipelines>,
     host_metrics: HostMetrics,
+    max_upload_bytes: usize,
 }
 
 /// A running admin API.
@@ -200,10 +212,16 @@ pub fn serve(
     let listener = std::net::TcpListener::bind(addr).map_err(|source| AdminError::Io { addr, source })?;
     listener.set_nonblocking(true).map_err(|source| AdminError::Io { addr, source })?;
     let bound = listener.local_addr().map_err(|source| AdminError::Io { addr, source })?;
-    let state =
-        Arc::new(AdminState { token, registry: Mutex::new(registry), pipelines, host_metrics: HostMetrics::default() });
+    let state = Arc::new(AdminState {
+        token,
+        registry: Mutex::new(registry),
+        pipelines,
+        host_metrics: HostMetrics::default(),
+        max_upload_bytes,
+    });
     let app = Router::new()
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/host", get(host))
         .route("/v1/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", post(upload))
@@ -211,6 +229,8 @@ pub fn serve(
         .route("/v1/pipelines/{name}", get(pipeline_status).delete(stop_pipeline))
         .route("/v1/pipelines/{name}/activate", post(activate))
         .route("/v1/pipelines/{name}/rollback", post(rollback))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         // Larger bodies are cut off here; the registry names the limit for
         // anything in between.
         .layer(DefaultBodyLimit::max(max_upload_bytes.saturating_add(1 << 20)))
@@ -254,6 +274,33 @@ impl IntoResponse for ApiError {
 
 fn api_error(status: StatusCode, error: impl ToString) -> ApiError {
     ApiError { status, error: error.to_string() }
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    let path = clip(uri.path(), ECHO);
+    api_error(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {method} {path} (see /v1/openapi.json; a name in a path cannot contain '/')"),
+    )
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    let path = clip(uri.path(), ECHO);
+    api_error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path} (see /v1/openapi.json)"))
+}
+
+/// A JSON body that did not parse, as an API error.
+fn bad_body(rejection: JsonRejection) -> ApiError {
+    api_error(rejection.status(), format!("request body: {}", clip(&rejection.body_text(), 512)))
+}
+
+/// What the host is: the limits a client should know before it sends.
+async fn host(State(state): Shared) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "weir_version": env!("CARGO_PKG_VERSION"),
+        "world": format!("weir:processor@{WORLD_VERSION}"),
+        "max_upload_bytes": state.max_upload_bytes,
+    }))
 }
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -346,9 +393,10 @@ fn manage_status(e: &ManageError) -> StatusCode {
 async fn create_pipeline(
     State(state): Shared,
     headers: HeaderMap,
-    axum::Json(request): axum::Json<CreatePipeline>,
+    request: Result<axum::Json<CreatePipeline>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let axum::Json(request) = request.map_err(bad_body)?;
     let state = state.clone();
     // Loading the plugin and setting up topics and clients blocks.
     tokio::task::spawn_blocking(move || {
@@ -418,8 +466,18 @@ pub struct PipelineStatus {
     pub dead_letters: u64,
     /// Plugin call failures.
     pub plugin_failures: u64,
-    /// Why the pipeline stopped, if it did.
+    /// Why the pipeline stopped, if it did (it stays stopped).
     pub failed: Option<String>,
+    /// The last failure the host restarted the pipeline after, if any.
+    pub last_failure: Option<String>,
+    /// Times the host restarted the pipeline after a failure.
+    pub restarts: u64,
+    /// Whether the pipeline reaches Kafka.
+    pub kafka: KafkaStatus,
+    /// Tasks running.
+    pub tasks: i64,
+    /// Tasks restoring their state before they run.
+    pub tasks_restoring: i64,
 }
 
 /// One swap as JSON.
@@ -438,7 +496,7 @@ pub struct SwapRecord {
 }
 
 fn entry(state: &AdminState, name: &str) -> Result<PipelineEntry, ApiError> {
-    state.pipelines.get(name).ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no pipeline {name:?}")))
+    state.pipelines.get(name).ok_or_else(|| api_error(StatusCode::NOT_FOUND, ManageError::Unknown(name.to_owned())))
 }
 
 async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
@@ -467,6 +525,11 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
         dead_letters: entry.metrics.dead_letters.get(),
         plugin_failures: entry.metrics.plugin_failures.get(),
         failed: entry.failure.lock().ok().and_then(|f| f.clone()),
+        last_failure: entry.last_failure.lock().ok().and_then(|f| f.clone()),
+        restarts: entry.metrics.restarts.get(),
+        kafka: entry.health.status(),
+        tasks: entry.metrics.tasks.get(),
+        tasks_restoring: entry.metrics.tasks_restoring.get(),
     }))
 }
 
@@ -493,9 +556,10 @@ async fn activate(
     State(state): Shared,
     Path(name): Path<String>,
     headers: HeaderMap,
-    axum::Json(body): axum::Json<Activate>,
+    body: Result<axum::Json<Activate>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let axum::Json(body) = body.map_err(bad_body)?;
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let entry = entry(&state, &name)?;
@@ -504,8 +568,7 @@ async fn activate(
                 state.registry.lock().map_err(|_| api_error(StatusCode::INTERNAL_SERVER_ERROR, "registry poisoned"))?;
             registry.load(&body.version, entry.sandbox.clone()).map_err(|e| api_error(registry_status(&e), e))?
         };
-        let label =
-            format!("{}@{}#{}", plugin.info().name, plugin.info().version, &body.version[..body.version.len().min(12)]);
+        let label = plugin.label();
         entry.control.activate(&label, plugin, body.reset_state).map_err(|e| api_error(swap_status(&e), e))?;
         Ok::<_, ApiError>((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": label }))))
     })
@@ -531,7 +594,8 @@ async fn rollback(
     let body: Rollback = if body.iter().all(u8::is_ascii_whitespace) {
         Rollback::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("rollback body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("rollback body: {}", clip(&e.to_string(), 512))))?
     };
     entry(&state, &name)?.control.rollback(body.reset_state).map_err(|e| api_error(swap_status(&e), e))?;
     Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "staged": "rollback" }))))

@@ -1,5 +1,6 @@
 //! Topic setup: check the input topic and create the output, changelog and
-//! dead-letter topics a pipeline needs.
+//! dead-letter topics a pipeline needs. A broker that does not answer in time is
+//! [`KafkaIoError::Unreachable`] (ask again later), not a broken setup.
 
 use std::time::Duration;
 
@@ -7,11 +8,28 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::KafkaIoError;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether a failed request says the cluster did not answer, rather than no.
+fn unreachable(error: KafkaError) -> KafkaIoError {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotController,
+        ) => KafkaIoError::Unreachable(error.to_string()),
+        _ => KafkaIoError::Request(error),
+    }
+}
 
 /// A topic a pipeline needs.
 #[derive(Debug, Clone)]
@@ -30,22 +48,21 @@ pub struct TopicSpec {
 
 /// Number of partitions of `topic`, or `None` if it does not exist. A topic that
 /// exists but whose metadata is not complete yet (just created, leader election in
-/// progress) is asked about again for up to 30 s.
-pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<Option<i32>, KafkaIoError> {
+/// progress) is asked about again until `timeout`.
+pub fn partition_count(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<Option<i32>, KafkaIoError> {
     let consumer: BaseConsumer = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
+    let deadline = std::time::Instant::now() + timeout;
     loop {
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(unreachable)?;
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
         match t.error().map(RDKafkaErrorCode::from) {
             Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
             None if !t.partitions().is_empty() => return Ok(Some(t.partitions().len() as i32)),
             other => {
                 if std::time::Instant::now() > deadline {
-                    return Err(KafkaIoError::Topic {
-                        topic: topic.to_owned(),
-                        reason: format!("metadata incomplete after {TIMEOUT:?}: {other:?}"),
-                    });
+                    return Err(KafkaIoError::Unreachable(format!(
+                        "metadata of {topic} incomplete after {timeout:?}: {other:?}"
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -54,11 +71,11 @@ pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<Option<i32>
 }
 
 /// Creates every topic in `specs` that does not exist and checks the ones that do.
-pub fn ensure_topics(config: &ClientConfig, specs: &[TopicSpec]) -> Result<(), KafkaIoError> {
+pub fn ensure_topics(config: &ClientConfig, specs: &[TopicSpec], timeout: Duration) -> Result<(), KafkaIoError> {
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
     let mut missing = Vec::new();
     for spec in specs {
-        match partition_count(config, &spec.name)? {
+        match partition_count(config, &spec.name, timeout)? {
             None => missing.push(spec),
             Some(n) if spec.exact_partitions && n != spec.partitions => {
                 return Err(KafkaIoError::Topic {
@@ -82,11 +99,14 @@ pub fn ensure_topics(config: &ClientConfig, specs: &[TopicSpec]) -> Result<(), K
             topic
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
-    let results = futures_executor::block_on(admin.create_topics(&new, &options))?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = futures_executor::block_on(admin.create_topics(&new, &options)).map_err(unreachable)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code @ (RDKafkaErrorCode::RequestTimedOut | RDKafkaErrorCode::NotController))) => {
+                return Err(KafkaIoError::Unreachable(format!("creating {topic}: {code}")));
+            }
             Err((topic, code)) => return Err(KafkaIoError::Topic { topic, reason: format!("cannot create: {code}") }),
         }
     }

@@ -1,9 +1,13 @@
-//! Kafka I/O: client settings, topic setup, the sink (producer and transactions),
-//! the source's rebalance hooks and changelog restore.
+//! Kafka I/O: client settings, topic setup, the source (group consumer and its
+//! rebalance hooks), the sink (producer and transactions), changelog restore, the
+//! questions that may block (on a thread of their own) and Kafka's reachability.
 
 pub mod admin;
+pub mod health;
+pub mod queries;
 pub mod restore;
 pub mod sink;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,12 +32,22 @@ pub enum KafkaIoError {
         /// What is wrong.
         reason: String,
     },
-    /// The current transaction failed but the producer can go on after aborting it.
-    #[error("transaction must be aborted: {0}")]
+    /// The current transaction failed and was aborted (or is left for the next
+    /// producer with the same id to abort): nothing of it is committed.
+    #[error("transaction aborted: {0}")]
     Abortable(String),
-    /// The producer was fenced or failed fatally; this instance must stop.
-    #[error("fatal producer error: {0}")]
+    /// A commit was asked for and its outcome is unknown: Kafka knows.
+    #[error("outcome of a commit unknown: {0}")]
+    Uncertain(String),
+    /// A client failed fatally (fenced, or unusable) and must be made again.
+    #[error("fatal Kafka client error: {0}")]
     Fatal(String),
+    /// Kafka did not answer in time; asking again later may succeed.
+    #[error("Kafka unreachable: {0}")]
+    Unreachable(String),
+    /// The pipeline was told to stop while waiting for Kafka.
+    #[error("stopped while waiting for Kafka")]
+    Stopped,
     /// A request failed.
     #[error("kafka: {0}")]
     Request(#[from] KafkaError),

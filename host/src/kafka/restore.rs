@@ -1,6 +1,18 @@
-//! Restores a task's store from its changelog partition, from the store's
-//! checkpoint to the end, reading committed records only under exactly-once.
+//! Restores task stores from their changelog partitions without blocking the
+//! poll loop: one consumer reads every changelog partition being restored, and
+//! the pipeline drains it a little on each turn of its loop.
+//!
+//! A restore reads from the store's checkpoint up to the end the partition had
+//! when the task's committed offsets were known, counting records of
+//! transactions still open then. Under exactly-once it reads committed records
+//! only, so while another producer's transaction is open on the partition (a host
+//! that died or hung) the last stable offset stays behind that end and the
+//! restore waits — saying so in the log — until the transaction ends (at most
+//! that producer's `transaction.timeout.ms`). Reading only to the last stable
+//! offset would miss records later transactions committed after the open one,
+//! while the committed input offsets say they were processed.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -8,84 +20,216 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::health::Health;
+use super::source::Reporting;
 use super::{KafkaIoError, set_default};
 use crate::state::Change;
 
-/// Give up a restore that makes no progress for this long.
-const STALL: Duration = Duration::from_secs(60);
-/// Changes applied to the store per write batch.
-const CHUNK: usize = 10_000;
+/// Changes applied to a store per write batch, at most.
+const CHUNK_RECORDS: usize = 10_000;
+/// Bytes of changes applied to a store per write batch, at most.
+const CHUNK_BYTES: usize = 8 << 20;
+/// How often a restore that waits is mentioned in the log.
+const NOTE_EVERY: Duration = Duration::from_secs(5);
 
-/// What a restore did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Restored {
-    /// Records applied.
-    pub records: u64,
-    /// The offset after the last record read, if any was.
-    pub next_offset: Option<i64>,
+/// A partition being restored.
+struct Reading {
+    end: i64,
+    chunk: Vec<Change>,
+    chunk_bytes: usize,
+    /// Offset after the last record read into `chunk` or written.
+    next: Option<i64>,
+    records: u64,
+    started: Instant,
+    progressed: Instant,
+    noted: Instant,
 }
 
-/// Reads `topic[partition]` from `from` (or the beginning) to its end, handing
-/// changes to `apply` in chunks together with the offset after the chunk.
-pub fn restore(
-    base: &ClientConfig,
-    topic: &str,
-    partition: i32,
-    from: Option<i64>,
-    read_committed: bool,
-    mut apply: impl FnMut(Vec<Change>, i64) -> Result<(), KafkaIoError>,
-) -> Result<Restored, KafkaIoError> {
-    let mut config = base.clone();
-    config.set("enable.auto.commit", "false");
-    config.set("enable.partition.eof", "true");
-    config.set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" });
-    set_default(&mut config, "fetch.queue.backoff.ms", "0");
-    set_default(&mut config, "group.id", "weir-restore");
-    let consumer: BaseConsumer = config.create().map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
-    let start = from.unwrap_or(low).max(low);
-    if start >= high {
-        return Ok(Restored::default());
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    consumer.assign(&tpl)?;
+/// A restore that finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The changelog partition (= the task's input partition).
+    pub partition: i32,
+    /// Records applied.
+    pub records: u64,
+    /// How long it took.
+    pub took: Duration,
+}
 
-    let mut restored = Restored::default();
-    let mut chunk: Vec<Change> = Vec::new();
-    let mut last_progress = Instant::now();
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(msg)) => {
-                last_progress = Instant::now();
-                restored.records += 1;
-                restored.next_offset = Some(msg.offset() + 1);
-                if let Some(key) = msg.key() {
-                    chunk.push((key.to_vec(), msg.payload().map(<[u8]>::to_vec)));
-                }
-                if chunk.len() >= CHUNK {
-                    apply(std::mem::take(&mut chunk), msg.offset() + 1)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => {
-                let position = consumer.position()?;
-                let at = position.find_partition(topic, partition).and_then(|e| e.offset().to_raw());
-                if at.is_some_and(|o| o >= high) {
-                    break;
-                }
-                if last_progress.elapsed() > STALL {
-                    return Err(KafkaIoError::Topic {
-                        topic: topic.to_owned(),
-                        reason: format!("restore of partition {partition} stalled at {at:?} (end {high})"),
-                    });
-                }
+/// The restore consumer of one pipeline and the partitions it is reading.
+pub struct Restorer {
+    /// Always `Some` until dropped.
+    consumer: Option<BaseConsumer<Reporting>>,
+    topic: String,
+    health: Health,
+    reading: BTreeMap<i32, Reading>,
+}
+
+impl Restorer {
+    /// A restorer for `topic`, reading committed records only if
+    /// `read_committed`.
+    pub fn new(base: &ClientConfig, topic: &str, read_committed: bool, health: Health) -> Result<Self, KafkaIoError> {
+        let mut config = base.clone();
+        // A group id it never joins: assigned partitions, no membership.
+        config.set("group.id", "weir-restore");
+        config.set("enable.auto.commit", "false");
+        config.set("enable.partition.eof", "false");
+        config.set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" });
+        set_default(&mut config, "fetch.queue.backoff.ms", "0");
+        let consumer: BaseConsumer<Reporting> = config
+            .create_with_context(Reporting::new(health.clone(), "restore"))
+            .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+        Ok(Self { consumer: Some(consumer), topic: topic.to_owned(), health, reading: BTreeMap::new() })
+    }
+
+    fn consumer(&self) -> Result<&BaseConsumer<Reporting>, KafkaIoError> {
+        self.consumer.as_ref().ok_or_else(|| KafkaIoError::Setup("restore consumer gone".into()))
+    }
+
+    /// Whether nothing is being restored.
+    pub fn is_idle(&self) -> bool {
+        self.reading.is_empty()
+    }
+
+    /// Starts reading `partition` at `from` until every committed record before
+    /// `end` was read. Returns false if there is nothing to read.
+    pub fn start(&mut self, partition: i32, from: i64, end: i64) -> Result<bool, KafkaIoError> {
+        self.cancel(partition);
+        if from >= end {
+            return Ok(false);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
+        self.consumer()?.incremental_assign(&tpl)?;
+        let now = Instant::now();
+        self.reading.insert(
+            partition,
+            Reading {
+                end,
+                chunk: Vec::new(),
+                chunk_bytes: 0,
+                next: None,
+                records: 0,
+                started: now,
+                progressed: now,
+                noted: now,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Stops reading `partition`; what was not written yet is dropped (the
+    /// store's checkpoint says where to go on next time).
+    pub fn cancel(&mut self, partition: i32) {
+        if self.reading.remove(&partition).is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition);
+            if let Err(e) = self.consumer().and_then(|c| c.incremental_unassign(&tpl).map_err(KafkaIoError::from)) {
+                tracing::warn!(pipeline = %self.health.pipeline(), partition, error = %e, "unassigning a restore");
             }
         }
     }
-    if let Some(next) = restored.next_offset {
-        apply(chunk, next)?;
+
+    /// Reads what has arrived for at most `budget`, handing changes to `apply`
+    /// (partition, changes, the changelog offset after them) in batches, and
+    /// returns the partitions that are now complete (already unassigned).
+    pub fn poll(
+        &mut self,
+        budget: Duration,
+        mut apply: impl FnMut(i32, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+    ) -> Result<Vec<Restored>, KafkaIoError> {
+        if self.reading.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + budget;
+        let mut first = true;
+        let Some(consumer) = self.consumer.as_ref() else { return Ok(Vec::new()) };
+        while Instant::now() < deadline {
+            // Wait a little for the first record, not at all afterwards.
+            let wait = if first { budget.min(Duration::from_millis(10)) } else { Duration::ZERO };
+            first = false;
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(msg)) => {
+                    let partition = msg.partition();
+                    let Some(reading) = self.reading.get_mut(&partition) else { continue };
+                    reading.records += 1;
+                    reading.next = Some(msg.offset() + 1);
+                    reading.progressed = Instant::now();
+                    if let Some(key) = msg.key() {
+                        let value = msg.payload().map(<[u8]>::to_vec);
+                        reading.chunk_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                        reading.chunk.push((key.to_vec(), value));
+                    }
+                    if reading.chunk.len() >= CHUNK_RECORDS || reading.chunk_bytes >= CHUNK_BYTES {
+                        reading.chunk_bytes = 0;
+                        apply(partition, std::mem::take(&mut reading.chunk), msg.offset() + 1)?;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    self.health.note_error("restore", &e.to_string());
+                    break;
+                }
+            }
+        }
+        self.finished(apply)
     }
-    Ok(restored)
+
+    /// Partitions whose position reached their end: write what is left and
+    /// unassign them.
+    fn finished(
+        &mut self,
+        mut apply: impl FnMut(i32, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+    ) -> Result<Vec<Restored>, KafkaIoError> {
+        let positions = self.consumer()?.position()?;
+        let mut done = Vec::new();
+        for (&partition, reading) in &mut self.reading {
+            let position = positions
+                .find_partition(&self.topic, partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .into_iter()
+                .chain(reading.next)
+                .max();
+            if position.is_some_and(|p| p >= reading.end) {
+                done.push(partition);
+            } else if reading.progressed.elapsed() >= NOTE_EVERY && reading.noted.elapsed() >= NOTE_EVERY {
+                reading.noted = Instant::now();
+                tracing::warn!(
+                    pipeline = %self.health.pipeline(),
+                    changelog = %self.topic,
+                    partition,
+                    at = ?position,
+                    end = reading.end,
+                    waited_ms = reading.started.elapsed().as_millis() as u64,
+                    "restore waits for records up to the end: a transaction left open by another producer (a host \
+                     that died or hung) holds them back until it ends, at most that producer's \
+                     transaction.timeout.ms; or Kafka is unreachable"
+                );
+            }
+        }
+        let mut restored = Vec::with_capacity(done.len());
+        for partition in done {
+            let Some(mut reading) = self.reading.remove(&partition) else { continue };
+            if let Some(next) = reading.next {
+                apply(partition, std::mem::take(&mut reading.chunk), next)?;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, partition);
+            self.consumer()?.incremental_unassign(&tpl)?;
+            restored.push(Restored { partition, records: reading.records, took: reading.started.elapsed() });
+        }
+        Ok(restored)
+    }
+}
+
+impl Drop for Restorer {
+    fn drop(&mut self) {
+        // Closing a consumer can take long while Kafka is away: never on the
+        // pipeline's thread.
+        if let Some(consumer) = self.consumer.take() {
+            let _ = std::thread::Builder::new().name("weir-close".into()).spawn(move || drop(consumer));
+        }
+    }
 }

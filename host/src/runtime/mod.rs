@@ -6,9 +6,11 @@
 //! given there (no files, no network, no stdio, an empty environment and a clock
 //! frozen at the epoch) and runs under that sandbox's [`Limits`]. A [`Plugin`] is
 //! a compiled, type-checked component with its `InstancePre`; an [`Instance`] is
-//! one store with a linear-memory cap, run under a per-call CPU budget, whose
-//! answers may not carry values above a size limit. A failed instance is
-//! poisoned and must be replaced with a fresh one from its plugin.
+//! one store with a linear-memory cap, run under a per-call CPU budget. A failed
+//! instance is poisoned; a [`Worker`] replaces it with a fresh one before the
+//! next call. What a plugin declares is bounded when it is loaded (windows per
+//! record, name and version lengths, migration sources), and failures are told in
+//! the plugin's terms (CPU budget, stack overflow, panic) rather than as traps.
 
 mod bindings;
 
@@ -25,7 +27,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::window::{WindowError, Windowing};
 use bindings::{Processor, ProcessorPre, types};
 
-/// Limits applied to each instance of a plugin.
+/// Limits applied to each instance of a plugin, and to what it may declare.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest linear memory an instance may grow to.
@@ -34,12 +36,47 @@ pub struct Limits {
     pub call_budget: Duration,
     /// Largest accumulator or output value a plugin may return.
     pub max_value_bytes: usize,
+    /// Most windows one record may fall into (window size / advance).
+    pub max_windows_per_record: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_bytes: 64 << 20, call_budget: Duration::from_secs(5), max_value_bytes: 1 << 20 }
+        Self {
+            memory_bytes: 64 << 20,
+            call_budget: Duration::from_secs(5),
+            max_value_bytes: 1 << 20,
+            max_windows_per_record: 10_000,
+        }
     }
+}
+
+impl Limits {
+    /// Largest frame the host builds for one call: a quarter of the plugin's
+    /// memory, which must also hold the decoded batch and the answer.
+    pub fn max_frame_bytes(&self) -> usize {
+        (self.memory_bytes / 4).max(64 << 10)
+    }
+}
+
+/// Longest plugin name or version string accepted from `describe`.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Most older state schemas a plugin may declare it migrates from.
+pub const MAX_MIGRATES_FROM: usize = 64;
+/// Longest reason or error text taken from a plugin (longer ones are cut).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying how long
+/// it was: for echoing what a plugin or a request sent without echoing all of it.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// What one plugin's instances may use: capabilities granted beyond computing,
@@ -124,6 +161,21 @@ pub enum LoadError {
     /// The declared windows are not usable.
     #[error("plugin declares unusable windows: {0}")]
     Windows(#[from] WindowError),
+    /// The declared windows put each record into more windows than allowed.
+    #[error(
+        "plugin declares windows of {size} ms advancing {advance} ms, which put every record into {per_record} \
+         windows; the limit is {limit} windows per record ([limits] max_windows_per_record)"
+    )]
+    TooManyWindows {
+        /// Window size in ms.
+        size: u64,
+        /// Advance in ms.
+        advance: u64,
+        /// Windows per record.
+        per_record: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// A call into the plugin failed.
@@ -170,12 +222,62 @@ impl PluginInfo {
     }
 }
 
-/// A one-line reason for a trap (the full wasm backtrace goes to the debug log).
-fn describe_trap(error: &wasmtime::Error) -> String {
+/// A backtrace this deep, or a function calling itself this many times in a
+/// row, reads as the plugin's stack running out: a Rust guest's stack lives at
+/// the bottom of its linear memory, so overflowing it touches memory out of
+/// bounds rather than trapping as a stack overflow.
+const DEEP_STACK: usize = 256;
+const RECURSION: usize = 32;
+
+/// The function a backtrace shows calling itself most in a row, if it recursed.
+fn recursion(backtrace: &wasmtime::WasmBacktrace) -> Option<(String, usize)> {
+    let frames = backtrace.frames();
+    let mut best: Option<(usize, usize)> = None; // (index of a frame, run length)
+    let mut run = 0;
+    for (i, frame) in frames.iter().enumerate() {
+        let same = i > 0 && frames[i - 1].func_index() == frame.func_index();
+        run = if same { run + 1 } else { 1 };
+        if best.is_none_or(|(_, longest)| run > longest) {
+            best = Some((i, run));
+        }
+    }
+    let (at, run) = best?;
+    let deep = frames.len() >= DEEP_STACK;
+    (run >= RECURSION || deep).then(|| {
+        let name = frames[at].func_name().map_or_else(
+            || format!("function {}", frames[at].func_index()),
+            |name| format!("`{:#}`", rustc_demangle::demangle(name)),
+        );
+        (name, if deep { frames.len() } else { run })
+    })
+}
+
+/// A one-line reason for a trap, saying what happened in the plugin's terms (the
+/// full wasm backtrace goes to the debug log).
+fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     let cause = error.root_cause().to_string();
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => format!("exceeded its CPU budget ({cause})"),
-        Some(wasmtime::Trap::UnreachableCodeReached) => format!("panicked or aborted ({cause})"),
+    let recursed = error.downcast_ref::<wasmtime::WasmBacktrace>().and_then(recursion);
+    match (error.downcast_ref::<wasmtime::Trap>(), recursed) {
+        (Some(wasmtime::Trap::Interrupt), _) => {
+            format!("exceeded its CPU budget of {} ms (wasm trap: interrupt)", limits.call_budget.as_millis())
+        }
+        (Some(wasmtime::Trap::UnreachableCodeReached), _) => format!("panicked or aborted ({cause})"),
+        (Some(wasmtime::Trap::StackOverflow), _) => format!("overflowed its stack: recursion too deep ({cause})"),
+        (Some(wasmtime::Trap::MemoryOutOfBounds), Some((function, depth))) => format!(
+            "overflowed its stack: {function} recursed {depth} calls deep and ran out of the plugin's stack, which \
+             touched memory out of bounds ({cause})"
+        ),
+        (Some(wasmtime::Trap::MemoryOutOfBounds), None) => {
+            format!("accessed memory out of bounds ({cause}): a memory bug in the plugin, or its stack overflowed")
+        }
+        _ if cause.contains("growing memory") => {
+            let wanted = cause.split_whitespace().find_map(|w| w.parse::<u64>().ok());
+            let wanted = wanted.map_or_else(String::new, |b| format!(" to {} MiB", b.div_ceil(1 << 20)));
+            format!(
+                "ran out of memory: it tried to grow its memory{wanted}, over its limit of {} MiB ([limits] memory_mb)",
+                limits.memory_bytes >> 20
+            )
+        }
         _ => cause,
     }
 }
@@ -222,6 +324,8 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.concurrency_support(false);
+        // Deep enough to tell a stack overflow from a memory bug (traps only).
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(DEEP_STACK * 2));
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -244,7 +348,7 @@ impl Runtime {
     /// Compiles and type-checks a component, then asks it to describe itself.
     pub fn load(&self, wasm: &[u8], sandbox: Sandbox) -> Result<Plugin, LoadError> {
         let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.plugin(component, sandbox)
+        self.plugin(component, sandbox, sha256_hex(wasm))
     }
 
     /// Compiles a component to this engine's native artifact (`.cwasm`).
@@ -256,8 +360,9 @@ impl Runtime {
     /// of the same configuration, then type-checks it like [`Runtime::load`].
     ///
     /// The caller must pass bytes this host produced and has not let anyone else
-    /// change (the registry checks their hash before calling this).
-    pub fn load_precompiled(&self, cwasm: &[u8], sandbox: Sandbox) -> Result<Plugin, LoadError> {
+    /// change (the registry checks their hash before calling this); `id` is the
+    /// SHA-256 of the component they were compiled from.
+    pub fn load_precompiled(&self, cwasm: &[u8], sandbox: Sandbox, id: &str) -> Result<Plugin, LoadError> {
         // SAFETY: `Component::deserialize` trusts its input to be a wasmtime
         // artifact; a corrupt or foreign one could run arbitrary native code. The
         // only caller is the registry, which loads artifacts it wrote itself into
@@ -267,10 +372,10 @@ impl Runtime {
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.engine, cwasm) }
             .map_err(|e| LoadError::Artifact(format!("{e:#}")))?;
-        self.plugin(component, sandbox)
+        self.plugin(component, sandbox, id.to_owned())
     }
 
-    fn plugin(&self, component: Component, sandbox: Sandbox) -> Result<Plugin, LoadError> {
+    fn plugin(&self, component: Component, sandbox: Sandbox, id: String) -> Result<Plugin, LoadError> {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("weir:processor/")
@@ -295,6 +400,7 @@ impl Runtime {
             pre,
             sandbox,
             runtime: self.clone(),
+            id,
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),
@@ -304,9 +410,15 @@ impl Runtime {
             },
         };
         let mut instance = plugin.instantiate().map_err(|e| LoadError::Describe(e.to_string()))?;
-        plugin.info = instance.describe()?;
+        plugin.info = instance.describe(&plugin.sandbox.limits)?;
         Ok(plugin)
     }
+}
+
+/// SHA-256 of `bytes`, in hex: a plugin version's identity.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// A compiled plugin, ready to instantiate. Cloning is cheap: clones share the
@@ -316,6 +428,7 @@ pub struct Plugin {
     pre: ProcessorPre<HostState>,
     sandbox: Sandbox,
     runtime: Runtime,
+    id: String,
     info: PluginInfo,
 }
 
@@ -323,6 +436,22 @@ impl Plugin {
     /// What the plugin declared.
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// SHA-256 of the component, hex: the version's identity.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `name@version#<first 12 characters of the id>`: how logs, swaps and the
+    /// status name this version.
+    pub fn label(&self) -> String {
+        format!("{}@{}#{}", self.info.name, self.info.version, &self.id[..self.id.len().min(12)])
+    }
+
+    /// The limits its instances run under.
+    pub fn limits(&self) -> &Limits {
+        &self.sandbox.limits
     }
 
     /// A fresh instance with its own store and limits.
@@ -343,7 +472,7 @@ impl Plugin {
             store,
             bindings,
             budget_ticks: self.budget_ticks(),
-            max_value_bytes: self.sandbox.limits.max_value_bytes,
+            limits: self.sandbox.limits,
             poisoned: false,
         })
     }
@@ -358,7 +487,7 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: Processor,
     budget_ticks: u64,
-    max_value_bytes: usize,
+    limits: Limits,
     poisoned: bool,
 }
 
@@ -368,25 +497,37 @@ impl Instance {
         self.poisoned
     }
 
-    /// Checks a value the plugin returned against the size limit; an oversized
-    /// value poisons the instance (its memory may be full of ballast).
-    pub fn check_value(&mut self, value: &[u8]) -> Result<(), GuestError> {
-        if value.len() > self.max_value_bytes {
-            self.poisoned = true;
-            return Err(GuestError::Oversized { size: value.len(), limit: self.max_value_bytes });
-        }
-        Ok(())
-    }
-
-    fn describe(&mut self) -> Result<PluginInfo, LoadError> {
+    fn describe(&mut self, limits: &Limits) -> Result<PluginInfo, LoadError> {
         self.store.set_epoch_deadline(self.budget_ticks);
-        let info = self.bindings.call_describe(&mut self.store).map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        let windowing = match info.windowing {
-            types::Windowing::Hopping(h) => Windowing::hopping(h.size_ms, h.advance_ms)?,
-            types::Windowing::Tumbling(t) => Windowing::tumbling(t.size_ms)?,
+        let info = self.bindings.call_describe(&mut self.store).map_err(|trap| {
+            tracing::debug!(trap = format!("{trap:?}"), "plugin trap in describe");
+            LoadError::Describe(format!("describe failed: the plugin {}", describe_trap(&trap, &self.limits)))
+        })?;
+        let (size, advance) = match info.windowing {
+            types::Windowing::Hopping(h) => (h.size_ms, h.advance_ms),
+            types::Windowing::Tumbling(t) => (t.size_ms, t.size_ms),
         };
+        let windowing = Windowing::hopping(size, advance)?;
+        let per_record = size.div_ceil(advance);
+        if per_record > limits.max_windows_per_record {
+            return Err(LoadError::TooManyWindows { size, advance, per_record, limit: limits.max_windows_per_record });
+        }
         if info.name.is_empty() {
             return Err(LoadError::Describe("plugin name is empty".into()));
+        }
+        for (what, text) in [("name", &info.name), ("version", &info.version)] {
+            if text.len() > MAX_NAME_BYTES || text.chars().any(char::is_control) {
+                return Err(LoadError::Describe(format!(
+                    "plugin {what} {:?} is not a short printable string (at most {MAX_NAME_BYTES} bytes)",
+                    clip(text, 64)
+                )));
+            }
+        }
+        if info.migrates_from.len() > MAX_MIGRATES_FROM {
+            return Err(LoadError::Describe(format!(
+                "plugin declares {} state schemas it migrates from; the limit is {MAX_MIGRATES_FROM}",
+                info.migrates_from.len()
+            )));
         }
         Ok(PluginInfo {
             name: info.name,
@@ -405,16 +546,16 @@ impl Instance {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(types::ProcessorError::BadFrame(m))) => {
                 self.poisoned = true;
-                Err(GuestError::BadFrame(m))
+                Err(GuestError::BadFrame(clip(&m, MAX_REASON_BYTES)))
             }
             Ok(Err(types::ProcessorError::Fatal(m))) => {
                 self.poisoned = true;
-                Err(GuestError::Plugin(m))
+                Err(GuestError::Plugin(clip(&m, MAX_REASON_BYTES)))
             }
             Err(trap) => {
                 self.poisoned = true;
                 tracing::debug!(trap = format!("{trap:?}"), "plugin trap");
-                Err(GuestError::Trap(describe_trap(&trap)))
+                Err(GuestError::Trap(describe_trap(&trap, &self.limits)))
             }
         }
     }
@@ -438,5 +579,87 @@ impl Instance {
         self.store.set_epoch_deadline(self.budget_ticks);
         let result = self.bindings.call_migrate(&mut self.store, from, frame);
         self.finish_call(result)
+    }
+}
+
+/// What a task needs from a plugin: its three calls, each made on a healthy
+/// instance, and the limits on what goes in and comes out. Implemented by
+/// [`Worker`] for wasm plugins, and natively in tests.
+pub trait Guest {
+    /// Runs a `process` frame.
+    fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Runs a `finish` frame.
+    fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Runs a `migrate` frame converting accumulators from state schema `from`.
+    fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Drops the current instance: the next call runs on a fresh one (after a
+    /// failure, or when the instance may hold ballast).
+    fn renew(&mut self);
+    /// Largest accumulator or output value a call may return.
+    fn max_value_bytes(&self) -> usize;
+    /// Largest frame the host builds for one call.
+    fn max_frame_bytes(&self) -> usize;
+}
+
+/// A plugin and the instance its calls run on; a failed instance is replaced by
+/// a fresh one before the next call, so nothing ever calls a dead instance.
+pub struct Worker {
+    plugin: Plugin,
+    instance: Option<Instance>,
+}
+
+impl Worker {
+    /// A worker for `plugin`; its first instance is made on first use.
+    pub fn new(plugin: Plugin) -> Self {
+        Self { plugin, instance: None }
+    }
+
+    /// A worker for `plugin` with `instance` already made (off the hot path).
+    pub fn with_instance(plugin: Plugin, instance: Instance) -> Self {
+        Self { plugin, instance: Some(instance) }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The plugin, giving up the instance.
+    pub fn into_plugin(self) -> Plugin {
+        self.plugin
+    }
+
+    fn instance(&mut self) -> Result<&mut Instance, GuestError> {
+        if self.instance.as_ref().is_none_or(Instance::is_poisoned) {
+            self.instance = None;
+            self.instance = Some(self.plugin.instantiate()?);
+        }
+        self.instance.as_mut().ok_or_else(|| GuestError::Trap("no instance".into()))
+    }
+}
+
+impl Guest for Worker {
+    fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.process(frame)
+    }
+
+    fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.finish(frame)
+    }
+
+    fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.migrate(from, frame)
+    }
+
+    fn renew(&mut self) {
+        self.instance = None;
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        self.plugin.sandbox.limits.max_value_bytes
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.plugin.sandbox.limits.max_frame_bytes()
     }
 }

@@ -48,6 +48,11 @@ impl Store for MemoryStore {
     fn approximate_len(&self) -> u64 {
         self.map.len() as u64
     }
+
+    fn forget_checkpoint(&mut self) -> Result<(), StoreError> {
+        self.checkpoint = None;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

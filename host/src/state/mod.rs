@@ -39,6 +39,9 @@ pub enum StoreError {
     /// The stored checkpoint is not 8 bytes.
     #[error("corrupt checkpoint in {0}")]
     CorruptCheckpoint(String),
+    /// A test asked for this write to fail (see `faults`).
+    #[error("injected store failure")]
+    Injected,
 }
 
 /// One change: `Some(value)` puts, `None` deletes.
@@ -58,6 +61,14 @@ pub trait Store: Send {
     fn keys(&self) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Number of keys (approximate for RocksDB).
     fn approximate_len(&self) -> u64;
+    /// Deletes every key and the checkpoint: the store restores from scratch.
+    fn clear(&mut self) -> Result<(), StoreError> {
+        let changes = self.keys()?.into_iter().map(|k| (k, None)).collect();
+        self.write(changes, None)?;
+        self.forget_checkpoint()
+    }
+    /// Removes the checkpoint.
+    fn forget_checkpoint(&mut self) -> Result<(), StoreError>;
 }
 
 /// Length of the window prefix of a window-store key.
@@ -143,5 +154,8 @@ mod tests {
         assert_eq!(store.get(&k1).unwrap(), None);
         assert_eq!(store.checkpoint().unwrap(), Some(7), "a write without a checkpoint keeps the old one");
         assert!(store.keys_between(&[], &window_end_bound(10)).unwrap().is_empty());
+        store.clear().unwrap();
+        assert!(store.keys().unwrap().is_empty());
+        assert_eq!(store.checkpoint().unwrap(), None, "a cleared store restores from scratch");
     }
 }

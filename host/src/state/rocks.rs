@@ -120,6 +120,10 @@ impl Store for RocksStore {
             .collect()
     }
 
+    fn forget_checkpoint(&mut self) -> Result<(), StoreError> {
+        self.db.delete_cf(self.meta()?, CHECKPOINT_KEY).map_err(|e| self.err(e))
+    }
+
     fn approximate_len(&self) -> u64 {
         self.db.property_int_value("rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
     }

@@ -1,0 +1,231 @@
+//! Kafka questions that may take long, asked on a thread of their own so the poll
+//! loop never waits for them: where a newly assigned task resumes (the group's
+//! committed offset and its metadata) and how far its changelog reaches.
+//!
+//! The committed offsets are asked for with `require_stable` (a read_committed
+//! client), so while another producer's transaction holds offsets of a partition
+//! pending — a host that died or hung mid-commit — the answer waits for that
+//! transaction to end instead of returning offsets that may still move. Each
+//! partition is asked about on its own, so one pending transaction holds back
+//! only its own partition, and every question is asked again until it is
+//! answered: while the broker is away, restoring tasks wait instead of failing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, TopicPartitionList};
+
+use super::health::Health;
+use super::source::Reporting;
+use super::{KafkaIoError, is_coordinator_transient};
+
+/// How long one attempt may take.
+const ATTEMPT: Duration = Duration::from_millis(1500);
+/// How often a question that keeps waiting is mentioned in the log.
+const NOTE_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a task resumes, as Kafka knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The input partition.
+    pub partition: i32,
+    /// Which request this answers (the caller's counter).
+    pub epoch: u64,
+    /// The group's committed offset, if any.
+    pub committed: Option<i64>,
+    /// The metadata committed with it.
+    pub metadata: String,
+    /// The changelog partition's first offset.
+    pub changelog_low: i64,
+    /// The changelog partition's end, counting records of open transactions:
+    /// restore reads every committed record before it.
+    pub changelog_end: i64,
+}
+
+enum Request {
+    Resume { partition: i32, epoch: u64 },
+    Forget(i32),
+}
+
+/// The question thread of one pipeline.
+pub struct Queries {
+    tx: Option<Sender<Request>>,
+    rx: Receiver<Resume>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Worker {
+    offsets: BaseConsumer<Reporting>,
+    ends: BaseConsumer<Reporting>,
+    input: String,
+    changelog: String,
+    health: Health,
+}
+
+impl Worker {
+    fn committed(&self, partition: i32) -> Result<(Option<i64>, String), String> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.input, partition);
+        let got = self.offsets.committed_offsets(tpl, ATTEMPT).map_err(|e| {
+            if is_coordinator_transient(&e) {
+                format!("{e} (the group coordinator is moving, or another producer's transaction holds the offsets)")
+            } else {
+                e.to_string()
+            }
+        })?;
+        let elem = got.find_partition(&self.input, partition).ok_or("no answer for the partition")?;
+        if let Err(e) = elem.error() {
+            return Err(e.to_string());
+        }
+        Ok((elem.offset().to_raw().filter(|o| *o >= 0), elem.metadata().to_owned()))
+    }
+
+    fn answer(&self, partition: i32, epoch: u64) -> Result<Resume, String> {
+        let (committed, metadata) = self.committed(partition)?;
+        let (low, end) = self.ends.fetch_watermarks(&self.changelog, partition, ATTEMPT).map_err(|e| e.to_string())?;
+        Ok(Resume { partition, epoch, committed, metadata, changelog_low: low, changelog_end: end })
+    }
+}
+
+impl Queries {
+    /// Starts the thread, with clients of `base`, for `group`'s offsets on
+    /// `input` and the ends of `changelog`.
+    pub fn start(
+        base: &ClientConfig,
+        group: &str,
+        input: &str,
+        changelog: &str,
+        health: Health,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, KafkaIoError> {
+        let mut offsets = base.clone();
+        offsets.set("group.id", group).set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+        let mut ends = base.clone();
+        ends.remove("group.id");
+        ends.set("isolation.level", "read_uncommitted");
+        let make = |config: &ClientConfig| -> Result<BaseConsumer<Reporting>, KafkaIoError> {
+            config
+                .create_with_context(Reporting::new(health.clone(), "queries"))
+                .map_err(|e| KafkaIoError::Setup(e.to_string()))
+        };
+        let worker = Worker {
+            offsets: make(&offsets)?,
+            ends: make(&ends)?,
+            input: input.to_owned(),
+            changelog: changelog.to_owned(),
+            health,
+        };
+        let (tx, requests) = channel();
+        let (answers, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("weir-queries".into())
+            .spawn(move || run(worker, requests, answers, stop))
+            .map_err(|e| KafkaIoError::Setup(format!("query thread: {e}")))?;
+        Ok(Self { tx: Some(tx), rx, thread: Some(thread) })
+    }
+
+    /// Asks where `partition` resumes; the answer carries `epoch`.
+    pub fn ask(&self, partition: i32, epoch: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Resume { partition, epoch });
+        }
+    }
+
+    /// Stops asking about `partition`.
+    pub fn forget(&self, partition: i32) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Forget(partition));
+        }
+    }
+
+    /// The answers that arrived since the last call.
+    pub fn answers(&self) -> Vec<Resume> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for Queries {
+    fn drop(&mut self) {
+        // The thread ends at its next look at the channel. It is not waited for:
+        // closing its clients can take long while Kafka is away, and nothing may
+        // hold up a stopping pipeline.
+        self.tx.take();
+        drop(self.thread.take());
+    }
+}
+
+fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, stop: Arc<AtomicBool>) {
+    // Partition → (epoch, asked since, last noted).
+    let mut open: BTreeMap<i32, (u64, Instant, Instant)> = BTreeMap::new();
+    loop {
+        let next = if open.is_empty() {
+            requests.recv_timeout(Duration::from_millis(200))
+        } else {
+            requests.try_recv().map_err(|e| match e {
+                std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        };
+        match next {
+            Ok(Request::Resume { partition, epoch }) => {
+                let now = Instant::now();
+                open.insert(partition, (epoch, now, now));
+                continue;
+            }
+            Ok(Request::Forget(partition)) => {
+                open.remove(&partition);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut done = Vec::new();
+        for (&partition, (epoch, since, noted)) in open.iter_mut() {
+            match worker.answer(partition, *epoch) {
+                Ok(resume) => {
+                    if since.elapsed() >= NOTE_EVERY {
+                        tracing::info!(
+                            pipeline = %worker.health.pipeline(),
+                            partition,
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            "where the task resumes is known now"
+                        );
+                    }
+                    if answers.send(resume).is_err() {
+                        return;
+                    }
+                    done.push(partition);
+                }
+                Err(reason) => {
+                    if noted.elapsed() >= NOTE_EVERY {
+                        *noted = Instant::now();
+                        tracing::warn!(
+                            pipeline = %worker.health.pipeline(),
+                            partition,
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            %reason,
+                            "waiting to learn where the task resumes (committed offsets and changelog end); asking again"
+                        );
+                    }
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        for partition in done {
+            open.remove(&partition);
+        }
+        if !open.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The source: the pipeline's group consumer and what its callbacks do.
+//!
+//! Rebalances are handed to a [`RebalanceHandler`] (the pipeline) on the polling
+//! thread: a revocation before partitions are given up, an assignment after they
+//! are taken. librdkafka's log lines become `tracing` events naming the pipeline,
+//! its statistics and errors feed the pipeline's [`Health`]. Closing is bounded:
+//! a consumer that cannot leave cleanly (the broker is away) is let go instead of
+//! holding up a shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+
+use super::health::{Health, STATS_INTERVAL_MS};
+use super::{KafkaIoError, set_default};
+
+/// What a pipeline does when its group membership changes.
+pub trait RebalanceHandler: Send + 'static {
+    /// Partitions are about to be taken away. `lost` is set when the group has
+    /// already given them to someone else (the member was kicked out): nothing
+    /// may be committed for them then.
+    fn revoke(&mut self, consumer: &BaseConsumer<SourceContext<Self>>, partitions: &TopicPartitionList, lost: bool)
+    where
+        Self: Sized;
+
+    /// Partitions were given to this member.
+    fn assign(&mut self, consumer: &BaseConsumer<SourceContext<Self>>, partitions: &TopicPartitionList)
+    where
+        Self: Sized;
+}
+
+/// Forwards a librdkafka log line to `tracing`, naming the pipeline and client.
+/// Connection failures (`FAIL`) are informational: an outage is reported once,
+/// as a warning, by the pipeline's [`Health`], not once a second per client.
+pub(crate) fn forward_log(health: &Health, client: &'static str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    let pipeline = health.pipeline();
+    let level =
+        if fac == "FAIL" && (level as i32) < (RDKafkaLogLevel::Notice as i32) { RDKafkaLogLevel::Info } else { level };
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(%pipeline, %client, fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(%pipeline, %client, fac, "librdkafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(%pipeline, %client, fac, "librdkafka: {message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(%pipeline, %client, fac, "librdkafka: {message}"),
+    }
+}
+
+/// A client context that only reports to a pipeline's [`Health`] and log.
+pub struct Reporting {
+    health: Health,
+    client: &'static str,
+}
+
+impl Reporting {
+    /// Reports as `client` of the pipeline `health` belongs to.
+    pub fn new(health: Health, client: &'static str) -> Self {
+        Self { health, client }
+    }
+}
+
+impl ClientContext for Reporting {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(&self.health, self.client, level, fac, message);
+    }
+
+    fn stats_raw(&self, _: &[u8]) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.note_error(self.client, &format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Reporting {}
+
+/// The group consumer's context.
+pub struct SourceContext<H> {
+    handler: Arc<Mutex<H>>,
+    /// Cleared when the consumer is let go: its late callbacks must not reach a
+    /// handler that has moved on to a new consumer.
+    attached: AtomicBool,
+    health: Health,
+}
+
+impl<H> SourceContext<H> {
+    /// A context handing rebalances to `handler` and reporting to `health`.
+    pub fn new(handler: Arc<Mutex<H>>, health: Health) -> Self {
+        Self { handler, attached: AtomicBool::new(true), health }
+    }
+
+    fn handler(&self) -> Option<std::sync::MutexGuard<'_, H>> {
+        if !self.attached.load(Ordering::Acquire) {
+            return None;
+        }
+        let handler = self.handler.lock().ok();
+        if handler.is_none() {
+            tracing::error!(pipeline = %self.health.pipeline(), "pipeline poisoned; rebalance ignored");
+        }
+        handler
+    }
+}
+
+impl<H: RebalanceHandler> ClientContext for SourceContext<H> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(&self.health, "consumer", level, fac, message);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.health.report_stats("consumer", statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.report_error("consumer", &error, reason);
+    }
+}
+
+impl<H: RebalanceHandler> ConsumerContext for SourceContext<H> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let lost = consumer.assignment_lost();
+            if let Some(mut handler) = self.handler() {
+                handler.revoke(consumer, partitions, lost);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                if let Some(mut handler) = self.handler() {
+                    handler.assign(consumer, partitions);
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(pipeline = %self.health.pipeline(), error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Settings of a pipeline's group consumer on top of `base`.
+pub fn consumer_config(base: &ClientConfig, group: &str, member: &str) -> ClientConfig {
+    let mut config = base.clone();
+    config.set("group.id", group);
+    config.set("enable.auto.commit", "false");
+    config.set("enable.auto.offset.store", "false");
+    set_default(&mut config, "group.instance.id", member);
+    set_default(&mut config, "auto.offset.reset", "earliest");
+    set_default(&mut config, "isolation.level", "read_committed");
+    set_default(&mut config, "fetch.queue.backoff.ms", "0");
+    set_default(&mut config, "session.timeout.ms", "10000");
+    set_default(&mut config, "statistics.interval.ms", STATS_INTERVAL_MS);
+    config
+}
+
+/// Creates the group consumer and subscribes it to `topics`.
+pub fn subscribe<H: RebalanceHandler>(
+    config: &ClientConfig,
+    context: SourceContext<H>,
+    topics: &[&str],
+) -> Result<BaseConsumer<SourceContext<H>>, KafkaIoError> {
+    let consumer: BaseConsumer<SourceContext<H>> =
+        config.create_with_context(context).map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+    consumer.subscribe(topics).map_err(KafkaIoError::from)?;
+    Ok(consumer)
+}
+
+/// Closes a consumer, serving its last callbacks, for at most `within`. A consumer
+/// that cannot finish in time (the coordinator is unreachable) is detached from
+/// its handler and dropped on a thread of its own, so it can never hold up the
+/// caller. The caller must not hold the handler's lock.
+pub fn close<H: RebalanceHandler>(consumer: BaseConsumer<SourceContext<H>>, within: Duration) {
+    if consumer.close_queue().is_ok() {
+        let deadline = Instant::now() + within;
+        while !consumer.closed() && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(50));
+        }
+    }
+    if consumer.closed() {
+        drop(consumer);
+        return;
+    }
+    consumer.context().attached.store(false, Ordering::Release);
+    tracing::warn!(
+        pipeline = %consumer.context().health.pipeline(),
+        within_ms = within.as_millis() as u64,
+        "consumer did not close in time (Kafka unreachable?); letting it go in the background"
+    );
+    let _ = std::thread::Builder::new().name("weir-close".into()).spawn(move || drop(consumer));
+}

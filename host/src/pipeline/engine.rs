@@ -1,0 +1,756 @@
+//! The engine of one pipeline session: its tasks — restoring or running — their
+//! outbox, the sink, and what commits, failures, swaps and rebalances do to them.
+//!
+//! A newly assigned partition's task restores before it runs: its input partition
+//! is paused, the question thread learns where it resumes (the committed offset,
+//! waiting while another producer's transaction holds it pending) and how far its
+//! changelog reaches, the restorer reads the changelog up to there, and only then
+//! does the task run — from exactly the committed offset, sought explicitly.
+//!
+//! A commit is all or nothing. Tasks queue results and changelog records in the
+//! outbox; the sink sends them in one transaction with the input offsets; only
+//! after it commits are the stores written. A failure anywhere before the commit
+//! aborts the transaction and rewinds every task to its last commit. A commit
+//! whose outcome is unknown (the broker went away mid-commit) makes every task
+//! restore again from what Kafka knows. A failure that stops the pipeline marks
+//! it failed: it commits nothing more, not even at shutdown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::swap::{ControlCommand, SwapError, SwapEvent, Versions};
+use super::{CRASH_ENV, PipelineError};
+use crate::config::RunConfig;
+use crate::faults;
+use crate::kafka::KafkaIoError;
+use crate::kafka::queries::{Queries, Resume};
+use crate::kafka::restore::Restorer;
+use crate::kafka::sink::{OutRecord, Sink};
+use crate::kafka::source::{RebalanceHandler, SourceContext};
+use crate::metrics::Metrics;
+use crate::runtime::Worker;
+use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
+use crate::task::{CommitMetadata, Dest, Env, Outbox, Policy, Task, TaskError};
+
+/// The consumer of a session.
+pub(super) type Source = BaseConsumer<SourceContext<Engine>>;
+
+/// How many non-Kafka commit failures in a row stop the pipeline.
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// Longest pause between commit attempts while Kafka fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Topics a pipeline reads and writes.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// The input topic.
+    pub input: String,
+    /// Results.
+    pub output: String,
+    /// The window store's changelog.
+    pub changelog: String,
+    /// Dead letters.
+    pub dead_letter: String,
+}
+
+/// Where a restoring task is.
+enum Phase {
+    /// Waiting to learn where it resumes.
+    Asking { epoch: u64 },
+    /// Reading its changelog; it resumes at `committed` afterwards.
+    Reading { committed: Option<i64>, meta: CommitMetadata },
+    /// Restored; waiting for the consumer to be positioned.
+    Seeking { committed: Option<i64>, meta: CommitMetadata, records: u64 },
+}
+
+struct Restoring {
+    store: Box<dyn Store>,
+    phase: Phase,
+    since: Instant,
+}
+
+/// The session's clients and tasks.
+pub(super) struct Engine {
+    pub(super) cfg: RunConfig,
+    pub(super) topics: Topics,
+    pub(super) sink: Sink,
+    pub(super) versions: Versions,
+    pub(super) control: Receiver<ControlCommand>,
+    pub(super) metrics: Metrics,
+    tasks: BTreeMap<i32, Task>,
+    restoring: BTreeMap<i32, Restoring>,
+    suspended: BTreeMap<i32, Box<dyn Store>>,
+    outbox: Outbox,
+    restorer: Restorer,
+    queries: Queries,
+    epoch: u64,
+    rocks: Option<RocksOptions>,
+    /// Set once the pipeline failed: nothing is committed any more.
+    pub(super) failed: bool,
+    /// An error raised inside a rebalance callback, surfaced by the loop.
+    pub(super) fatal: Option<PipelineError>,
+    failures: u32,
+    backoff: Duration,
+    next_commit_at: Instant,
+    crash_after_flush: Option<u64>,
+}
+
+/// The parts an engine is made of.
+pub(super) struct Parts {
+    pub(super) cfg: RunConfig,
+    pub(super) topics: Topics,
+    pub(super) sink: Sink,
+    pub(super) versions: Versions,
+    pub(super) control: Receiver<ControlCommand>,
+    pub(super) metrics: Metrics,
+    pub(super) restorer: Restorer,
+    pub(super) queries: Queries,
+    pub(super) rocks: Option<RocksOptions>,
+}
+
+fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    tpl
+}
+
+impl Engine {
+    pub(super) fn new(parts: Parts) -> Self {
+        Self {
+            cfg: parts.cfg,
+            topics: parts.topics,
+            sink: parts.sink,
+            versions: parts.versions,
+            control: parts.control,
+            metrics: parts.metrics,
+            tasks: BTreeMap::new(),
+            restoring: BTreeMap::new(),
+            suspended: BTreeMap::new(),
+            outbox: Outbox::default(),
+            restorer: parts.restorer,
+            queries: parts.queries,
+            epoch: 0,
+            rocks: parts.rocks,
+            failed: false,
+            fatal: None,
+            failures: 0,
+            backoff: Duration::ZERO,
+            next_commit_at: Instant::now(),
+            crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
+        }
+    }
+
+    /// Gives back what outlives the session.
+    pub(super) fn into_versions(self) -> (Versions, Receiver<ControlCommand>) {
+        (self.versions, self.control)
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            retries: self.cfg.limits.retries,
+            probation: self.versions.probation,
+            on_failure: self.cfg.limits.on_failure,
+            emit: self.cfg.emit,
+        }
+    }
+
+    /// Buffers a polled record for its task, if the partition's task runs.
+    pub(super) fn accept(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: Option<i64>,
+    ) {
+        match self.tasks.get_mut(&partition) {
+            Some(task) => {
+                if !task.accept(offset, key, value, ts) {
+                    self.metrics.duplicates_skipped.inc();
+                }
+            }
+            None => tracing::trace!(partition, "record for a partition whose task does not run (yet)"),
+        }
+    }
+
+    /// Bytes held in memory for the next commit: buffered records, uncommitted
+    /// state and queued output.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.tasks.values().map(|t| t.pending_bytes() + t.uncommitted_bytes()).sum::<usize>() + self.outbox.bytes()
+    }
+
+    fn has_progress(&self) -> bool {
+        !self.outbox.is_empty() || self.tasks.values().any(|t| t.has_progress() || t.pending_len() > 0)
+    }
+
+    /// Runs every task's buffered records through the plugin.
+    pub(super) fn process_pending(&mut self) -> Result<(), TaskError> {
+        let policy = self.policy();
+        for task in self.tasks.values_mut() {
+            let mut env = Env {
+                guest: &mut self.versions.worker,
+                outbox: &mut self.outbox,
+                metrics: &self.metrics,
+                input_topic: &self.topics.input,
+                policy,
+            };
+            task.process_pending(&mut env)?;
+        }
+        Ok(())
+    }
+
+    /// Processes what is buffered and commits it; `force` ignores the backoff
+    /// after Kafka failures (for revocations and shutdown).
+    pub(super) fn commit(&mut self, consumer: &Source, force: bool) -> Result<(), PipelineError> {
+        if self.failed || !self.has_progress() {
+            return Ok(());
+        }
+        if !force && Instant::now() < self.next_commit_at {
+            return self.process_pending().or_else(|e| self.recover(e.into(), consumer));
+        }
+        if self.sink.needs_ready() {
+            match self.sink.ready(Duration::from_secs(1)) {
+                Ok(()) => {}
+                Err(e @ (KafkaIoError::Unreachable(_) | KafkaIoError::Stopped)) => {
+                    tracing::debug!(error = %e, "producer not ready; commit later");
+                    self.back_off();
+                    return self.process_pending().or_else(|e| self.recover(e.into(), consumer));
+                }
+                Err(e) => return self.recover(e.into(), consumer),
+            }
+        }
+        match self.try_commit(consumer) {
+            Ok(()) => {
+                self.failures = 0;
+                self.backoff = Duration::ZERO;
+                Ok(())
+            }
+            Err(e) => self.recover(e, consumer),
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(250), MAX_BACKOFF);
+        self.next_commit_at = Instant::now() + self.backoff;
+    }
+
+    fn try_commit(&mut self, consumer: &Source) -> Result<(), PipelineError> {
+        self.process_pending()?;
+        let policy = self.policy();
+        let mut prepared = Vec::with_capacity(self.tasks.len());
+        let mut offsets = TopicPartitionList::new();
+        for task in self.tasks.values_mut() {
+            let mut env = Env {
+                guest: &mut self.versions.worker,
+                outbox: &mut self.outbox,
+                metrics: &self.metrics,
+                input_topic: &self.topics.input,
+                policy,
+            };
+            prepared.push((task.partition(), task.prepare_commit(&mut env)?));
+            if let Some(next) = task.next_offset() {
+                let mut elem = offsets.add_partition(&self.topics.input, task.partition());
+                elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
+                elem.set_metadata(task.commit_metadata());
+            }
+        }
+        self.send_outbox()?;
+        self.sink.flush()?;
+        if self.crash_after_flush.is_some_and(|n| self.metrics.records_in.get() >= n) {
+            // Fault injection for tests: die with everything of this commit
+            // written but nothing committed, the window at-least-once cannot cover.
+            tracing::error!("{CRASH_ENV} reached: aborting the process");
+            std::process::abort();
+        }
+        let committing = Instant::now();
+        self.sink.commit(&offsets, consumer.group_metadata())?;
+        tracing::debug!(micros = committing.elapsed().as_micros() as u64, "committed");
+        if !self.sink.is_transactional() && offsets.count() > 0 {
+            consumer.commit(&offsets, CommitMode::Async).map_err(KafkaIoError::from)?;
+        }
+        let changelog_offsets = self.sink.take_changelog_offsets();
+        let mut stale = Vec::new();
+        for (partition, commit) in prepared {
+            let Some(task) = self.tasks.get_mut(&partition) else { continue };
+            let next = changelog_offsets.get(&(self.topics.changelog.clone(), partition)).map(|o| o + 1);
+            if let Err(e) = task.complete_commit(commit, next) {
+                // Kafka has the commit; the store does not: bring it up to date
+                // from the changelog before the task goes on.
+                tracing::warn!(partition, error = %e, "store write after a commit failed; restoring the task");
+                stale.push(partition);
+            }
+        }
+        self.metrics.commits.inc();
+        self.versions.committed();
+        for partition in stale {
+            self.restore_again(partition, consumer);
+        }
+        Ok(())
+    }
+
+    /// Sends the outbox into the current transaction.
+    fn send_outbox(&mut self) -> Result<(), KafkaIoError> {
+        let mut changelog_seen = false;
+        for out in self.outbox.records() {
+            let topic = match out.dest {
+                Dest::Output => &self.topics.output,
+                Dest::Changelog => &self.topics.changelog,
+                Dest::DeadLetter => &self.topics.dead_letter,
+            };
+            if out.dest == Dest::Changelog && !changelog_seen {
+                changelog_seen = true;
+                if faults::hit("changelog") {
+                    return Err(KafkaIoError::Abortable("injected failure (changelog)".into()));
+                }
+            }
+            let headers = (!out.headers.is_empty()).then(|| {
+                out.headers
+                    .iter()
+                    .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(value.as_str()) }))
+            });
+            self.sink.send(OutRecord {
+                topic,
+                partition: out.partition,
+                key: out.key.as_deref(),
+                value: out.value.as_deref(),
+                timestamp: out.timestamp,
+                headers,
+            })?;
+        }
+        self.outbox.clear();
+        Ok(())
+    }
+
+    /// After a failed commit (or processing step): abort, then decide whether the
+    /// pipeline goes on — rewinding every task to its last commit, or restoring
+    /// them when the commit's outcome is unknown — or stops.
+    pub(super) fn recover(&mut self, error: PipelineError, consumer: &Source) -> Result<(), PipelineError> {
+        self.outbox.clear();
+        let uncertain = matches!(error, PipelineError::Kafka(KafkaIoError::Uncertain(_)));
+        if !uncertain && let Err(e) = self.sink.abort() {
+            tracing::warn!(error = %e, "abort failed; the producer is replaced (its successor aborts the transaction)");
+        }
+        self.metrics.aborts.inc();
+        let plugin = matches!(error, PipelineError::Task(TaskError::Guest(_)) | PipelineError::Guest(_));
+        if self.versions.probation && plugin {
+            self.roll_back_after(&error)?;
+        } else if error.is_transient_kafka() {
+            tracing::warn!(error = %error, "commit failed; retrying from the last commit");
+            self.back_off();
+        } else {
+            self.failures += 1;
+            if error.stops_pipeline() || self.failures > MAX_CONSECUTIVE_FAILURES {
+                return Err(self.fail(error));
+            }
+            tracing::warn!(error = %error, attempt = self.failures, "commit failed; aborting and rewinding to the last commit");
+        }
+        if uncertain {
+            tracing::warn!("the last commit's outcome is unknown: every task restores from what Kafka has");
+            let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+            for partition in partitions {
+                self.restore_again(partition, consumer);
+            }
+        } else {
+            self.rewind_all(consumer);
+        }
+        // The rewind also forgot an uncommitted state migration: redo it.
+        self.align_state(None)?;
+        Ok(())
+    }
+
+    /// Marks the pipeline failed (it commits nothing more) and rewinds every task.
+    pub(super) fn fail(&mut self, error: PipelineError) -> PipelineError {
+        self.failed = true;
+        self.outbox.clear();
+        let _ = self.sink.abort();
+        for task in self.tasks.values_mut() {
+            task.rewind();
+        }
+        tracing::error!(error = %error, "pipeline failed: nothing more is committed");
+        error
+    }
+
+    /// Rewinds every running task to its last commit and seeks the consumer back.
+    fn rewind_all(&mut self, consumer: &Source) {
+        let mut lost = Vec::new();
+        for task in self.tasks.values_mut() {
+            task.rewind();
+            if let Err(e) = seek(consumer, &self.topics.input, task.partition(), task.committed_offset()) {
+                tracing::warn!(partition = task.partition(), error = %e, "seek back failed; restoring the task");
+                lost.push(task.partition());
+            }
+        }
+        for partition in lost {
+            self.restore_again(partition, consumer);
+        }
+    }
+
+    /// Takes a running task back to restoring: its store is brought up to date
+    /// from the changelog and it resumes where Kafka says.
+    fn restore_again(&mut self, partition: i32, consumer: &Source) {
+        if let Some(mut task) = self.tasks.remove(&partition) {
+            task.rewind();
+            self.begin_restore(partition, task.into_store(), consumer);
+        }
+    }
+
+    fn begin_restore(&mut self, partition: i32, store: Box<dyn Store>, consumer: &Source) {
+        if let Err(e) = consumer.pause(&partition_list(&self.topics.input, partition)) {
+            tracing::warn!(partition, error = %e, "pausing a restoring partition");
+        }
+        self.epoch += 1;
+        self.queries.ask(partition, self.epoch);
+        self.restoring
+            .insert(partition, Restoring { store, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.tasks.set(self.tasks.len() as i64);
+        self.metrics.tasks_restoring.set(self.restoring.len() as i64);
+    }
+
+    /// Whether some task is restoring.
+    pub(super) fn is_restoring(&self) -> bool {
+        !self.restoring.is_empty()
+    }
+
+    /// Moves restores on: answers about where tasks resume, changelog records,
+    /// and tasks that are ready to run. At most `budget` is spent reading.
+    pub(super) fn drive_restores(&mut self, consumer: &Source, budget: Duration) -> Result<(), PipelineError> {
+        if self.restoring.is_empty() {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        for answer in self.queries.answers() {
+            if let Some(partition) = self.start_reading(answer)? {
+                ready.push(partition);
+            }
+        }
+        let restoring = &mut self.restoring;
+        let metrics = &self.metrics;
+        let finished = self.restorer.poll(budget, |partition, changes, next| {
+            metrics.restored_records.inc_by(changes.len() as u64);
+            match restoring.get_mut(&partition) {
+                Some(r) => {
+                    r.store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
+                }
+                None => Ok(()),
+            }
+        })?;
+        for done in finished {
+            if let Some(r) = self.restoring.get_mut(&done.partition)
+                && let Phase::Reading { committed, meta } = r.phase
+            {
+                r.phase = Phase::Seeking { committed, meta, records: done.records };
+                ready.push(done.partition);
+            }
+        }
+        // Tasks restored earlier whose seek failed are tried again.
+        ready.extend(self.restoring.iter().filter(|(_, r)| matches!(r.phase, Phase::Seeking { .. })).map(|(p, _)| *p));
+        ready.sort_unstable();
+        ready.dedup();
+        for partition in ready {
+            self.run_restored(partition, consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Knowing where `answer`'s task resumes, starts reading its changelog.
+    /// Returns the partition if there is nothing to read.
+    fn start_reading(&mut self, answer: Resume) -> Result<Option<i32>, PipelineError> {
+        let Some(r) = self.restoring.get_mut(&answer.partition) else { return Ok(None) };
+        if !matches!(r.phase, Phase::Asking { epoch } if epoch == answer.epoch) {
+            return Ok(None);
+        }
+        let partition = answer.partition;
+        let checkpoint = r.store.checkpoint().map_err(TaskError::from)?;
+        let from = match checkpoint {
+            Some(c) if c >= answer.changelog_low && c <= answer.changelog_end => c,
+            None if r.store.approximate_len() == 0 => answer.changelog_low,
+            other => {
+                // The store does not match the changelog (it was cut, or made
+                // again): start over from the changelog alone.
+                tracing::warn!(
+                    partition,
+                    checkpoint = ?other,
+                    low = answer.changelog_low,
+                    end = answer.changelog_end,
+                    "local store does not match its changelog; restoring it from scratch"
+                );
+                r.store.clear().map_err(TaskError::from)?;
+                answer.changelog_low
+            }
+        };
+        let meta = CommitMetadata::parse(&answer.metadata);
+        let reading = self.restorer.start(partition, from, answer.changelog_end)?;
+        tracing::info!(
+            partition,
+            committed = ?answer.committed,
+            checkpoint = ?checkpoint,
+            changelog_end = answer.changelog_end,
+            "restoring task"
+        );
+        let committed = answer.committed;
+        r.phase =
+            if reading { Phase::Reading { committed, meta } } else { Phase::Seeking { committed, meta, records: 0 } };
+        Ok((!reading).then_some(partition))
+    }
+
+    /// A restored task starts running at its committed offset.
+    fn run_restored(&mut self, partition: i32, consumer: &Source) -> Result<(), PipelineError> {
+        let Some(r) = self.restoring.get(&partition) else { return Ok(()) };
+        let Phase::Seeking { committed, meta, records } = r.phase else { return Ok(()) };
+        if let Err(e) = seek(consumer, &self.topics.input, partition, committed) {
+            tracing::debug!(partition, error = %e, "seek not possible yet; trying again");
+            return Ok(());
+        }
+        if let Err(e) = consumer.resume(&partition_list(&self.topics.input, partition)) {
+            tracing::debug!(partition, error = %e, "resume not possible yet; trying again");
+            return Ok(());
+        }
+        let Some(r) = self.restoring.remove(&partition) else { return Ok(()) };
+        // Offsets committed before schemas were recorded are in the plugin's.
+        let schema = meta.schema.unwrap_or(self.versions.info().state_schema);
+        let task = Task::new(
+            partition,
+            self.versions.info().windowing,
+            self.cfg.grace_ms,
+            r.store,
+            committed,
+            meta.stream_time,
+            schema,
+        );
+        tracing::info!(
+            partition,
+            offset = ?committed,
+            stream_time = ?meta.stream_time,
+            restored = records,
+            took_ms = r.since.elapsed().as_millis() as u64,
+            "task assigned"
+        );
+        self.tasks.insert(partition, task);
+        self.update_gauges();
+        if let Some(what) = self.align_state(Some(partition))? {
+            tracing::info!(version = %self.versions.active, partition, "state of a newly assigned partition: {what}");
+        }
+        Ok(())
+    }
+
+    fn open_store(&self, partition: i32) -> Result<Box<dyn Store>, PipelineError> {
+        Ok(match &self.rocks {
+            Some(options) => {
+                let dir: PathBuf =
+                    self.cfg.state.dir.join(&self.cfg.application_id).join(format!("windows-{partition}"));
+                Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
+            }
+            None => Box::new(MemoryStore::default()),
+        })
+    }
+
+    /// Brings the tasks' state (every task's, or one partition's) to the running
+    /// plugin's schema — or drops it, if the version was activated with
+    /// `reset_state`. Returns what it did, if anything, for the swap history.
+    pub(super) fn align_state(&mut self, only: Option<i32>) -> Result<Option<String>, PipelineError> {
+        let info = self.versions.info().clone();
+        let label = self.versions.active.clone();
+        let reset = self.versions.reset_state;
+        let (mut windows, mut from) = (0usize, std::collections::BTreeSet::new());
+        for task in self.tasks.values_mut() {
+            if only.is_some_and(|p| p != task.partition()) {
+                continue;
+            }
+            let stored = task.state_schema();
+            if !reset && stored == info.state_schema {
+                continue;
+            }
+            if !reset && !info.reads_state(stored) {
+                return Err(PipelineError::Swap(SwapError::StateSchema {
+                    label,
+                    schema: info.state_schema,
+                    migrates_from: info.migrates_from,
+                    stored,
+                }));
+            }
+            from.insert(stored);
+            let max_bytes = self.cfg.state.uncommitted_mb << 20;
+            windows += task.evolve(&mut self.versions.worker, &self.metrics, info.state_schema, reset, max_bytes)?;
+        }
+        if from.is_empty() {
+            return Ok(None);
+        }
+        let what = if reset {
+            format!("reset: {windows} stored windows dropped")
+        } else {
+            format!("migrated {windows} stored windows from state schema {from:?} to {}", info.state_schema)
+        };
+        tracing::info!(version = %label, "{what}");
+        Ok(Some(what))
+    }
+
+    /// Applies a staged swap or rollback, but only at a transaction boundary
+    /// (nothing processed since the last commit).
+    pub(super) fn apply_control(&mut self) {
+        if self.failed || self.has_progress() {
+            return;
+        }
+        let Ok(command) = self.control.try_recv() else { return };
+        let paused = Instant::now();
+        let (label, worker, reset_state) = match command {
+            ControlCommand::Activate(staged) => {
+                (staged.label, Worker::with_instance(staged.plugin, staged.instance), staged.reset_state)
+            }
+            ControlCommand::Rollback { reset_state } => match self.versions.previous.take() {
+                Some((label, plugin)) => (label, Worker::new(plugin), reset_state),
+                None => return,
+            },
+        };
+        let from = self.versions.switch(label.clone(), worker);
+        self.metrics.swaps.inc();
+        self.versions.probation = true;
+        self.versions.probation_until = Instant::now().checked_add(Duration::from_millis(self.cfg.swap_probation_ms));
+        self.versions.reset_state = reset_state;
+        let state = match self.align_state(None) {
+            Ok(state) => state,
+            Err(error) => {
+                // Nothing was processed since the boundary: forget the partial
+                // conversion and hand the state back to the previous version.
+                for task in self.tasks.values_mut() {
+                    task.rewind();
+                }
+                self.versions.reset_state = false;
+                let event = SwapEvent { from, to: label, pause: paused.elapsed(), rolled_back: None, state: None };
+                self.versions.record(event, None);
+                if let Err(e) = self.roll_back_after(&error) {
+                    self.fatal.get_or_insert(e);
+                }
+                return;
+            }
+        };
+        let pause = paused.elapsed();
+        tracing::info!(from = %from, to = %label, pause_us = pause.as_micros() as u64, "plugin swapped at a transaction boundary");
+        self.versions.record(SwapEvent { from, to: label, pause, rolled_back: None, state }, None);
+    }
+
+    /// The version on probation failed with `error`: go back to the previous one
+    /// if it can read the state as last committed; otherwise keep it and let its
+    /// failures be contained like any version's.
+    fn roll_back_after(&mut self, error: &PipelineError) -> Result<(), PipelineError> {
+        let readable = self.versions.previous.as_ref().is_some_and(|(_, previous)| {
+            self.tasks.values().all(|t| previous.info().reads_state(t.committed_state_schema()))
+        });
+        if !readable {
+            self.versions.probation = false;
+            let reason = format!(
+                "version {} failed on probation but was kept: the previous version cannot read the state schema it \
+                 committed; failures now follow on_failure: {error}",
+                self.versions.active
+            );
+            tracing::error!("{reason}");
+            self.versions.note_error(reason);
+            return Ok(());
+        }
+        let Some((label, plugin)) = self.versions.previous.take() else { return Ok(()) };
+        let failed = self.versions.switch(label.clone(), Worker::new(plugin));
+        self.versions.probation = false;
+        self.versions.reset_state = false;
+        let reason = format!("version {failed} failed and was rolled back to {label}: {error}");
+        tracing::error!("{reason}");
+        self.metrics.swap_rollbacks.inc();
+        self.versions.record(
+            SwapEvent {
+                from: failed,
+                to: label,
+                pause: Duration::ZERO,
+                rolled_back: Some(reason.clone()),
+                state: None,
+            },
+            Some(reason),
+        );
+        Ok(())
+    }
+
+    /// Gives up every task without committing (the consumer is being replaced):
+    /// aborts, rewinds, and keeps the stores for the next assignment.
+    pub(super) fn abandon_all(&mut self) {
+        self.outbox.clear();
+        let _ = self.sink.abort();
+        for (partition, mut task) in std::mem::take(&mut self.tasks) {
+            task.rewind();
+            self.suspended.insert(partition, task.into_store());
+        }
+        for (partition, r) in std::mem::take(&mut self.restoring) {
+            self.restorer.cancel(partition);
+            self.queries.forget(partition);
+            self.suspended.insert(partition, r.store);
+        }
+        self.update_gauges();
+    }
+}
+
+/// Positions the consumer on `partition` at `offset` (the beginning if none).
+fn seek(consumer: &Source, topic: &str, partition: i32, offset: Option<i64>) -> Result<(), KafkaIoError> {
+    let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+    consumer.seek(topic, partition, offset, Duration::from_secs(2)).map_err(KafkaIoError::from)
+}
+
+impl RebalanceHandler for Engine {
+    fn revoke(&mut self, consumer: &Source, partitions: &TopicPartitionList, lost: bool) {
+        if lost || self.failed {
+            // Nothing may be committed: the partitions may have an owner already.
+            if lost {
+                tracing::warn!("partitions lost (this member was removed from the group): nothing is committed");
+            }
+            self.outbox.clear();
+            let _ = self.sink.abort();
+            self.rewind_all(consumer);
+        } else if let Err(e) = self.commit(consumer, true) {
+            tracing::error!(error = %e, "commit before revocation failed");
+            self.fatal.get_or_insert(e);
+        }
+        for elem in partitions.elements_for_topic(&self.topics.input) {
+            let partition = elem.partition();
+            if let Some(mut task) = self.tasks.remove(&partition) {
+                task.rewind();
+                self.suspended.insert(partition, task.into_store());
+            } else if let Some(r) = self.restoring.remove(&partition) {
+                self.restorer.cancel(partition);
+                self.queries.forget(partition);
+                self.suspended.insert(partition, r.store);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn assign(&mut self, consumer: &Source, partitions: &TopicPartitionList) {
+        let assigned: Vec<i32> =
+            partitions.elements_for_topic(&self.topics.input).iter().map(|e| e.partition()).collect();
+        for &partition in &assigned {
+            if self.tasks.contains_key(&partition) || self.restoring.contains_key(&partition) {
+                continue;
+            }
+            let store = match self.suspended.remove(&partition) {
+                Some(store) => store,
+                None => match self.open_store(partition) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "opening the task's store failed");
+                        self.fatal.get_or_insert(e);
+                        continue;
+                    }
+                },
+            };
+            self.begin_restore(partition, store, consumer);
+        }
+        // Stores of partitions that went elsewhere are closed.
+        self.suspended.clear();
+        tracing::info!(partitions = ?assigned, "partitions assigned; restoring their tasks");
+    }
+}

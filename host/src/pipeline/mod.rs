@@ -1,0 +1,487 @@
+//! The pipeline: one consumer-group member, its tasks, its plugin versions and one
+//! producer, in a consume → process → commit loop.
+//!
+//! Under exactly-once every commit ends one Kafka transaction holding the output
+//! records, the changelog records and the input offsets (with each task's stream
+//! time and state schema as offset metadata); stores are written only after it
+//! commits (`engine`). Plugin versions and hot swap live in `swap`.
+//!
+//! A run is a session of Kafka clients. Kafka being away costs time, never the
+//! pipeline: setting up waits for the broker, a fatal consumer error (fenced,
+//! kicked out) makes a new consumer that rejoins the group, a fatal or uncertain
+//! producer is replaced, and every wait gives way to the stop flag within seconds.
+//! What stops a run is what retrying cannot mend: a plugin that keeps failing
+//! under `on_failure = pause`, a state the plugin cannot read, a broken store or
+//! configuration. `weir run` then exits non-zero; `weir serve` restarts the
+//! pipeline with backoff when the cause is on the host's side.
+
+mod engine;
+mod swap;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, Timestamp};
+use thiserror::Error;
+
+pub use engine::Topics;
+use engine::{Engine, Parts, Source};
+pub use swap::{Control, SwapError, SwapEvent, SwapStatus};
+use swap::{ControlCommand, Versions};
+
+use crate::config::{Guarantee, RunConfig, StateBackend};
+use crate::kafka::admin::{TopicSpec, ensure_topics, partition_count};
+use crate::kafka::health::Health;
+use crate::kafka::queries::Queries;
+use crate::kafka::restore::Restorer;
+use crate::kafka::sink::Sink;
+use crate::kafka::source::{self, SourceContext};
+use crate::kafka::{KafkaIoError, base_config};
+use crate::metrics::Metrics;
+use crate::runtime::{GuestError, LoadError, Plugin, Runtime};
+use crate::state::RocksOptions;
+use crate::task::TaskError;
+
+/// Why a pipeline stopped.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The plugin could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    PluginFile {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The plugin could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Kafka failed in a way the pipeline cannot recover from.
+    #[error(transparent)]
+    Kafka(#[from] KafkaIoError),
+    /// A task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The plugin failed again after being replaced.
+    #[error("plugin keeps failing: {0}")]
+    Guest(#[from] GuestError),
+    /// The plugin cannot take over the stored state.
+    #[error(transparent)]
+    Swap(#[from] SwapError),
+    /// Another thread panicked while holding the pipeline.
+    #[error("pipeline state poisoned by an earlier panic")]
+    Poisoned,
+}
+
+impl PipelineError {
+    /// A Kafka failure that retrying from the last commit can get past.
+    pub fn is_transient_kafka(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Kafka(
+                KafkaIoError::Abortable(_)
+                    | KafkaIoError::Uncertain(_)
+                    | KafkaIoError::Unreachable(_)
+                    | KafkaIoError::Stopped
+                    | KafkaIoError::Request(_)
+            )
+        )
+    }
+
+    /// A failure no retry inside the pipeline can mend.
+    fn stops_pipeline(&self) -> bool {
+        match self {
+            PipelineError::Task(e) => e.is_plugin() || matches!(e, TaskError::Frame(_)),
+            PipelineError::Kafka(e) => matches!(e, KafkaIoError::Setup(_) | KafkaIoError::Topic { .. }),
+            PipelineError::Guest(_) | PipelineError::Swap(_) | PipelineError::Config(_) => true,
+            PipelineError::PluginFile { .. } | PipelineError::Load(_) | PipelineError::Poisoned => true,
+        }
+    }
+
+    /// Whether starting the pipeline again later may work: the cause is on the
+    /// host's side (Kafka, a store), not in its plugin, state or configuration.
+    pub fn is_restartable(&self) -> bool {
+        match self {
+            PipelineError::Kafka(KafkaIoError::Topic { .. } | KafkaIoError::Setup(_)) => false,
+            PipelineError::Kafka(_) | PipelineError::Poisoned => true,
+            PipelineError::Task(TaskError::Store(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Test hook: abort the process after flushing the first commit that covers at
+/// least N processed records, before committing it.
+pub const CRASH_ENV: &str = "WEIR_TEST_CRASH_AFTER_FLUSH";
+
+/// How often the pipeline logs its counters.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How long setting up may wait for Kafka per attempt.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stopping pipeline may spend on its last commit and on leaving the
+/// group.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A consumer fenced this many times within [`FENCING_WINDOW`] stops the
+/// pipeline: another host has its identity, and taking turns would never end.
+const MAX_REBUILDS: usize = 3;
+const FENCING_WINDOW: Duration = Duration::from_secs(120);
+
+/// A configured pipeline, ready to run (and to run again after a failure).
+pub struct Pipeline {
+    cfg: RunConfig,
+    metrics: Metrics,
+    health: Health,
+    control: Control,
+    member: String,
+    /// Between sessions: the versions and the swap commands.
+    versions: Option<(Versions, Receiver<ControlCommand>)>,
+}
+
+fn instance_id(cfg: &RunConfig) -> Result<String, PipelineError> {
+    if let Some(id) = &cfg.instance_id {
+        return Ok(id.clone());
+    }
+    let path = cfg.state.dir.join("instance.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::create_dir_all(&cfg.state.dir).and_then(|_| std::fs::write(&path, &id)).map_err(|source| {
+        TaskError::Store(crate::state::StoreError::Io { path: path.display().to_string(), source })
+    })?;
+    Ok(id)
+}
+
+impl Pipeline {
+    /// Loads the plugin and prepares the pipeline; Kafka is first contacted by
+    /// [`Pipeline::run`].
+    pub fn new(cfg: RunConfig, runtime: &Runtime, metrics: Metrics) -> Result<Self, PipelineError> {
+        cfg.validate()?;
+        let wasm = std::fs::read(&cfg.plugin)
+            .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
+        let plugin = runtime.load(&wasm, cfg.sandbox())?;
+        Self::with_plugin(cfg, plugin, metrics)
+    }
+
+    /// Like [`Pipeline::new`], with the plugin already loaded (e.g. from the
+    /// registry); `cfg.plugin` is only reported.
+    pub fn with_plugin(cfg: RunConfig, plugin: Plugin, metrics: Metrics) -> Result<Self, PipelineError> {
+        cfg.validate()?;
+        let info = plugin.info();
+        tracing::info!(plugin = %plugin.label(), windows = ?info.windowing, "plugin loaded");
+        let versions = Versions::new(plugin);
+        let (tx, rx) = channel();
+        let control = Control { tx, status: versions.status.clone() };
+        let health = Health::new(&cfg.application_id, metrics.kafka_reachable.clone());
+        let member = format!("{}-{}", cfg.application_id, instance_id(&cfg)?);
+        Ok(Self { cfg, metrics, health, control, member, versions: Some((versions, rx)) })
+    }
+
+    /// The pipeline's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the pipeline reaches Kafka.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// A handle to swap the pipeline's plugin while it runs.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Checks what can be checked before running: the input topic exists.
+    /// Kafka being unreachable is not an error here (the run waits for it).
+    pub fn preflight(&self) -> Result<(), PipelineError> {
+        let base = base_config(&self.cfg.bootstrap_servers, &self.cfg.kafka);
+        match partition_count(&base, &self.cfg.input_topic, SETUP_TIMEOUT) {
+            Ok(Some(_)) | Err(KafkaIoError::Unreachable(_)) => Ok(()),
+            Ok(None) => {
+                Err(KafkaIoError::Topic { topic: self.cfg.input_topic.clone(), reason: "does not exist".into() }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs until `stop` is set, then commits and leaves the group. Returns an
+    /// error if the pipeline failed; it may be run again afterwards.
+    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Result<(), PipelineError> {
+        let span = tracing::info_span!("pipeline", name = %self.cfg.application_id);
+        let _entered = span.enter();
+        let mut noted = Instant::now() - REPORT_EVERY;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match self.session(stop) {
+                Err(PipelineError::Kafka(KafkaIoError::Unreachable(reason))) => {
+                    self.health.setting_up(Some(&reason));
+                    if noted.elapsed() >= REPORT_EVERY {
+                        noted = Instant::now();
+                        tracing::warn!(%reason, "Kafka unreachable while setting up; trying again");
+                    }
+                    sleep_unless(stop, Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn engine(engine: &Mutex<Engine>) -> Result<MutexGuard<'_, Engine>, PipelineError> {
+        engine.lock().map_err(|_| PipelineError::Poisoned)
+    }
+
+    /// One session: clients made, tasks run, until stop or failure.
+    fn session(&mut self, stop: &Arc<AtomicBool>) -> Result<(), PipelineError> {
+        let cfg = &self.cfg;
+        let mut base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
+        let partitions = partition_count(&base, &cfg.input_topic, SETUP_TIMEOUT)?
+            .ok_or_else(|| KafkaIoError::Topic { topic: cfg.input_topic.clone(), reason: "does not exist".into() })?;
+        let topics = Topics {
+            input: cfg.input_topic.clone(),
+            output: cfg.output_topic.clone(),
+            changelog: cfg.changelog_topic(),
+            dead_letter: cfg.dead_letter_topic(),
+        };
+        let spec = |name: &str, configs: Vec<(String, String)>, exact| TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            replication: cfg.replication_factor,
+            configs,
+            exact_partitions: exact,
+        };
+        ensure_topics(
+            &base,
+            &[
+                spec(&topics.output, vec![], false),
+                spec(&topics.changelog, vec![("cleanup.policy".into(), "compact".into())], true),
+                spec(&topics.dead_letter, vec![], false),
+            ],
+            SETUP_TIMEOUT,
+        )?;
+        let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
+        let queries = Queries::start(
+            &base,
+            &cfg.application_id,
+            &topics.input,
+            &topics.changelog,
+            self.health.clone(),
+            stop.clone(),
+        )?;
+        let restorer = Restorer::new(&base, &topics.changelog, exactly_once, self.health.clone())?;
+        let mut producer = base.clone();
+        producer.set("compression.type", cfg.compression.as_str());
+        let sink = Sink::new(
+            producer,
+            std::slice::from_ref(&topics.changelog),
+            exactly_once.then_some(self.member.as_str()),
+            self.health.clone(),
+            stop.clone(),
+        );
+        base.set("client.id", format!("weir-{}", cfg.application_id));
+        let consumer_config = source::consumer_config(&base, &cfg.application_id, &self.member);
+        let rocks = (cfg.state.backend == StateBackend::Rocksdb)
+            .then(|| RocksOptions::new(cfg.state.cache_mb << 20, cfg.state.write_buffer_mb << 20));
+        self.health.setting_up(None);
+        let Some((versions, control)) = self.versions.take() else { return Err(PipelineError::Poisoned) };
+        let engine = Arc::new(Mutex::new(Engine::new(Parts {
+            cfg: cfg.clone(),
+            topics,
+            sink,
+            versions,
+            control,
+            metrics: self.metrics.clone(),
+            restorer,
+            queries,
+            rocks,
+        })));
+        let result = self.drive(&engine, &consumer_config, stop);
+        // Whatever happened, the versions (and the swap history) live on.
+        match Arc::try_unwrap(engine) {
+            Ok(engine) => {
+                let engine = engine.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.versions = Some(engine.into_versions());
+            }
+            Err(_) => return Err(PipelineError::Poisoned),
+        }
+        result
+    }
+
+    /// The loop of a session, and its shutdown.
+    fn drive(
+        &self,
+        engine: &Arc<Mutex<Engine>>,
+        consumer_config: &rdkafka::ClientConfig,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<(), PipelineError> {
+        let subscribe = || {
+            source::subscribe(
+                consumer_config,
+                SourceContext::new(engine.clone(), self.health.clone()),
+                &[self.cfg.input_topic.as_str()],
+            )
+        };
+        let mut consumer = subscribe()?;
+        let result = self.poll_loop(engine, &mut consumer, &subscribe, stop);
+        let mut stopped_cleanly = result.is_ok();
+        {
+            let mut engine = Self::engine(engine)?;
+            engine.sink.allow_grace(SHUTDOWN_GRACE);
+            if result.is_ok() && !engine.failed {
+                // The last commit, bounded by the grace period.
+                if let Err(e) = engine.commit(&consumer, true) {
+                    stopped_cleanly = false;
+                    if !e.is_transient_kafka() {
+                        drop(engine);
+                        source::close(consumer, SHUTDOWN_GRACE);
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "the last commit failed: the next owner redoes the work since the commit before");
+                }
+            }
+        }
+        source::close(consumer, SHUTDOWN_GRACE);
+        tracing::info!(metrics = %self.metrics.summary(), clean = stopped_cleanly, "pipeline stopped");
+        result
+    }
+
+    fn poll_loop(
+        &self,
+        engine: &Arc<Mutex<Engine>>,
+        consumer: &mut Source,
+        subscribe: &dyn Fn() -> Result<Source, KafkaIoError>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<(), PipelineError> {
+        let interval = self.cfg.commit_interval();
+        let batch = self.cfg.batch_size;
+        let hold_limit = self.cfg.state.uncommitted_mb << 20;
+        let mut rebuilds: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+        let mut last_commit = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = Instant::now();
+                tracing::info!(metrics = %self.metrics.summary(), "progress");
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let (restoring, held) = {
+                let engine = Self::engine(engine)?;
+                (engine.is_restoring(), engine.held_bytes())
+            };
+            let mut wait = interval.saturating_sub(last_commit.elapsed()).min(Duration::from_millis(100));
+            if restoring {
+                wait = wait.min(Duration::from_millis(5));
+            }
+            let mut polled = 0;
+            let mut consumer_fatal = None;
+            // Over the memory bound, nothing more is read until a commit.
+            while polled < batch && held < hold_limit {
+                let Some(message) = consumer.poll(wait) else { break };
+                wait = Duration::ZERO;
+                let message = match message {
+                    Ok(m) => m,
+                    Err(KafkaError::MessageConsumptionFatal(code)) => {
+                        consumer_fatal = Some(code.to_string());
+                        break;
+                    }
+                    Err(KafkaError::MessageConsumption(code)) => {
+                        self.health.report_error("consumer", &KafkaError::Global(code), &code.to_string());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        break;
+                    }
+                };
+                polled += 1;
+                let timestamp = match message.timestamp() {
+                    Timestamp::NotAvailable => None,
+                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                };
+                Self::engine(engine)?.accept(
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.payload(),
+                    timestamp,
+                );
+            }
+            if consumer_fatal.is_none()
+                && let Some((code, reason)) = consumer.client().fatal_error()
+            {
+                consumer_fatal = Some(format!("{code}: {reason}"));
+            }
+            {
+                let mut engine = Self::engine(engine)?;
+                if let Some(e) = engine.fatal.take() {
+                    return Err(engine.fail(e));
+                }
+                let budget = if engine.is_restoring() { Duration::from_millis(20) } else { Duration::ZERO };
+                if let Err(e) = engine.drive_restores(consumer, budget) {
+                    return Err(engine.fail(e));
+                }
+                let due = last_commit.elapsed() >= interval || engine.held_bytes() >= hold_limit;
+                let step = if due {
+                    last_commit = Instant::now();
+                    engine.commit(consumer, false)
+                } else {
+                    engine.process_pending().map_err(PipelineError::from).or_else(|e| engine.recover(e, consumer))
+                };
+                if let Err(e) = step {
+                    // Whatever stopped the loop, nothing more is committed.
+                    return Err(if engine.failed { e } else { engine.fail(e) });
+                }
+                engine.apply_control();
+                engine.sink.poll();
+            }
+            if let Some(reason) = consumer_fatal {
+                // Fenced or kicked out: this consumer is done. A new one rejoins
+                // the group; every task restores from what Kafka has. Fenced again
+                // and again means another host has this one's identity.
+                rebuilds.retain(|at| at.elapsed() < FENCING_WINDOW);
+                if rebuilds.len() >= MAX_REBUILDS {
+                    let error = KafkaIoError::Fatal(format!(
+                        "the consumer was fenced {} times within {} s ({reason}): another host runs with this \
+                         host's instance id {:?}; give each host its own",
+                        rebuilds.len() + 1,
+                        FENCING_WINDOW.as_secs(),
+                        self.member
+                    ));
+                    return Err(Self::engine(engine)?.fail(error.into()));
+                }
+                rebuilds.push_back(Instant::now());
+                tracing::warn!(%reason, "the consumer failed fatally; making a new one that rejoins the group");
+                Self::engine(engine)?.abandon_all();
+                let replacement = subscribe()?;
+                let old = std::mem::replace(consumer, replacement);
+                source::close(old, Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Sleeps for `duration`, waking early when `stop` is set.
+pub fn sleep_unless(stop: &AtomicBool, duration: Duration) {
+    let until = Instant::now() + duration;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+}

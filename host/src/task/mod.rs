@@ -1,0 +1,705 @@
+//! A task: one input partition with its own store, stream time and uncommitted
+//! window updates.
+//!
+//! Records are buffered per task and handed to the plugin in chunks (`batch`):
+//! the task assigns each record to its windows (dropping windows already closed by
+//! stream time and grace), passes the plugin the accumulators the chunk touches,
+//! and keeps the updated ones in memory until commit. A chunk is cut so its frame
+//! stays within the plugin's frame budget. At commit it renders changed (or, in
+//! final mode, closed) windows through the plugin and queues results and
+//! changelog records in the [`Outbox`]; once the transaction carrying them is
+//! committed, it writes the changes and the new changelog checkpoint to its store
+//! in one batch.
+//!
+//! Nothing a task does between two commits reaches Kafka or its store before the
+//! commit: a failure anywhere in a commit is undone by [`Task::rewind`], which
+//! puts the task back exactly at its last commit.
+//!
+//! A task also knows the state schema its store is written in. When a plugin with
+//! another schema takes over, [`Task::evolve`] converts (or drops) every stored
+//! accumulator before the plugin sees one; the converted values are written like
+//! any other change — changelog and store, with the new schema in the commit —
+//! so a crash before that commit leaves the old state and the old schema intact.
+
+mod batch;
+pub mod outbox;
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+use weir_abi::{FinishIn, FinishOut, FinishSlot, MigrateOut, Window};
+
+use crate::config::{EmitMode, FailurePolicy};
+use crate::faults;
+use crate::metrics::Metrics;
+use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, clip};
+use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound};
+use crate::window::Windowing;
+pub use outbox::{Dest, Out, Outbox};
+
+/// A task failure.
+#[derive(Debug, Error)]
+pub enum TaskError {
+    /// The plugin failed.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Host and plugin disagree about a frame.
+    #[error("frame: {0}")]
+    Frame(String),
+    /// The plugin kept failing and the pipeline is configured to pause.
+    #[error("plugin keeps failing and on_failure = pause: {0}")]
+    Paused(GuestError),
+    /// The plugin failed on a chunk of records but on none of them alone, so no
+    /// record could be dead-lettered for it.
+    #[error(
+        "plugin failed on {records} records of partition {partition} (offsets {first}..={last}) together but on \
+         none of them alone, so the failure could not be pinned to a record: {error}"
+    )]
+    Unpinned {
+        /// The input partition.
+        partition: i32,
+        /// First offset of the chunk.
+        first: i64,
+        /// Last offset of the chunk.
+        last: i64,
+        /// Records in the chunk.
+        records: usize,
+        /// The failure.
+        error: GuestError,
+    },
+}
+
+impl TaskError {
+    /// Whether the plugin (not the host, the store or Kafka) caused this.
+    pub fn is_plugin(&self) -> bool {
+        matches!(self, TaskError::Guest(_) | TaskError::Paused(_) | TaskError::Unpinned { .. })
+    }
+}
+
+fn frame_err(e: weir_abi::Error) -> TaskError {
+    TaskError::Frame(e.to_string())
+}
+
+/// How a task treats plugin failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Retries of a failed plugin call (each on a fresh instance) before the
+    /// failing record or window is looked for.
+    pub retries: u32,
+    /// The plugin was just swapped in: a failure means the version is broken, not
+    /// the record, so it is returned at once (the pipeline rolls back).
+    pub probation: bool,
+    /// What to do with a record (or window) the plugin keeps failing on.
+    pub on_failure: FailurePolicy,
+    /// Emit mode.
+    pub emit: EmitMode,
+}
+
+/// What a task needs from its pipeline while it works.
+pub struct Env<'a> {
+    /// The plugin.
+    pub guest: &'a mut dyn Guest,
+    /// Where records to write go.
+    pub outbox: &'a mut Outbox,
+    /// Counters.
+    pub metrics: &'a Metrics,
+    /// The input topic (named in dead-letter headers).
+    pub input_topic: &'a str,
+    /// How failures are treated.
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    key: Option<Span>,
+    value: Option<Span>,
+    timestamp: Option<i64>,
+    offset: i64,
+}
+
+/// One input partition's processing state.
+pub struct Task {
+    partition: i32,
+    windowing: Windowing,
+    grace_ms: i64,
+    store: Box<dyn Store>,
+    /// Uncommitted accumulators by window-store key.
+    dirty: HashMap<Vec<u8>, Vec<u8>>,
+    /// Bytes of keys and values in `dirty`.
+    dirty_bytes: usize,
+    /// Uncommitted conversions of stored accumulators to `schema` (`None` drops
+    /// the window); read before the store, written without emitting results.
+    migrated: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// State schema of the store plus the uncommitted changes.
+    schema: u32,
+    committed_schema: u32,
+    stream_time: Option<i64>,
+    committed_stream_time: Option<i64>,
+    next_offset: Option<i64>,
+    committed_offset: Option<i64>,
+    /// Windows ending before this were expired from the store already.
+    expired_before: i64,
+    pending: Vec<Pending>,
+    arena: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+/// The changes to apply to a store once the transaction carrying them commits.
+pub struct PreparedCommit {
+    changes: Vec<Change>,
+}
+
+impl Task {
+    /// A task over `store` (written in state schema `schema`), resuming at
+    /// `committed_offset` with `stream_time`.
+    pub fn new(
+        partition: i32,
+        windowing: Windowing,
+        grace_ms: u64,
+        store: Box<dyn Store>,
+        committed_offset: Option<i64>,
+        stream_time: Option<i64>,
+        schema: u32,
+    ) -> Self {
+        Self {
+            partition,
+            windowing,
+            grace_ms: grace_ms as i64,
+            store,
+            dirty: HashMap::new(),
+            dirty_bytes: 0,
+            migrated: HashMap::new(),
+            schema,
+            committed_schema: schema,
+            stream_time,
+            committed_stream_time: stream_time,
+            next_offset: committed_offset,
+            committed_offset,
+            expired_before: i64::MIN,
+            pending: Vec::new(),
+            arena: Vec::new(),
+            frame: Vec::new(),
+        }
+    }
+
+    /// The input partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The offset to commit (after the last processed record), if any.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.next_offset
+    }
+
+    /// The offset of the last commit; where to resume after an abort.
+    pub fn committed_offset(&self) -> Option<i64> {
+        self.committed_offset
+    }
+
+    /// The highest event time seen.
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// Gives up the task, keeping its store (whose committed state stays valid).
+    pub fn into_store(self) -> Box<dyn Store> {
+        self.store
+    }
+
+    /// Number of buffered records.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes of buffered records.
+    pub fn pending_bytes(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Bytes of uncommitted state (accumulators waiting for the next commit).
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
+    /// The state schema the task's state is in (including uncommitted changes).
+    pub fn state_schema(&self) -> u32 {
+        self.schema
+    }
+
+    /// The state schema of the task's last commit.
+    pub fn committed_state_schema(&self) -> u32 {
+        self.committed_schema
+    }
+
+    /// What to store with the committed offset: stream time and state schema.
+    pub fn commit_metadata(&self) -> String {
+        CommitMetadata { stream_time: self.stream_time, schema: Some(self.schema) }.to_string()
+    }
+
+    /// Whether anything happened since the last commit.
+    pub fn has_progress(&self) -> bool {
+        self.next_offset != self.committed_offset
+            || !self.dirty.is_empty()
+            || !self.migrated.is_empty()
+            || self.schema != self.committed_schema
+    }
+
+    /// Brings every stored accumulator to state schema `to`: through the plugin's
+    /// `migrate`, or — with `reset` — by dropping them all. Only at a transaction
+    /// boundary (nothing pending or uncommitted). Returns how many windows it
+    /// touched. The conversion is committed by the next commit, or forgotten by
+    /// [`Task::rewind`]; it is held in memory until then, so converted
+    /// accumulators larger than `max_bytes` in all fail it.
+    pub fn evolve(
+        &mut self,
+        guest: &mut dyn Guest,
+        metrics: &Metrics,
+        to: u32,
+        reset: bool,
+        max_bytes: usize,
+    ) -> Result<usize, TaskError> {
+        let keys = self.store.keys()?;
+        let from = self.schema;
+        let mut held = 0usize;
+        if reset {
+            self.migrated.extend(keys.into_iter().map(|k| (k, None)));
+        } else {
+            let budget = guest.max_frame_bytes();
+            let mut at = 0;
+            while at < keys.len() {
+                // A chunk of stored accumulators within the frame budget.
+                let mut accs = Vec::new();
+                let mut bytes = 0usize;
+                while at + accs.len() < keys.len() && accs.len() < MIGRATE_BATCH {
+                    let key = &keys[at + accs.len()];
+                    let acc = self.store.get(key)?.unwrap_or_default();
+                    bytes += key.len() + acc.len() + 32;
+                    if !accs.is_empty() && bytes > budget {
+                        break;
+                    }
+                    accs.push(acc);
+                }
+                let chunk = &keys[at..at + accs.len()];
+                at += accs.len();
+                let mut slots = Vec::with_capacity(chunk.len());
+                for (key, acc) in chunk.iter().zip(&accs) {
+                    let (window, record_key) =
+                        split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
+                    slots.push(FinishSlot { key: record_key, window, acc });
+                }
+                let frame = weir_abi::encode(&FinishIn { slots }).map_err(frame_err)?;
+                metrics.guest_calls.inc();
+                let answer = guest.migrate(from, &frame)?;
+                let out: MigrateOut<'_> = weir_abi::decode(&answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+                if out.accs.len() != chunk.len() {
+                    return Err(GuestError::BadFrame(format!(
+                        "migrate returned {} accumulators for {} slots",
+                        out.accs.len(),
+                        chunk.len()
+                    ))
+                    .into());
+                }
+                for (key, acc) in chunk.iter().zip(out.accs) {
+                    if let Some(acc) = acc {
+                        check_value(guest, acc)?;
+                        held += key.len() + acc.len();
+                    }
+                    if held > max_bytes {
+                        return Err(GuestError::Plugin(format!(
+                            "the migration's output would hold more than {} MiB in memory until it commits; the \
+                             limit is [state] uncommitted_mb",
+                            max_bytes >> 20
+                        ))
+                        .into());
+                    }
+                    self.migrated.insert(key.clone(), acc.map(<[u8]>::to_vec));
+                }
+            }
+        }
+        self.schema = to;
+        tracing::info!(partition = self.partition, from, to, reset, windows = self.migrated.len(), "state evolved");
+        Ok(self.migrated.len())
+    }
+
+    /// The current accumulator of `key`: uncommitted, converted, or stored.
+    fn current(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TaskError> {
+        if let Some(v) = self.dirty.get(key) {
+            return Ok(Some(v.clone()));
+        }
+        if let Some(v) = self.migrated.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(self.store.get(key)?)
+    }
+
+    fn push_bytes(&mut self, bytes: Option<&[u8]>) -> Option<Span> {
+        bytes.map(|b| {
+            let start = self.arena.len() as u32;
+            self.arena.extend_from_slice(b);
+            Span { start, len: b.len() as u32 }
+        })
+    }
+
+    /// Buffers a record; returns false (and buffers nothing) if it was already
+    /// processed.
+    pub fn accept(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: Option<i64>) -> bool {
+        let already = self.pending.last().map(|p| p.offset + 1).or(self.next_offset);
+        if already.is_some_and(|next| offset < next) {
+            return false;
+        }
+        let key = self.push_bytes(key);
+        let value = self.push_bytes(value);
+        self.pending.push(Pending { key, value, timestamp, offset });
+        true
+    }
+
+    fn dead_letter(&self, env: &mut Env<'_>, record: &Pending, reason: &str) {
+        let reason = clip(reason, MAX_REASON_BYTES);
+        tracing::warn!(partition = self.partition, offset = record.offset, %reason, "record sent to the dead-letter topic");
+        env.outbox.push(Out {
+            dest: Dest::DeadLetter,
+            partition: None,
+            key: span_bytes(&self.arena, record.key).map(<[u8]>::to_vec),
+            value: span_bytes(&self.arena, record.value).map(<[u8]>::to_vec),
+            timestamp: record.timestamp,
+            headers: vec![
+                ("weir.error", reason),
+                ("weir.source.topic", env.input_topic.to_owned()),
+                ("weir.source.partition", self.partition.to_string()),
+                ("weir.source.offset", record.offset.to_string()),
+            ],
+        });
+        env.metrics.dead_letters.inc();
+    }
+
+    /// Runs the buffered records through the plugin.
+    pub fn process_pending(&mut self, env: &mut Env<'_>) -> Result<(), TaskError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.process_records(env, &pending);
+        self.arena.clear();
+        result
+    }
+
+    /// Queues this commit's results and changelog records in the outbox and
+    /// returns the store changes to apply once the transaction has committed.
+    /// The caller rewinds the task if anything in the commit fails.
+    pub fn prepare_commit(&mut self, env: &mut Env<'_>) -> Result<PreparedCommit, TaskError> {
+        let close = self.stream_time.map(|st| st.saturating_sub(self.grace_ms));
+        let is_closed = |window: Window| close.is_some_and(|c| window.end <= c);
+
+        // Windows that closed since the last commit and are only in the store.
+        let mut closed_in_store: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if let Some(close) = close {
+            let bound = window_end_bound(close.saturating_add(1));
+            if self.expired_before < close.saturating_add(1) {
+                // Windows ending before the previous bound were deleted by an
+                // earlier commit and no late record can reopen them: start there.
+                let from =
+                    if self.expired_before == i64::MIN { Vec::new() } else { window_end_bound(self.expired_before) };
+                for key in self.store.keys_between(&from, &bound)? {
+                    if !self.dirty.contains_key(&key)
+                        && let Some(acc) = self.current(&key)?
+                    {
+                        closed_in_store.push((key, acc));
+                    }
+                }
+                self.expired_before = close.saturating_add(1);
+            }
+        }
+
+        let dirty: Vec<(Vec<u8>, Vec<u8>)> = self.dirty.drain().collect();
+        self.dirty_bytes = 0;
+        // What to render: every changed window, or only windows that closed.
+        let render: Vec<(&[u8], &[u8])> = match env.policy.emit {
+            EmitMode::Updates => dirty.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect(),
+            EmitMode::Final => dirty
+                .iter()
+                .chain(closed_in_store.iter())
+                .filter(|(k, _)| split_window_key(k).is_some_and(|(w, _)| is_closed(w)))
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect(),
+        };
+        self.render(env, &render)?;
+
+        // One change per key; later sources win: conversions, then expiry, then
+        // this commit's updates.
+        let mut by_key: HashMap<Vec<u8>, Option<Vec<u8>>> = self.migrated.drain().collect();
+        by_key.extend(closed_in_store.into_iter().map(|(key, _)| (key, None)));
+        by_key.extend(dirty.into_iter().map(|(key, acc)| (key, Some(acc))));
+        let mut changes: Vec<Change> = Vec::with_capacity(by_key.len());
+        for (key, acc) in by_key {
+            let closed = split_window_key(&key).is_some_and(|(w, _)| is_closed(w));
+            changes.push((key, acc.filter(|_| !closed)));
+        }
+        for (key, value) in &changes {
+            env.outbox.push(Out {
+                dest: Dest::Changelog,
+                partition: Some(self.partition),
+                key: Some(key.clone()),
+                value: value.clone(),
+                timestamp: self.stream_time,
+                headers: Vec::new(),
+            });
+        }
+        Ok(PreparedCommit { changes })
+    }
+
+    /// Renders `slots` (window-store key, accumulator) through the plugin in
+    /// chunks within the frame budget, queueing each result. A window the plugin
+    /// keeps failing on (or renders too large) has its result dead-lettered with
+    /// the reason, or stops the pipeline, as configured; on probation the failure
+    /// is returned at once.
+    fn render(&mut self, env: &mut Env<'_>, slots: &[(&[u8], &[u8])]) -> Result<(), TaskError> {
+        let budget = env.guest.max_frame_bytes();
+        let mut at = 0;
+        while at < slots.len() {
+            let mut end = at;
+            let mut bytes = 0usize;
+            while end < slots.len() && end - at < RENDER_BATCH {
+                bytes += slots[end].0.len() + slots[end].1.len() + 32;
+                if end > at && bytes > budget {
+                    break;
+                }
+                end += 1;
+            }
+            self.render_chunk(env, &slots[at..end])?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    fn render_chunk(&mut self, env: &mut Env<'_>, slots: &[(&[u8], &[u8])]) -> Result<(), TaskError> {
+        let mut last = match self.finish_call(env, slots)? {
+            Ok(values) => return self.emit_rendered(env, slots, values),
+            Err(e) => e,
+        };
+        env.metrics.plugin_failures.inc();
+        if env.policy.probation {
+            return Err(TaskError::Guest(last));
+        }
+        tracing::warn!(partition = self.partition, error = %last, "rendering failed; retrying on a fresh instance");
+        // An oversized value comes back the same every time: no retries for it.
+        let retries = if matches!(last, GuestError::Oversized { .. }) { 0 } else { env.policy.retries };
+        for _ in 0..retries {
+            env.guest.renew();
+            match self.finish_call(env, slots)? {
+                Ok(values) => return self.emit_rendered(env, slots, values),
+                Err(e) => {
+                    env.metrics.plugin_failures.inc();
+                    last = e;
+                }
+            }
+        }
+        env.guest.renew();
+        if env.policy.on_failure == FailurePolicy::Pause {
+            return Err(TaskError::Paused(last));
+        }
+        // Window by window: only the windows that fail alone are given up.
+        for slot in slots {
+            match self.finish_call(env, std::slice::from_ref(slot))? {
+                Ok(values) => self.emit_rendered(env, std::slice::from_ref(slot), values)?,
+                Err(e) => {
+                    env.metrics.plugin_failures.inc();
+                    env.guest.renew();
+                    self.dead_letter_window(env, slot.0, &format!("plugin failed to render this window: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `finish` call: the values, or the plugin's failure (including values
+    /// over the size limit); `Err` only for what is not the plugin's fault.
+    #[allow(clippy::type_complexity)]
+    fn finish_call(
+        &mut self,
+        env: &mut Env<'_>,
+        slots: &[(&[u8], &[u8])],
+    ) -> Result<Result<Vec<Option<Vec<u8>>>, GuestError>, TaskError> {
+        let mut finish = Vec::with_capacity(slots.len());
+        for (key, acc) in slots {
+            let (window, record_key) =
+                split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
+            finish.push(FinishSlot { key: record_key, window, acc });
+        }
+        let frame = weir_abi::encode(&FinishIn { slots: finish }).map_err(frame_err)?;
+        env.metrics.guest_calls.inc();
+        let answer = match faults::hit("render") {
+            true => Err(GuestError::Plugin("injected failure (render)".into())),
+            false => env.guest.finish(&frame),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return Ok(Err(e)),
+        };
+        let out: FinishOut<'_> = match weir_abi::decode(&answer) {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(GuestError::BadFrame(e.to_string()))),
+        };
+        if out.values.len() != slots.len() {
+            let message = format!("finish returned {} values for {} slots", out.values.len(), slots.len());
+            return Ok(Err(GuestError::BadFrame(message)));
+        }
+        let limit = env.guest.max_value_bytes();
+        let mut values = Vec::with_capacity(slots.len());
+        for value in out.values {
+            if let Some(v) = value
+                && v.len() > limit
+            {
+                if slots.len() == 1 {
+                    // Its memory may be full of ballast.
+                    env.guest.renew();
+                }
+                return Ok(Err(GuestError::Oversized { size: v.len(), limit }));
+            }
+            values.push(value.map(<[u8]>::to_vec));
+        }
+        Ok(Ok(values))
+    }
+
+    fn emit_rendered(
+        &mut self,
+        env: &mut Env<'_>,
+        slots: &[(&[u8], &[u8])],
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), TaskError> {
+        for ((key, _), value) in slots.iter().zip(values) {
+            if let (Some(value), Some((_, record_key))) = (value, split_window_key(key)) {
+                env.outbox.push(Out {
+                    dest: Dest::Output,
+                    partition: None,
+                    key: Some(record_key.to_vec()),
+                    value: Some(value),
+                    timestamp: self.stream_time,
+                    headers: Vec::new(),
+                });
+                env.metrics.records_out.inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter_window(&self, env: &mut Env<'_>, key: &[u8], reason: &str) -> Result<(), TaskError> {
+        let (window, record_key) =
+            split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
+        let reason = clip(reason, MAX_REASON_BYTES);
+        tracing::warn!(
+            partition = self.partition,
+            window_start = window.start,
+            window_end = window.end,
+            %reason,
+            "window result sent to the dead-letter topic"
+        );
+        env.outbox.push(Out {
+            dest: Dest::DeadLetter,
+            partition: None,
+            key: Some(record_key.to_vec()),
+            value: None,
+            timestamp: self.stream_time,
+            headers: vec![
+                ("weir.error", reason),
+                ("weir.source.topic", env.input_topic.to_owned()),
+                ("weir.source.partition", self.partition.to_string()),
+                ("weir.window.start", window.start.to_string()),
+                ("weir.window.end", window.end.to_string()),
+            ],
+        });
+        env.metrics.dead_letters.inc();
+        Ok(())
+    }
+
+    /// The transaction committed: apply its changes and the new checkpoint. On
+    /// an error the store is still at its previous commit (a batch is atomic) and
+    /// must be brought up to date from the changelog.
+    pub fn complete_commit(&mut self, prepared: PreparedCommit, changelog_next: Option<i64>) -> Result<(), TaskError> {
+        self.committed_offset = self.next_offset;
+        self.committed_stream_time = self.stream_time;
+        self.committed_schema = self.schema;
+        if faults::hit("store") {
+            return Err(StoreError::Injected.into());
+        }
+        self.store.write(prepared.changes, changelog_next)?;
+        Ok(())
+    }
+
+    /// The transaction was aborted: forget everything since the last commit.
+    pub fn rewind(&mut self) {
+        self.dirty.clear();
+        self.dirty_bytes = 0;
+        self.migrated.clear();
+        self.schema = self.committed_schema;
+        self.pending.clear();
+        self.arena.clear();
+        self.stream_time = self.committed_stream_time;
+        self.next_offset = self.committed_offset;
+        self.expired_before = i64::MIN;
+    }
+}
+
+/// Fails if a value the plugin returned is over the size limit (and drops the
+/// instance, whose memory may be full of ballast).
+fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
+    let limit = guest.max_value_bytes();
+    if value.len() > limit {
+        guest.renew();
+        return Err(GuestError::Oversized { size: value.len(), limit });
+    }
+    Ok(())
+}
+
+/// Stored accumulators per `migrate` call, at most.
+const MIGRATE_BATCH: usize = 512;
+/// Windows per `finish` call, at most.
+const RENDER_BATCH: usize = 4096;
+
+/// What a task keeps in the metadata of its committed offset: `<stream time>`
+/// then `;schema=<n>` (older hosts wrote the stream time alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitMetadata {
+    /// The highest event time seen.
+    pub stream_time: Option<i64>,
+    /// The state schema of the committed state, if recorded.
+    pub schema: Option<u32>,
+}
+
+impl CommitMetadata {
+    /// Reads metadata; anything unreadable counts as absent.
+    pub fn parse(text: &str) -> Self {
+        let mut parts = text.split(';');
+        let stream_time = parts.next().and_then(|t| t.trim().parse().ok());
+        let schema = parts.find_map(|p| p.trim().strip_prefix("schema=")).and_then(|s| s.parse().ok());
+        Self { stream_time, schema }
+    }
+}
+
+impl std::fmt::Display for CommitMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(t) = self.stream_time {
+            write!(f, "{t}")?;
+        }
+        if let Some(s) = self.schema {
+            write!(f, ";schema={s}")?;
+        }
+        Ok(())
+    }
+}
+
+fn span_bytes(arena: &[u8], span: Option<Span>) -> Option<&[u8]> {
+    span.map(|s| &arena[s.start as usize..(s.start + s.len) as usize])
+}
+
+#[cfg(test)]
+mod tests;
