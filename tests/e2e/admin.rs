@@ -99,6 +99,51 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
     let metrics = anonymous.get("/v1/metrics")?;
     assert!(metrics.contains(&format!("weir_uploads_rejected_total {refusals}\n")), "{metrics}");
 
+    // Every refusal is JSON that says why — unknown routes, wrong methods and
+    // unreadable bodies too — and repeats only a bounded part of what it was sent.
+    let long_name = "n".repeat(10_000);
+    let cases: Vec<(&str, Result<String, ClientError>, u16, &str)> = vec![
+        (
+            "a name with a slash",
+            admin.post("/v1/plugins/a/b", "application/wasm", &next),
+            404,
+            "no such route: POST /v1/plugins/a/b",
+        ),
+        ("an unknown route", anonymous.get("/v1/nothing"), 404, "no such route: GET /v1/nothing"),
+        ("a wrong method", admin.delete("/v1/plugins"), 405, "DELETE is not allowed on /v1/plugins"),
+        (
+            "an unreadable body",
+            admin.post(&format!("/v1/pipelines/{app}/activate"), "application/json", b"{not json"),
+            400,
+            "request body",
+        ),
+        (
+            "a huge name",
+            admin.post(&format!("/v1/plugins/{long_name}"), "application/wasm", &next),
+            422,
+            "(10000 bytes)",
+        ),
+    ];
+    for (what, result, want_status, needle) in cases {
+        let (status, message) = refused(result)?;
+        assert_eq!(status, want_status, "{what}: {message}");
+        assert!(message.contains(needle), "{what}: expected {needle:?} in {message:?}");
+        assert!(message.len() < 400, "{what}: the refusal must be short, got {} bytes", message.len());
+    }
+    // The CLI refuses a file over the host's limit with the host's reason, not
+    // with a broken connection.
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; 3_000_000])?;
+    let out = std::process::Command::new(weir_bin()?)
+        .args(["plugin", "upload", "--name", "big", "--admin", &url, "--token", "s3cret"])
+        .arg(&big)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("413") && stderr.contains("the limit is 1048576 bytes"),
+        "{stderr}"
+    );
+
     // A good upload, activated in the running pipeline.
     let version: serde_json::Value =
         serde_json::from_str(&admin.post("/v1/plugins/stock-stats", "application/wasm", &next)?)?;
@@ -126,7 +171,7 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
 
     // Roll back to the version the pipeline started with.
     admin.post(&format!("/v1/pipelines/{app}/rollback"), "application/json", b"{}")?;
-    let s = await_active(&admin, &app, "stock-stats@0.1.0")?;
+    let s = await_active(&admin, &app, "stock-stats@0.1.0#")?;
     assert_eq!(s["swaps"], 2);
 
     let openapi: serde_json::Value = serde_json::from_str(&anonymous.get("/v1/openapi.json")?)?;

@@ -7,8 +7,12 @@
 mod support;
 
 mod admin;
+mod commit_failures;
+mod compression;
 mod dead_letter;
+mod hostile_matrix;
 mod hot_swap;
+mod multi_host;
 mod sandbox;
 mod serve;
 mod state_evolution;

@@ -1,7 +1,8 @@
 //! A hostile plugin is contained: a trap, an infinite loop, a memory bomb and an
 //! oversized accumulator each cost one record (dead-lettered with the failure);
-//! file, environment and clock access are denied; everything else stays exact and
-//! the host keeps running.
+//! file, environment and clock access are denied; a failure that only happens
+//! once a window holds 20 records is still pinned to the record that triggers it;
+//! everything else stays exact and the host keeps running.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,6 +35,12 @@ fn hostile_records_are_contained_and_the_rest_stays_exact() -> Result<()> {
             let value = format!(r#"{{"act":"{act}"}}"#).into_bytes();
             records.push((Some(format!("k{}", i % 13).into_bytes()), Some(value), base + i * 5));
         }
+    }
+    // A window that fills up within one batch: the 25th record fails only because
+    // of the 24 before it, so it fails alone only if replayed after them.
+    for i in 0..30i64 {
+        let value = if i == 24 { br#"{"act":"late-trap"}"#.to_vec() } else { br#"{"act":"count"}"#.to_vec() };
+        records.push((Some(b"late".to_vec()), Some(value), base + 60_000 + i));
     }
     produce(&input, &records)?;
 
@@ -70,6 +77,7 @@ fn hostile_records_are_contained_and_the_rest_stays_exact() -> Result<()> {
         ("fs", "file access denied"),
         ("env", "environment is empty"),
         ("clock", "clock is frozen at 0 s"),
+        ("late-trap", "panicked"),
     ];
     for (act, needle) in expect {
         let reason = reason_of.get(act).unwrap_or_else(|| panic!("no dead letter for {act}: {reason_of:#?}"));

@@ -99,6 +99,11 @@ limits = {{ on_failure = "pause" }}
     };
     assert!(paused.contains("on_failure = pause") && paused.contains("panicked"), "{paused}");
 
+    // Every version label carries its id, the first one too.
+    let s: serde_json::Value = serde_json::from_str(&admin.get(&format!("/v1/pipelines/{app}-stats"))?)?;
+    assert!(s["active"].as_str().is_some_and(|a| a.starts_with("stock-stats@0.1.0#")), "{s}");
+    assert_eq!(s["kafka"]["reachable"], true, "{s}");
+
     // The others carry on in the same process.
     await_caught_up(&format!("{app}-hostile"), &hostile_in, &mut weir, Duration::from_secs(180))?;
     await_caught_up(&format!("{app}-stats"), &stats_in, &mut weir, Duration::from_secs(180))?;
@@ -156,6 +161,13 @@ limits = {{ on_failure = "pause" }}
     assert!(!status.success());
     let log = std::fs::read_to_string(dir.path().join("weir.log"))?;
     assert!(log.contains(&format!("pipelines that stopped with an error: {app}-paused")), "{log}");
+    // With several pipelines in one process, every line of a pipeline names it.
+    let lines: Vec<&str> =
+        log.lines().filter(|l| l.contains("dead-letter topic") || l.contains("task assigned")).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for line in lines {
+        assert!(line.contains(&format!("pipeline{{name={app}-")), "a pipeline's line without its name: {line}");
+    }
     Ok(())
 }
 

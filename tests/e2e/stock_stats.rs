@@ -41,7 +41,7 @@ impl Run {
             &self.input,
             "--output-topic",
             &self.output,
-            "--guarantee",
+            "--processing-guarantee",
             guarantee,
             "--grace-ms",
             &GRACE_MS.to_string(),
@@ -73,7 +73,7 @@ impl Run {
 fn exactly_once_output_equals_independent_recomputation() -> Result<()> {
     let run = Run::new("eos")?;
     gen_trades(&run.input, 100_000, TICKERS, PARTITIONS, DISORDER_MS, 0)?;
-    let mut weir = spawn_weir(&run.args("exactly-once", "state"), &run.log())?;
+    let mut weir = spawn_weir(&run.args("exactly_once", "state"), &run.log())?;
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
     terminate(&mut weir)?;
     run.check()
@@ -83,7 +83,7 @@ fn exactly_once_output_equals_independent_recomputation() -> Result<()> {
 fn at_least_once_without_failures_is_also_exact() -> Result<()> {
     let run = Run::new("alo")?;
     gen_trades(&run.input, 100_000, TICKERS, PARTITIONS, DISORDER_MS, 0)?;
-    let mut weir = spawn_weir(&run.args("at-least-once", "state"), &run.log())?;
+    let mut weir = spawn_weir(&run.args("at_least_once", "state"), &run.log())?;
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
     terminate(&mut weir)?;
     run.check()
@@ -102,11 +102,11 @@ fn sigkill_three_times_mid_stream_stays_exact() -> Result<()> {
     };
     let states = ["state-a", "state-a", "state-b", "state-b"];
     let thresholds = [total as i64 / 5, total as i64 * 2 / 5, total as i64 * 3 / 5];
-    let mut weir = spawn_weir(&run.args("exactly-once", states[0]), &run.log())?;
+    let mut weir = spawn_weir(&run.args("exactly_once", states[0]), &run.log())?;
     for (i, threshold) in thresholds.iter().enumerate() {
         await_committed_at_least(&run.app, &run.input, PARTITIONS, *threshold, &mut weir)?;
         weir.kill()?; // SIGKILL
-        weir = spawn_weir(&run.args("exactly-once", states[i + 1]), &run.log())?;
+        weir = spawn_weir(&run.args("exactly_once", states[i + 1]), &run.log())?;
     }
     producer.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
@@ -145,7 +145,7 @@ fn crash_between_flush_and_commit(guarantee: &str) -> Result<(WindowMap, WindowM
 /// committed, so the restarted host redoes that work once.
 #[test]
 fn exactly_once_survives_a_crash_between_flush_and_commit() -> Result<()> {
-    let (got, want) = crash_between_flush_and_commit("exactly-once")?;
+    let (got, want) = crash_between_flush_and_commit("exactly_once")?;
     assert_same(&got, &want);
     Ok(())
 }
@@ -155,7 +155,7 @@ fn exactly_once_survives_a_crash_between_flush_and_commit() -> Result<()> {
 /// recomputation, the crash test above would prove nothing.
 #[test]
 fn at_least_once_double_counts_after_the_same_crash() -> Result<()> {
-    let (got, want) = crash_between_flush_and_commit("at-least-once")?;
+    let (got, want) = crash_between_flush_and_commit("at_least_once")?;
     let overcounted = want.iter().filter(|(k, w)| got.get(*k).is_some_and(|g| g.count_trades > w.count_trades)).count();
     assert!(
         overcounted > 0,
@@ -171,7 +171,7 @@ fn at_least_once_double_counts_after_the_same_crash() -> Result<()> {
 fn emit_final_writes_each_closed_window_exactly_once() -> Result<()> {
     let run = Run::new("final")?;
     gen_trades(&run.input, 40_000, TICKERS, PARTITIONS, DISORDER_MS, 0)?;
-    let mut args = run.args("exactly-once", "state");
+    let mut args = run.args("exactly_once", "state");
     args.extend(["--emit".to_string(), "final".to_string()]);
     let mut weir = spawn_weir(&args, &run.log())?;
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;

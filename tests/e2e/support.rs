@@ -27,13 +27,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn client() -> ClientConfig {
+    client_on(&bootstrap())
+}
+
+fn client_on(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap());
+    c.set("bootstrap.servers", bootstrap);
     c
 }
 
 pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client().create()?;
+    create_topic_on(&bootstrap(), name, partitions)
+}
+
+pub fn create_topic_on(bootstrap: &str, name: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_on(bootstrap).create()?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = futures_block_on(admin.create_topics([&topic], &AdminOptions::new()))?;
     for r in results {
@@ -69,7 +77,13 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
 
 /// Produces raw records in order, idempotently.
 pub fn produce(topic: &str, records: &[RawRecord]) -> Result<()> {
-    let producer: BaseProducer = client().set("enable.idempotence", "true").set("linger.ms", "5").create()?;
+    produce_on(&bootstrap(), topic, records)
+}
+
+/// [`produce`] to the broker at `bootstrap`.
+pub fn produce_on(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Result<()> {
+    let producer: BaseProducer =
+        client_on(bootstrap).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     for (key, value, ts) in records {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).timestamp(*ts);
         if let Some(k) = key {
@@ -106,7 +120,12 @@ pub struct Record {
 
 /// Every committed record of `topic`, per partition in offset order.
 pub fn read_all(topic: &str) -> Result<Vec<Record>> {
-    let consumer: BaseConsumer = client()
+    read_all_on(&bootstrap(), topic)
+}
+
+/// [`read_all`] from the broker at `bootstrap`.
+pub fn read_all_on(bootstrap: &str, topic: &str) -> Result<Vec<Record>> {
+    let consumer: BaseConsumer = client_on(bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -163,9 +182,14 @@ pub fn read_all(topic: &str) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Sum of end offsets of `topic`.
+/// End offsets of `topic`.
 pub fn end_offsets(topic: &str) -> Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = client().create()?;
+    end_offsets_on(&bootstrap(), topic)
+}
+
+/// [`end_offsets`] on the broker at `bootstrap`.
+pub fn end_offsets_on(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = client_on(bootstrap).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
     let mut out = BTreeMap::new();
@@ -177,7 +201,14 @@ pub fn end_offsets(topic: &str) -> Result<BTreeMap<i32, i64>> {
 
 /// The group's committed offsets on `topic`.
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = client().set("group.id", group).set("isolation.level", "read_committed").create()?;
+    committed_on(&bootstrap(), group, topic, partitions)
+}
+
+/// [`committed`] on the broker at `bootstrap`. Stable offsets only: the answer
+/// waits while a transaction holds offsets of the group pending.
+pub fn committed_on(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer =
+        client_on(bootstrap).set("group.id", group).set("isolation.level", "read_committed").create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -201,17 +232,23 @@ pub fn committed_metadata(group: &str, topic: &str, partitions: i32) -> Result<B
 pub struct Weir {
     pub child: Child,
     pub log: PathBuf,
+    /// Where this process's lines start in the log (a restart appends to it).
+    pub from: usize,
+}
+
+fn log_len(log: &Path) -> usize {
+    std::fs::metadata(log).map_or(0, |m| m.len() as usize)
 }
 
 impl Weir {
     /// Fails with the last lines of the log.
-    fn fail<T>(&self, what: String) -> Result<T> {
+    pub fn fail<T>(&self, what: String) -> Result<T> {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
         bail!("{what}\n--- last lines of {} ---\n{}", self.log.display(), tail.join("\n"))
     }
 
-    fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
         Ok(self.child.try_wait()?)
     }
 
@@ -219,8 +256,9 @@ impl Weir {
     pub fn admin_url(&mut self) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(addr) = log.lines().rev().find_map(|l| l.split("admin API listening addr=").nth(1)) {
+            let log = std::fs::read(&self.log).unwrap_or_default();
+            let mine = String::from_utf8_lossy(log.get(self.from..).unwrap_or_default()).into_owned();
+            if let Some(addr) = mine.lines().rev().find_map(|l| l.split("admin API listening addr=").nth(1)) {
                 return Ok(format!("http://{}", addr.trim()));
             }
             if let Some(status) = self.exited()? {
@@ -244,10 +282,15 @@ impl Weir {
 /// Waits until `group` has committed up to the end of every partition of `topic`.
 /// The end offsets are taken first, after every input record was produced.
 pub fn await_caught_up(group: &str, topic: &str, weir: &mut Weir, timeout: Duration) -> Result<()> {
-    let ends = end_offsets(topic)?;
+    await_caught_up_on(&bootstrap(), group, topic, weir, timeout)
+}
+
+/// [`await_caught_up`] on the broker at `bootstrap`.
+pub fn await_caught_up_on(bootstrap: &str, group: &str, topic: &str, weir: &mut Weir, timeout: Duration) -> Result<()> {
+    let ends = end_offsets_on(bootstrap, topic)?;
     let deadline = Instant::now() + timeout;
     loop {
-        let done = committed(group, topic, ends.len() as i32)?;
+        let done = committed_on(bootstrap, group, topic, ends.len() as i32)?;
         if ends.iter().all(|(p, end)| done.get(p).copied().unwrap_or(-1) >= *end) {
             return Ok(());
         }
@@ -330,6 +373,7 @@ pub fn spawn_weir(args: &[String], log: &Path) -> Result<Weir> {
 
 /// Starts `weir serve --config <config>` with a free admin port.
 pub fn spawn_weir_serve(config: &Path, log: &Path) -> Result<Weir> {
+    let from = log_len(log);
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(weir_bin()?)
         .args(["serve", "--admin-addr", "127.0.0.1:0", "--bootstrap-servers", &bootstrap(), "--config"])
@@ -338,11 +382,17 @@ pub fn spawn_weir_serve(config: &Path, log: &Path) -> Result<Weir> {
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()?;
-    Ok(Weir { child, log: log.to_path_buf() })
+    Ok(Weir { child, log: log.to_path_buf(), from })
 }
 
 /// [`spawn_weir`] with extra environment variables.
 pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Weir> {
+    spawn_weir_on(&bootstrap(), args, log, env)
+}
+
+/// [`spawn_weir_with_env`] against the broker at `bootstrap`.
+pub fn spawn_weir_on(bootstrap: &str, args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Weir> {
+    let from = log_len(log);
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     // Tests run side by side: each admin API on a free port.
     let admin: &[&str] = if args.iter().any(|a| a == "--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] };
@@ -350,14 +400,14 @@ pub fn spawn_weir_with_env(args: &[String], log: &Path, env: &[(&str, &str)]) ->
         .envs(env.iter().copied())
         .arg("run")
         .arg("--bootstrap-servers")
-        .arg(bootstrap())
+        .arg(bootstrap)
         .args(admin)
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()?;
-    Ok(Weir { child, log: log.to_path_buf() })
+    Ok(Weir { child, log: log.to_path_buf(), from })
 }
 
 /// Waits for `weir` to exit by itself.
@@ -525,8 +575,31 @@ pub fn gen_trades_at(
     rate: u64,
     start_ms: i64,
 ) -> Result<()> {
-    let status = Command::new(weir_bin()?)
-        .args(["gen", "trades", "--bootstrap-servers", &bootstrap(), "--topic", topic])
+    let status = gen_trades_command(&bootstrap(), topic, count, tickers, partitions, disorder_ms, rate, start_ms)?
+        .env("RUST_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("weir gen trades failed: {status}");
+    }
+    Ok(())
+}
+
+/// The `weir gen trades` command of [`gen_trades_at`], against the broker at
+/// `bootstrap`, to add flags to or run in the background.
+#[allow(clippy::too_many_arguments)]
+pub fn gen_trades_command(
+    bootstrap: &str,
+    topic: &str,
+    count: u64,
+    tickers: usize,
+    partitions: i32,
+    disorder_ms: u64,
+    rate: u64,
+    start_ms: i64,
+) -> Result<Command> {
+    let mut command = Command::new(weir_bin()?);
+    command
+        .args(["gen", "trades", "--bootstrap-servers", bootstrap, "--topic", topic])
         .args([
             "--count",
             &count.to_string(),
@@ -536,11 +609,84 @@ pub fn gen_trades_at(
             &partitions.to_string(),
         ])
         .args(["--disorder-ms", &disorder_ms.to_string(), "--event-rate", &GEN_EVENTS_PER_SEC.to_string()])
-        .args(["--rate", &rate.to_string(), "--start-ms", &start_ms.to_string(), "--bid-ratio", "0.25"])
-        .env("RUST_LOG", "warn")
-        .status()?;
+        .args(["--rate", &rate.to_string(), "--start-ms", &start_ms.to_string(), "--bid-ratio", "0.25"]);
+    Ok(command)
+}
+
+/// A broker of a test's own, on a free port, for tests that stop and start it
+/// (the shared broker serves every other test). Started by the project's own
+/// `scripts/kafka` with a directory of its own; stopped when dropped.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port_pair() -> Result<u16> {
+    // The broker listens on the port and its controller on the next one.
+    for _ in 0..100 {
+        let port = rand::random_range(20_000u16..40_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
+            return Ok(port);
+        }
+    }
+    bail!("no two free consecutive ports")
+}
+
+impl Broker {
+    fn script(&self, action: &str) -> Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("no workspace root")?;
+        let status = Command::new(root.join("scripts/kafka"))
+            .arg(action)
+            .env("WEIR_KAFKA_DIR", self.dir.path())
+            .env("WEIR_KAFKA_PORT", self.port.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("scripts/kafka {action} failed ({status}) for the broker on port {}", self.port);
+        }
+        Ok(())
+    }
+
+    /// Starts a new single-node broker.
+    pub fn start() -> Result<Self> {
+        let broker = Self { dir: tempfile::tempdir()?, port: free_port_pair()? };
+        broker.script("start")?;
+        Ok(broker)
+    }
+
+    /// Its bootstrap address.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (its data stays).
+    pub fn stop(&self) -> Result<()> {
+        self.script("stop")
+    }
+
+    /// Starts it again after [`Broker::stop`].
+    pub fn restart(&self) -> Result<()> {
+        self.script("start")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// Sends `signal` (e.g. `-STOP`) to a process.
+pub fn signal(weir: &Weir, signal: &str) -> Result<()> {
+    let status = Command::new("kill").args([signal, &weir.child.id().to_string()]).status()?;
     if !status.success() {
-        bail!("weir gen trades failed: {status}");
+        bail!("kill {signal} failed");
     }
     Ok(())
+}
+
+/// The value of `weir_<metric>{pipeline="<pipeline>"}` in an OpenMetrics text.
+pub fn metric(text: &str, metric: &str, pipeline: &str) -> Option<f64> {
+    let prefix = format!("weir_{metric}{{pipeline=\"{pipeline}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
