@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::admin::{AdminConfigError, CreatePipeline, ManageError, PipelineEntry, Pipelines, Stopped};
 use crate::config::{AdminConfig, ConfigError, LimitsConfig, RunConfig};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError, sleep_unless};
+use crate::pipeline::{Pipeline, PipelineError, preflight, sleep_unless};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::{LoadError, Plugin, Runtime};
 
@@ -146,13 +146,15 @@ impl Host {
     /// starts it on a thread of its own.
     fn start(&self, cfg: RunConfig, plugin: Option<Plugin>) -> Result<(), PipelineError> {
         let cfg = self.host_settings(cfg);
+        cfg.validate()?;
+        // Before anything is made (or written to the state directory).
+        preflight(&cfg)?;
         let name = cfg.application_id.clone();
         let sandbox = cfg.sandbox();
         let mut pipeline = match plugin {
             Some(plugin) => Pipeline::with_plugin(cfg, plugin, Metrics::default())?,
             None => Pipeline::new(cfg, &self.runtime, Metrics::default())?,
         };
-        pipeline.preflight()?;
         let failure = Arc::new(Mutex::new(None));
         let last_failure = Arc::new(Mutex::new(None));
         let entry = PipelineEntry {

@@ -87,11 +87,7 @@ fn every_codec_is_read_and_what_weir_writes_is_compressed_as_configured() -> Res
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(180))?;
     terminate(&mut weir)?;
     let text = std::fs::read_to_string(&log)?;
-    let restored: u64 = text
-        .lines()
-        .filter(|l| l.contains("task assigned"))
-        .filter_map(|l| l.split("restored=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
-        .sum();
+    let restored = restored_records(&text);
     assert!(restored > 0, "the second host must restore from the changelog:\n{text}");
     assert_same(&last_results(&read_all(&output)?)?, &recompute(&read_all(&input)?, 2_000));
     Ok(())

@@ -112,11 +112,7 @@ fn sigkill_three_times_mid_stream_stays_exact() -> Result<()> {
     await_caught_up(&run.app, &run.input, &mut weir, Duration::from_secs(300))?;
     terminate(&mut weir)?;
     let log = std::fs::read_to_string(run.log())?;
-    let restored: u64 = log
-        .lines()
-        .filter(|l| l.contains("task assigned"))
-        .filter_map(|l| l.split("restored=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
-        .sum();
+    let restored = restored_records(&log);
     assert!(restored > 0, "a restart on an empty state directory must restore from the changelog:\n{log}");
     run.check()
 }

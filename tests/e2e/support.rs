@@ -410,6 +410,14 @@ pub fn spawn_weir_on(bootstrap: &str, args: &[String], log: &Path, env: &[(&str,
     Ok(Weir { child, log: log.to_path_buf(), from })
 }
 
+/// Changelog records restored, summed over the `task assigned` lines of a log.
+pub fn restored_records(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("task assigned"))
+        .filter_map(|l| l.split("restored=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Waits for `weir` to exit by itself.
 pub fn wait_exit(weir: &mut Weir, timeout: Duration) -> Result<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;

@@ -99,6 +99,8 @@ pub(super) struct Engine {
     failures: u32,
     backoff: Duration,
     next_commit_at: Instant,
+    /// When the producer was last asked to get ready.
+    readied_at: Option<Instant>,
     crash_after_flush: Option<u64>,
 }
 
@@ -143,6 +145,7 @@ impl Engine {
             failures: 0,
             backoff: Duration::ZERO,
             next_commit_at: Instant::now(),
+            readied_at: None,
             crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
         }
     }
@@ -204,6 +207,20 @@ impl Engine {
             task.process_pending(&mut env)?;
         }
         Ok(())
+    }
+
+    /// Makes (or replaces) the producer and initialises its transactions as soon
+    /// as possible, at most once a second: its `init_transactions` fences this
+    /// host's previous producer and settles the transaction it left open, which
+    /// restoring tasks may be waiting for.
+    pub(super) fn keep_producer_ready(&mut self) {
+        if !self.sink.needs_ready() || self.readied_at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.readied_at = Some(Instant::now());
+        if let Err(e) = self.sink.ready(Duration::from_millis(500)) {
+            tracing::debug!(error = %e, "producer not ready yet");
+        }
     }
 
     /// Processes what is buffered and commits it; `force` ignores the backoff

@@ -206,19 +206,6 @@ impl Pipeline {
         self.control.clone()
     }
 
-    /// Checks what can be checked before running: the input topic exists.
-    /// Kafka being unreachable is not an error here (the run waits for it).
-    pub fn preflight(&self) -> Result<(), PipelineError> {
-        let base = base_config(&self.cfg.bootstrap_servers, &self.cfg.kafka);
-        match partition_count(&base, &self.cfg.input_topic, SETUP_TIMEOUT) {
-            Ok(Some(_)) | Err(KafkaIoError::Unreachable(_)) => Ok(()),
-            Ok(None) => {
-                Err(KafkaIoError::Topic { topic: self.cfg.input_topic.clone(), reason: "does not exist".into() }.into())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Runs until `stop` is set, then commits and leaves the group. Returns an
     /// error if the pipeline failed; it may be run again afterwards.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Result<(), PipelineError> {
@@ -287,13 +274,16 @@ impl Pipeline {
         let restorer = Restorer::new(&base, &topics.changelog, exactly_once, self.health.clone())?;
         let mut producer = base.clone();
         producer.set("compression.type", cfg.compression.as_str());
-        let sink = Sink::new(
+        let mut sink = Sink::new(
             producer,
             std::slice::from_ref(&topics.changelog),
             exactly_once.then_some(self.member.as_str()),
             self.health.clone(),
             stop.clone(),
         );
+        // Before joining: fences this host's previous producer at once and
+        // settles the transaction it left open, which a restore would wait for.
+        sink.ready(SETUP_TIMEOUT)?;
         base.set("client.id", format!("weir-{}", cfg.application_id));
         let consumer_config = source::consumer_config(&base, &cfg.application_id, &self.member);
         let rocks = (cfg.state.backend == StateBackend::Rocksdb)
@@ -450,6 +440,7 @@ impl Pipeline {
                     return Err(if engine.failed { e } else { engine.fail(e) });
                 }
                 engine.apply_control();
+                engine.keep_producer_ready();
                 engine.sink.poll();
             }
             if let Some(reason) = consumer_fatal {
@@ -475,6 +466,17 @@ impl Pipeline {
                 source::close(old, Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Checks what can be checked of `cfg` before a pipeline is made: the input
+/// topic exists. Kafka being unreachable is not an error here (a run waits for it).
+pub fn preflight(cfg: &RunConfig) -> Result<(), PipelineError> {
+    let base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
+    match partition_count(&base, &cfg.input_topic, SETUP_TIMEOUT) {
+        Ok(Some(_)) | Err(KafkaIoError::Unreachable(_)) => Ok(()),
+        Ok(None) => Err(KafkaIoError::Topic { topic: cfg.input_topic.clone(), reason: "does not exist".into() }.into()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -366,20 +366,10 @@ impl Task {
     fn dead_letter(&self, env: &mut Env<'_>, record: &Pending, reason: &str) {
         let reason = clip(reason, MAX_REASON_BYTES);
         tracing::warn!(partition = self.partition, offset = record.offset, %reason, "record sent to the dead-letter topic");
-        env.outbox.push(Out {
-            dest: Dest::DeadLetter,
-            partition: None,
-            key: span_bytes(&self.arena, record.key).map(<[u8]>::to_vec),
-            value: span_bytes(&self.arena, record.value).map(<[u8]>::to_vec),
-            timestamp: record.timestamp,
-            headers: vec![
-                ("weir.error", reason),
-                ("weir.source.topic", env.input_topic.to_owned()),
-                ("weir.source.partition", self.partition.to_string()),
-                ("weir.source.offset", record.offset.to_string()),
-            ],
-        });
-        env.metrics.dead_letters.inc();
+        let key = span_bytes(&self.arena, record.key).map(<[u8]>::to_vec);
+        let value = span_bytes(&self.arena, record.value).map(<[u8]>::to_vec);
+        let context = [("weir.source.offset", record.offset.to_string())];
+        self.queue_dead_letter(env, (key, value, record.timestamp), reason, context);
     }
 
     /// Runs the buffered records through the plugin.
@@ -603,22 +593,28 @@ impl Task {
             %reason,
             "window result sent to the dead-letter topic"
         );
-        env.outbox.push(Out {
-            dest: Dest::DeadLetter,
-            partition: None,
-            key: Some(record_key.to_vec()),
-            value: None,
-            timestamp: self.stream_time,
-            headers: vec![
-                ("weir.error", reason),
-                ("weir.source.topic", env.input_topic.to_owned()),
-                ("weir.source.partition", self.partition.to_string()),
-                ("weir.window.start", window.start.to_string()),
-                ("weir.window.end", window.end.to_string()),
-            ],
-        });
-        env.metrics.dead_letters.inc();
+        let context = [("weir.window.start", window.start.to_string()), ("weir.window.end", window.end.to_string())];
+        self.queue_dead_letter(env, (Some(record_key.to_vec()), None, self.stream_time), reason, context);
         Ok(())
+    }
+
+    /// Queues a dead letter (key, value, timestamp) with the reason, the source
+    /// topic and partition, and `context` (the offset, or the window) as headers.
+    fn queue_dead_letter<const N: usize>(
+        &self,
+        env: &mut Env<'_>,
+        (key, value, timestamp): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>),
+        reason: String,
+        context: [(&'static str, String); N],
+    ) {
+        let mut headers = vec![
+            ("weir.error", reason),
+            ("weir.source.topic", env.input_topic.to_owned()),
+            ("weir.source.partition", self.partition.to_string()),
+        ];
+        headers.extend(context);
+        env.outbox.push(Out { dest: Dest::DeadLetter, partition: None, key, value, timestamp, headers });
+        env.metrics.dead_letters.inc();
     }
 
     /// The transaction committed: apply its changes and the new checkpoint. On
