@@ -8,8 +8,8 @@
 //! holding up a shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -80,30 +80,32 @@ impl ClientContext for Reporting {
 
 impl ConsumerContext for Reporting {}
 
-/// The group consumer's context.
+/// The group consumer's context. It holds its handler weakly: the session that
+/// owns the handler can take it back whatever became of the consumer.
 pub struct SourceContext<H> {
-    handler: Arc<Mutex<H>>,
+    handler: Weak<Mutex<H>>,
     /// Cleared when the consumer is let go: its late callbacks must not reach a
     /// handler that has moved on to a new consumer.
-    attached: AtomicBool,
+    attached: Arc<AtomicBool>,
     health: Health,
 }
 
 impl<H> SourceContext<H> {
     /// A context handing rebalances to `handler` and reporting to `health`.
-    pub fn new(handler: Arc<Mutex<H>>, health: Health) -> Self {
-        Self { handler, attached: AtomicBool::new(true), health }
+    pub fn new(handler: &Arc<Mutex<H>>, health: Health) -> Self {
+        Self { handler: Arc::downgrade(handler), attached: Arc::new(AtomicBool::new(true)), health }
     }
 
-    fn handler(&self) -> Option<std::sync::MutexGuard<'_, H>> {
+    /// Runs `f` on the handler, unless the consumer was let go.
+    fn with_handler(&self, f: impl FnOnce(&mut H)) {
         if !self.attached.load(Ordering::Acquire) {
-            return None;
+            return;
         }
-        let handler = self.handler.lock().ok();
-        if handler.is_none() {
-            tracing::error!(pipeline = %self.health.pipeline(), "pipeline poisoned; rebalance ignored");
+        let Some(handler) = self.handler.upgrade() else { return };
+        match handler.lock() {
+            Ok(mut handler) => f(&mut handler),
+            Err(_) => tracing::error!(pipeline = %self.health.pipeline(), "pipeline poisoned; rebalance ignored"),
         }
-        handler
     }
 }
 
@@ -125,19 +127,13 @@ impl<H: RebalanceHandler> ConsumerContext for SourceContext<H> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             let lost = consumer.assignment_lost();
-            if let Some(mut handler) = self.handler() {
-                handler.revoke(consumer, partitions, lost);
-            }
+            self.with_handler(|handler| handler.revoke(consumer, partitions, lost));
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => {
-                if let Some(mut handler) = self.handler() {
-                    handler.assign(consumer, partitions);
-                }
-            }
+            Rebalance::Assign(partitions) => self.with_handler(|handler| handler.assign(consumer, partitions)),
             Rebalance::Error(e) => tracing::warn!(pipeline = %self.health.pipeline(), error = %e, "rebalance failed"),
             Rebalance::Revoke(_) => {}
         }
@@ -171,26 +167,25 @@ pub fn subscribe<H: RebalanceHandler>(
     Ok(consumer)
 }
 
-/// Closes a consumer, serving its last callbacks, for at most `within`. A consumer
-/// that cannot finish in time (the coordinator is unreachable) is detached from
-/// its handler and dropped on a thread of its own, so it can never hold up the
-/// caller. The caller must not hold the handler's lock.
+/// Closes a consumer, serving its last callbacks (a revocation commits), for at
+/// most `within`. The close runs on a thread of its own; a consumer that cannot
+/// finish in time (the coordinator is unreachable) is detached from its handler
+/// and left to finish there, so it can never hold up the caller. The caller must
+/// not hold the handler's lock.
 pub fn close<H: RebalanceHandler>(consumer: BaseConsumer<SourceContext<H>>, within: Duration) {
-    if consumer.close_queue().is_ok() {
-        let deadline = Instant::now() + within;
-        while !consumer.closed() && Instant::now() < deadline {
-            consumer.poll(Duration::from_millis(50));
-        }
-    }
-    if consumer.closed() {
+    let attached = consumer.context().attached.clone();
+    let pipeline = consumer.context().health.pipeline().to_owned();
+    let (done, closed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("weir-close".into()).spawn(move || {
         drop(consumer);
-        return;
+        let _ = done.send(());
+    });
+    if spawned.is_err() || closed.recv_timeout(within).is_err() {
+        attached.store(false, Ordering::Release);
+        tracing::warn!(
+            %pipeline,
+            within_ms = within.as_millis() as u64,
+            "consumer did not close in time (Kafka unreachable?); letting it go in the background"
+        );
     }
-    consumer.context().attached.store(false, Ordering::Release);
-    tracing::warn!(
-        pipeline = %consumer.context().health.pipeline(),
-        within_ms = within.as_millis() as u64,
-        "consumer did not close in time (Kafka unreachable?); letting it go in the background"
-    );
-    let _ = std::thread::Builder::new().name("weir-close".into()).spawn(move || drop(consumer));
 }

@@ -128,9 +128,12 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long setting up may wait for Kafka per attempt.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a stopping pipeline may spend on its last commit and on leaving the
-/// group.
+/// How long a stopping pipeline may spend on its last commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long closing a consumer may take (it commits on revocation too, within
+/// the grace above).
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// A consumer fenced this many times within [`FENCING_WINDOW`] stops the
 /// pipeline: another host has its identity, and taking turns would never end.
@@ -302,15 +305,23 @@ impl Pipeline {
             rocks,
         })));
         let result = self.drive(&engine, &consumer_config, stop);
-        // Whatever happened, the versions (and the swap history) live on.
-        match Arc::try_unwrap(engine) {
-            Ok(engine) => {
-                let engine = engine.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-                self.versions = Some(engine.into_versions());
+        // Whatever happened, the versions (and the swap history) live on. A
+        // consumer let go may still be in a callback for a moment: wait it out.
+        let mut engine = engine;
+        for _ in 0..100 {
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => {
+                    let engine = engine.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    self.versions = Some(engine.into_versions());
+                    return result;
+                }
+                Err(shared) => {
+                    engine = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
-            Err(_) => return Err(PipelineError::Poisoned),
         }
-        result
+        Err(PipelineError::Poisoned)
     }
 
     /// The loop of a session, and its shutdown.
@@ -323,7 +334,7 @@ impl Pipeline {
         let subscribe = || {
             source::subscribe(
                 consumer_config,
-                SourceContext::new(engine.clone(), self.health.clone()),
+                SourceContext::new(engine, self.health.clone()),
                 &[self.cfg.input_topic.as_str()],
             )
         };
@@ -339,14 +350,14 @@ impl Pipeline {
                     stopped_cleanly = false;
                     if !e.is_transient_kafka() {
                         drop(engine);
-                        source::close(consumer, SHUTDOWN_GRACE);
+                        source::close(consumer, CLOSE_GRACE);
                         return Err(e);
                     }
                     tracing::warn!(error = %e, "the last commit failed: the next owner redoes the work since the commit before");
                 }
             }
         }
-        source::close(consumer, SHUTDOWN_GRACE);
+        source::close(consumer, CLOSE_GRACE);
         tracing::info!(metrics = %self.metrics.summary(), clean = stopped_cleanly, "pipeline stopped");
         result
     }
@@ -463,7 +474,7 @@ impl Pipeline {
                 Self::engine(engine)?.abandon_all();
                 let replacement = subscribe()?;
                 let old = std::mem::replace(consumer, replacement);
-                source::close(old, Duration::from_secs(2));
+                source::close(old, CLOSE_GRACE);
             }
         }
     }
