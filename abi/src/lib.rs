@@ -5,6 +5,9 @@
 //! accumulators are borrowed from the frame. Both sides depend on this one crate, so
 //! the encoding cannot drift between them.
 
+pub mod calls;
+pub mod topology;
+
 use serde::{Deserialize, Serialize};
 
 /// Errors from encoding or decoding a frame.

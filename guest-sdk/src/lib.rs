@@ -39,11 +39,16 @@
 //! Build for the host with `cargo build --release --target wasm32-wasip2`.
 #![deny(missing_docs)]
 
+pub mod data;
+pub mod dsl;
+mod graph;
 mod runtime;
 pub mod testing;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use data::Data;
 
 pub use weir_abi::Window;
 
@@ -68,6 +73,25 @@ pub mod wit {
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+/// The key of a windowed table's row: the grouping key and the window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Windowed<K> {
+    /// The grouping key.
+    pub key: K,
+    /// The window (half-open, `[start, end)`).
+    pub window: Window,
+}
+
+/// An update of a table's row: the new row and the one it replaces (`None`
+/// when the row is new, or deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change<V> {
+    /// The row after the update.
+    pub new: Option<V>,
+    /// The row before it.
+    pub old: Option<V>,
+}
 
 /// How the host groups a plugin's records into accumulators by event time.
 /// Windows are aligned to the Unix epoch; a window contains `start <= t < end`.

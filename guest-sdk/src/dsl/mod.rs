@@ -1,0 +1,465 @@
+//! The topology DSL: build a graph of operators the way Kafka Streams' DSL does,
+//! with plain Rust functions (or non-capturing closures) as the user code.
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use weir_sdk::dsl::{StreamsBuilder, hopping};
+//! use weir_sdk::Windowed;
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Trade { side: String, price: f64 }
+//! #[derive(Clone, Default, Serialize, Deserialize)]
+//! struct Count { n: u64 }
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Out { ticker: String, start: i64, n: u64 }
+//!
+//! fn is_ask(_: &String, t: &Trade) -> bool { t.side == "ask" }
+//! fn add(c: &mut Count, _: &String, _: &Trade) { c.n += 1 }
+//! fn render(k: &Windowed<String>, c: Count) -> Out {
+//!     Out { ticker: k.key.clone(), start: k.window.start, n: c.n }
+//! }
+//!
+//! let b = StreamsBuilder::new();
+//! b.stream::<String, Trade>("trades")
+//!     .filter(is_ask)
+//!     .group_by_key()
+//!     .windowed_by(hopping(Duration::from_secs(5), Duration::from_secs(1)).grace(Duration::from_secs(2)))
+//!     .aggregate(add)
+//!     .to_stream()
+//!     .map_values(render)
+//!     .to("stockstats-output");
+//! let topology = b.build().unwrap();
+//! assert_eq!(topology.describe().subtopologies().unwrap().len(), 1);
+//! ```
+//!
+//! **Names.** Every node has a name. Stateless operators take the name of the
+//! function they run (`is_ask`), or `<operator>-<n>` for a closure; a name used
+//! twice gets `-2`, `-3`. Stateful operators — aggregations, whose store and
+//! changelog are named after them, and the repartition topics before them —
+//! take the function's name too, or the one given with `.named(..)`; a closure
+//! without a name is refused at build, because a name that moved with the
+//! graph's shape would orphan the state. Sources are named after their topic,
+//! sinks `to-<topic>`.
+//!
+//! **Values** are read and written by the text-or-JSON rule (see [`crate::data`]);
+//! aggregates are stored with postcard.
+
+// Type-erased closures over boxed records are what this module is made of.
+#![allow(clippy::type_complexity)]
+
+mod codec;
+mod grouped;
+mod stream;
+mod table;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use weir_abi::topology::{Edge, Node, Op, StoreSpec, Topology as Description, TopologyError, WindowSpec};
+
+pub(crate) use codec::{Codec, Item, Obj, cast, cast_mut, take};
+pub use grouped::{KGroupedStream, SessionWindowedStream, WindowedStream};
+pub use stream::{KStream, Split};
+pub use table::{KGroupedTable, KTable};
+
+/// A guest operator: takes a record and pushes `(port, record)` outputs; an
+/// `Err` rejects the record with that reason.
+pub(crate) type Step = Box<dyn Fn(Item, &mut Vec<(u32, Item)>) -> Result<(), String>>;
+
+/// How an aggregation folds, type-erased.
+pub(crate) struct Fold {
+    /// A new slot's value.
+    pub init: Box<dyn Fn() -> Obj>,
+    pub decode: Box<dyn Fn(&[u8]) -> Result<Obj, String>>,
+    /// `None`: nothing to store yet (a reduce that has seen no value).
+    pub encode: Box<dyn Fn(&dyn std::any::Any) -> Result<Option<Vec<u8>>, String>>,
+    pub add: Box<dyn Fn(&mut Obj, &Item) -> Result<(), String>>,
+    pub subtract: Box<dyn Fn(&mut Obj, &Item) -> Result<(), String>>,
+    pub merge: Box<dyn Fn(&mut Obj, &dyn std::any::Any) -> Result<(), String>>,
+    pub clone: Box<dyn Fn(&dyn std::any::Any) -> Result<Obj, String>>,
+    /// Converts a value stored under an older schema (`from`, key, window, bytes).
+    pub migrate: Option<Migrate>,
+}
+
+/// A store's migration: `(from, key, window, stored)` to the new value, or `None`
+/// to drop it.
+pub(crate) type Migrate =
+    Box<dyn Fn(u32, Option<&[u8]>, Option<weir_abi::Window>, &[u8]) -> Result<Option<Vec<u8>>, String>>;
+
+pub(crate) enum Run {
+    /// A host operator.
+    Host,
+    /// A guest operator.
+    Step(Step),
+    /// An aggregation (run by the host, folded by the guest).
+    Fold(Fold),
+}
+
+#[derive(Debug, Clone)]
+enum Naming {
+    /// Stateless: the function's name, else `<kind>-<n>`; de-duplicated.
+    Free,
+    /// Stateful: the function's name or an explicit one, else refused.
+    Required,
+    /// Sources: the topic's name.
+    Source(String),
+    /// Sinks: `to-<topic>`.
+    Sink(String),
+    /// A repartition before node `n`: `<n's name>-repartition`.
+    RepartitionOf(u32),
+    /// An encoding step before sink `n`: `<n's name>-encode`.
+    EncodeFor(u32),
+}
+
+pub(crate) struct NodeDef {
+    explicit: Option<String>,
+    fn_name: Option<String>,
+    naming: Naming,
+    inputs: Vec<Edge>,
+    op: Op,
+    /// How this node's output crosses the boundary (none for a sink).
+    output: Option<Codec>,
+    run: Run,
+}
+
+#[derive(Default)]
+pub(crate) struct Graph {
+    nodes: Vec<NodeDef>,
+    errors: Vec<String>,
+}
+
+pub(crate) type Shared = Rc<RefCell<Graph>>;
+
+/// The name of the function type `F` if it is a named function, not a closure.
+pub(crate) fn fn_name<F>() -> Option<String> {
+    let full = std::any::type_name::<F>();
+    if full.contains("{{closure}}") || full.contains('<') {
+        return None;
+    }
+    full.rsplit("::").next().map(str::to_owned)
+}
+
+pub(crate) struct NewNode {
+    pub fn_name: Option<String>,
+    pub inputs: Vec<Edge>,
+    pub op: Op,
+    pub output: Option<Codec>,
+    pub run: Run,
+}
+
+impl Graph {
+    pub(crate) fn add(&mut self, n: NewNode) -> u32 {
+        let naming = match &n.op {
+            Op::Source { topic } => Naming::Source(topic.clone()),
+            Op::Sink { topic } => Naming::Sink(topic.clone()),
+            op if op.store().is_some() => Naming::Required,
+            _ => Naming::Free,
+        };
+        self.push(n, naming)
+    }
+
+    fn push(&mut self, n: NewNode, naming: Naming) -> u32 {
+        self.nodes.push(NodeDef {
+            explicit: None,
+            fn_name: n.fn_name,
+            naming,
+            inputs: n.inputs,
+            op: n.op,
+            output: n.output,
+            run: n.run,
+        });
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// Adds a repartition before the (not yet added) node that will be `for_node`.
+    pub(crate) fn add_repartition(&mut self, input: Edge, output: Codec, for_node: u32) -> u32 {
+        let n = NewNode {
+            fn_name: None,
+            inputs: vec![input],
+            op: Op::Repartition { partitions: None },
+            output: Some(output),
+            run: Run::Host,
+        };
+        self.push(n, Naming::RepartitionOf(for_node))
+    }
+
+    pub(crate) fn add_encode(&mut self, input: Edge, output: Codec, for_node: u32) -> u32 {
+        let n = NewNode {
+            fn_name: None,
+            inputs: vec![input],
+            op: Op::Encode,
+            output: Some(output),
+            run: Run::Step(Box::new(|item, out| {
+                out.push((0, item));
+                Ok(())
+            })),
+        };
+        self.push(n, Naming::EncodeFor(for_node))
+    }
+
+    pub(crate) fn next_index(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    pub(crate) fn rename(&mut self, node: u32, name: &str) {
+        if let Some(n) = self.nodes.get_mut(node as usize) {
+            n.explicit = Some(name.to_owned());
+        }
+    }
+
+    pub(crate) fn op_mut(&mut self, node: u32) -> Option<&mut Op> {
+        self.nodes.get_mut(node as usize).map(|n| &mut n.op)
+    }
+
+    pub(crate) fn set_migrate(&mut self, node: u32, migrate: Migrate) {
+        if let Some(NodeDef { run: Run::Fold(fold), .. }) = self.nodes.get_mut(node as usize) {
+            fold.migrate = Some(migrate);
+        }
+    }
+
+    pub(crate) fn error(&mut self, e: String) {
+        self.errors.push(e);
+    }
+
+    fn names(&self) -> Result<Vec<String>, TopologyError> {
+        let mut names: Vec<Option<String>> = vec![None; self.nodes.len()];
+        let mut used: HashMap<String, usize> = HashMap::new();
+        let mut per_kind: HashMap<&'static str, usize> = HashMap::new();
+        let resolve = |i: usize,
+                       names: &mut Vec<Option<String>>,
+                       used: &mut HashMap<String, usize>,
+                       per_kind: &mut HashMap<&'static str, usize>|
+         -> Result<(), TopologyError> {
+            let n = &self.nodes[i];
+            let base = match (&n.explicit, &n.naming) {
+                (Some(name), _) => name.clone(),
+                (None, Naming::Source(topic)) => topic.clone(),
+                (None, Naming::Sink(topic)) => format!("to-{topic}"),
+                (None, Naming::Required) => match &n.fn_name {
+                    Some(f) => f.clone(),
+                    None => {
+                        let after = n
+                            .inputs
+                            .first()
+                            .map(|e| format!(" reading `{}`", names[e.node as usize].clone().unwrap_or_default()))
+                            .unwrap_or_default();
+                        return Err(TopologyError {
+                            node: None,
+                            reason: format!(
+                                "the {}{after} has no name: its store and changelog are named after it, so give it one \
+                                 with `.named(\"…\")` (or pass a named function instead of a closure)",
+                                n.op.kind()
+                            ),
+                        });
+                    }
+                },
+                (None, Naming::Free) => match &n.fn_name {
+                    Some(f) => f.clone(),
+                    None => {
+                        let k = per_kind.entry(n.op.kind()).or_insert(0);
+                        *k += 1;
+                        format!("{}-{k}", n.op.kind().replace(' ', "-"))
+                    }
+                },
+                (None, Naming::RepartitionOf(_) | Naming::EncodeFor(_)) => String::new(),
+            };
+            let name = match n.naming {
+                Naming::Free | Naming::Sink(_) if n.explicit.is_none() => {
+                    let seen = used.entry(base.clone()).or_insert(0);
+                    *seen += 1;
+                    if *seen == 1 { base } else { format!("{base}-{seen}") }
+                }
+                _ => base,
+            };
+            names[i] = Some(name);
+            Ok(())
+        };
+        // Repartition and encode nodes are named after the node they serve,
+        // which is added after them: name everything else first.
+        for i in 0..self.nodes.len() {
+            if !matches!(self.nodes[i].naming, Naming::RepartitionOf(_) | Naming::EncodeFor(_)) {
+                resolve(i, &mut names, &mut used, &mut per_kind)?;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            let name = match (&n.explicit, &n.naming) {
+                (Some(name), _) => name.clone(),
+                (None, Naming::RepartitionOf(of)) => {
+                    format!("{}-repartition", names[*of as usize].clone().unwrap_or_default())
+                }
+                (None, Naming::EncodeFor(of)) => format!("{}-encode", names[*of as usize].clone().unwrap_or_default()),
+                _ => continue,
+            };
+            names[i] = Some(name);
+        }
+        Ok(names.into_iter().map(Option::unwrap_or_default).collect())
+    }
+}
+
+/// Builds a topology. Streams, tables and grouped streams are handles into the
+/// builder: operators called on them add nodes, and a stream may be read by
+/// several operators.
+#[derive(Default)]
+pub struct StreamsBuilder {
+    g: Shared,
+}
+
+impl StreamsBuilder {
+    /// A new, empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A stream read from the logical topic `topic` (a pipeline maps it to a real
+    /// topic; by default one of the same name), keys `K` and values `V`.
+    pub fn stream<K: crate::Data, V: crate::Data>(&self, topic: &str) -> KStream<K, V> {
+        let key = Rc::new(codec::KeyCodec::plain::<K>());
+        let output = Codec::new(key, codec::ValueCodec::text::<V>());
+        let mut g = self.g.borrow_mut();
+        if g.nodes.iter().any(|n| matches!(&n.op, Op::Source { topic: t } if t == topic)) {
+            g.error(format!("the topic `{topic}` is read twice: read it once and use the stream twice"));
+        }
+        let node = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![],
+            op: Op::Source { topic: topic.to_owned() },
+            output: Some(output.clone()),
+            run: Run::Host,
+        });
+        drop(g);
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
+    }
+
+    /// Finishes the topology: names every node, checks the graph as the host will
+    /// and readies it to run.
+    pub fn build(self) -> Result<Topology, TopologyError> {
+        let mut g = std::mem::take(&mut *self.g.borrow_mut());
+        if let Some(e) = g.errors.first() {
+            return Err(TopologyError { node: None, reason: e.clone() });
+        }
+        let names = g.names()?;
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for (def, name) in g.nodes.iter_mut().zip(&names) {
+            let mut op = def.op.clone();
+            if let Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } = &mut op {
+                store.name = name.clone();
+            }
+            nodes.push(Node { name: name.clone(), inputs: def.inputs.clone(), op });
+        }
+        let description = Description { nodes };
+        description.validate()?;
+        let mut consumers: Vec<Vec<Vec<u32>>> =
+            description.nodes.iter().map(|n| vec![Vec::new(); n.op.ports() as usize]).collect();
+        for (i, n) in description.nodes.iter().enumerate() {
+            for e in &n.inputs {
+                consumers[e.node as usize][e.port as usize].push(i as u32);
+            }
+        }
+        let runs = g.nodes.into_iter().map(|d| (d.output, d.run)).collect();
+        Ok(Topology { description, runs, consumers })
+    }
+}
+
+/// A built topology: its description (what `describe` returns) and the user
+/// functions that run it.
+pub struct Topology {
+    pub(crate) description: Description,
+    pub(crate) runs: Vec<(Option<Codec>, Run)>,
+    /// Per node and port, the nodes reading it.
+    pub(crate) consumers: Vec<Vec<Vec<u32>>>,
+}
+
+impl Topology {
+    /// The graph as the host sees it.
+    pub fn describe(&self) -> &Description {
+        &self.description
+    }
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology").field("description", &self.description).finish_non_exhaustive()
+    }
+}
+
+/// Time windows or sliding windows for [`KGroupedStream::windowed_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    spec: WindowSpec,
+}
+
+/// Session windows for [`KGroupedStream::windowed_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWindows {
+    spec: WindowSpec,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Back-to-back windows of `size`, aligned to the epoch, no grace.
+pub fn tumbling(size: Duration) -> Windows {
+    Windows { spec: WindowSpec::Tumbling { size_ms: ms(size), grace_ms: 0 } }
+}
+
+/// Windows of `size` starting every `advance`, aligned to the epoch, no grace.
+pub fn hopping(size: Duration, advance: Duration) -> Windows {
+    Windows { spec: WindowSpec::Hopping { size_ms: ms(size), advance_ms: ms(advance), grace_ms: 0 } }
+}
+
+/// Kafka Streams' sliding windows: one window per distinct set of records at
+/// most `difference` apart, no grace.
+pub fn sliding(difference: Duration) -> Windows {
+    Windows { spec: WindowSpec::Sliding { difference_ms: ms(difference), grace_ms: 0 } }
+}
+
+/// Sessions of records at most `gap` apart, no grace.
+pub fn session(gap: Duration) -> SessionWindows {
+    SessionWindows { spec: WindowSpec::Session { gap_ms: ms(gap), grace_ms: 0 } }
+}
+
+fn with_grace(spec: WindowSpec, grace: Duration) -> WindowSpec {
+    let g = ms(grace);
+    match spec {
+        WindowSpec::Tumbling { size_ms, .. } => WindowSpec::Tumbling { size_ms, grace_ms: g },
+        WindowSpec::Hopping { size_ms, advance_ms, .. } => WindowSpec::Hopping { size_ms, advance_ms, grace_ms: g },
+        WindowSpec::Sliding { difference_ms, .. } => WindowSpec::Sliding { difference_ms, grace_ms: g },
+        WindowSpec::Session { gap_ms, .. } => WindowSpec::Session { gap_ms, grace_ms: g },
+    }
+}
+
+impl Windows {
+    /// How long after a window ends records are still accepted into it.
+    pub fn grace(self, grace: Duration) -> Self {
+        Self { spec: with_grace(self.spec, grace) }
+    }
+
+    /// The description.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+}
+
+impl SessionWindows {
+    /// How long after a session ends records are still accepted into it.
+    pub fn grace(self, grace: Duration) -> Self {
+        Self { spec: with_grace(self.spec, grace) }
+    }
+
+    /// The description.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+}
+
+pub(crate) fn store_spec() -> StoreSpec {
+    StoreSpec { name: String::new(), schema: 1, migrates_from: vec![], changelog: true }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! Streams and their stateless operators.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use weir_abi::topology::{Edge, Op};
+
+use super::codec::{KeyCodec, ValueCodec};
+use super::{Codec, Item, KGroupedStream, NewNode, Run, Shared, Step, cast, fn_name, take};
+use crate::Data;
+use crate::data::encode_text_or_json;
+
+/// A stream of records with keys `K` and values `V`.
+pub struct KStream<K, V> {
+    pub(crate) g: Shared,
+    pub(crate) from: Edge,
+    pub(crate) codec: Codec,
+    /// Whether an operator since the last source or repartition may have
+    /// changed keys (grouping then needs a repartition).
+    pub(crate) rekeyed: bool,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for KStream<K, V> {
+    fn clone(&self) -> Self {
+        Self { g: self.g.clone(), from: self.from, codec: self.codec.clone(), rekeyed: self.rekeyed, _t: PhantomData }
+    }
+}
+
+fn keep<F>(out: &mut Vec<(u32, Item)>, item: Item, keep: F) -> Result<(), String>
+where
+    F: FnOnce(&Item) -> Result<bool, String>,
+{
+    if keep(&item)? {
+        out.push((0, item));
+    }
+    Ok(())
+}
+
+impl<K: Data, V: Data> KStream<K, V> {
+    pub(crate) fn new(g: Shared, from: Edge, codec: Codec, rekeyed: bool) -> Self {
+        Self { g, from, codec, rekeyed, _t: PhantomData }
+    }
+
+    fn add<K2: Data, V2: Data>(&self, op: Op, name: Option<String>, output: Codec, step: Step) -> KStream<K2, V2> {
+        let rekeys = op.changes_key();
+        let node = self.g.borrow_mut().add(NewNode {
+            fn_name: name,
+            inputs: vec![self.from],
+            op,
+            output: Some(output.clone()),
+            run: Run::Step(step),
+        });
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, self.rekeyed || rekeys)
+    }
+
+    fn same_key<V2: Data>(&self) -> Codec {
+        Codec::new(self.codec.key.clone(), ValueCodec::text::<V2>())
+    }
+
+    fn new_key<K2: Data, V2: Data>() -> Codec {
+        Codec::new(Rc::new(KeyCodec::plain::<K2>()), ValueCodec::text::<V2>())
+    }
+
+    /// Names the operator that produced this stream (see the module docs on names).
+    pub fn named(self, name: &str) -> Self {
+        self.g.borrow_mut().rename(self.from.node, name);
+        self
+    }
+
+    /// Checks each record: an `Err` sends it to the dead-letter topic with that
+    /// reason, naming this operator.
+    pub fn validate<F>(&self, f: F) -> KStream<K, V>
+    where
+        F: Fn(&K, &V) -> Result<(), String> + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            if let Some(v) = &item.value {
+                f(cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?)?;
+            }
+            out.push((0, item));
+            Ok(())
+        });
+        self.add(Op::Validate, fn_name::<F>(), self.same_key::<V>(), step)
+    }
+
+    /// Keeps the records `f` accepts.
+    pub fn filter<F>(&self, f: F) -> KStream<K, V>
+    where
+        F: Fn(&K, &V) -> bool + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            keep(out, item, |item| match &item.value {
+                Some(v) => Ok(f(cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?)),
+                None => Ok(true),
+            })
+        });
+        self.add(Op::Filter, fn_name::<F>(), self.same_key::<V>(), step)
+    }
+
+    /// Keeps the records `f` rejects.
+    pub fn filter_not<F>(&self, f: F) -> KStream<K, V>
+    where
+        F: Fn(&K, &V) -> bool + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            keep(out, item, |item| match &item.value {
+                Some(v) => Ok(!f(cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?)),
+                None => Ok(true),
+            })
+        });
+        self.add(Op::FilterNot, fn_name::<F>(), self.same_key::<V>(), step)
+    }
+
+    /// Maps each record to a new key and value. Grouping the result needs a
+    /// repartition (added for you).
+    pub fn map<K2: Data, V2: Data, F>(&self, f: F) -> KStream<K2, V2>
+    where
+        F: Fn(K, V) -> (K2, V2) + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let Some(v) = item.value else { return Ok(()) };
+            let (k, v) = f(take::<K>(item.key)?, take::<V>(v)?);
+            out.push((0, Item { key: Box::new(k), value: Some(Box::new(v)), timestamp: item.timestamp }));
+            Ok(())
+        });
+        self.add(Op::Map, fn_name::<F>(), Self::new_key::<K2, V2>(), step)
+    }
+
+    /// Maps each value, keeping the key.
+    pub fn map_values<V2: Data, F>(&self, f: F) -> KStream<K, V2>
+    where
+        F: Fn(&K, V) -> V2 + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let value = match item.value {
+                Some(v) => Some(Box::new(f(cast::<K>(item.key.as_ref())?, take::<V>(v)?)) as super::Obj),
+                None => None,
+            };
+            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+            Ok(())
+        });
+        self.add(Op::MapValues, fn_name::<F>(), self.same_key::<V2>(), step)
+    }
+
+    /// Maps each record to any number of records with new keys.
+    pub fn flat_map<K2: Data, V2: Data, I, F>(&self, f: F) -> KStream<K2, V2>
+    where
+        I: IntoIterator<Item = (K2, V2)>,
+        F: Fn(K, V) -> I + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let Some(v) = item.value else { return Ok(()) };
+            for (k, v) in f(take::<K>(item.key)?, take::<V>(v)?) {
+                out.push((0, Item { key: Box::new(k), value: Some(Box::new(v)), timestamp: item.timestamp }));
+            }
+            Ok(())
+        });
+        self.add(Op::FlatMap, fn_name::<F>(), Self::new_key::<K2, V2>(), step)
+    }
+
+    /// Maps each value to any number of values, keeping the key.
+    pub fn flat_map_values<V2: Data, I, F>(&self, f: F) -> KStream<K, V2>
+    where
+        I: IntoIterator<Item = V2>,
+        F: Fn(&K, V) -> I + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let Some(v) = item.value else {
+                out.push((0, item));
+                return Ok(());
+            };
+            let key = cast::<K>(item.key.as_ref())?;
+            for v2 in f(key, take::<V>(v)?) {
+                out.push((
+                    0,
+                    Item { key: Box::new(key.clone()), value: Some(Box::new(v2)), timestamp: item.timestamp },
+                ));
+            }
+            Ok(())
+        });
+        self.add(Op::FlatMapValues, fn_name::<F>(), self.same_key::<V2>(), step)
+    }
+
+    /// Sets a new key computed from each record. Grouping the result needs a
+    /// repartition (added for you).
+    pub fn select_key<K2: Data, F>(&self, f: F) -> KStream<K2, V>
+    where
+        F: Fn(&K, &V) -> K2 + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let Some(v) = item.value else { return Ok(()) };
+            let k2 = f(cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?);
+            out.push((0, Item { key: Box::new(k2), value: Some(v), timestamp: item.timestamp }));
+            Ok(())
+        });
+        self.add(Op::SelectKey, fn_name::<F>(), Self::new_key::<K2, V>(), step)
+    }
+
+    /// Calls `f` for each record and passes the record on.
+    pub fn peek<F>(&self, f: F) -> KStream<K, V>
+    where
+        F: Fn(&K, &V) + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            if let Some(v) = &item.value {
+                f(cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?);
+            }
+            out.push((0, item));
+            Ok(())
+        });
+        self.add(Op::Peek, fn_name::<F>(), self.same_key::<V>(), step)
+    }
+
+    /// Splits the stream into named branches: each record goes to the first
+    /// branch whose predicate accepts it.
+    pub fn split(&self, name: &str) -> Split<K, V> {
+        Split { stream: self.clone(), name: name.to_owned(), branches: Vec::new() }
+    }
+
+    /// The union of this stream and `other`.
+    pub fn merge(&self, other: &KStream<K, V>) -> KStream<K, V> {
+        let output = if self.codec.value.is_stored() { other.codec.clone() } else { self.codec.clone() };
+        let output = if output.value.is_stored() { self.same_key::<V>() } else { output };
+        let node = self.g.borrow_mut().add(NewNode {
+            fn_name: None,
+            inputs: vec![self.from, other.from],
+            op: Op::Merge,
+            output: Some(output.clone()),
+            run: Run::Step(Box::new(|item, out| {
+                out.push((0, item));
+                Ok(())
+            })),
+        });
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, self.rekeyed || other.rekeyed)
+    }
+
+    /// Writes the stream to the logical topic `topic`.
+    pub fn to(&self, topic: &str) {
+        let mut g = self.g.borrow_mut();
+        let mut input = self.from;
+        if self.codec.value.is_stored() {
+            // A table's rows are stored values: write them as text-or-JSON.
+            let sink = g.next_index() + 1;
+            let encoded = self.same_key::<V>();
+            let node = g.add_encode(input, encoded, sink);
+            input = Edge { node, port: 0 };
+        }
+        g.add(NewNode {
+            fn_name: None,
+            inputs: vec![input],
+            op: Op::Sink { topic: topic.to_owned() },
+            output: None,
+            run: Run::Host,
+        });
+    }
+
+    /// Groups by the current key (through a repartition if keys changed upstream).
+    pub fn group_by_key(&self) -> KGroupedStream<K, V> {
+        KGroupedStream::new(self.clone())
+    }
+
+    /// Groups by a new key computed from each record (through a repartition).
+    pub fn group_by<K2: Data, F>(&self, f: F) -> KGroupedStream<K2, V>
+    where
+        F: Fn(&K, &V) -> K2 + 'static,
+    {
+        KGroupedStream::new(self.select_key(f))
+    }
+}
+
+/// A stream being split into named branches; finish with [`Split::branches`].
+pub struct Split<K, V> {
+    stream: KStream<K, V>,
+    name: String,
+    #[allow(clippy::type_complexity)]
+    branches: Vec<(String, Option<Box<dyn Fn(&K, &V) -> bool>>)>,
+}
+
+impl<K: Data, V: Data> Split<K, V> {
+    /// Records `f` accepts (and no earlier branch took) go to branch `name`.
+    pub fn branch<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&K, &V) -> bool + 'static,
+    {
+        self.branches.push((name.to_owned(), Some(Box::new(f))));
+        self
+    }
+
+    /// Records no branch took go to branch `name` (otherwise they are dropped).
+    pub fn default_branch(mut self, name: &str) -> Self {
+        self.branches.push((name.to_owned(), None));
+        self
+    }
+
+    /// The branches' streams, in the order they were declared.
+    pub fn branches(self) -> Vec<KStream<K, V>> {
+        let mut names = Vec::new();
+        let mut preds = Vec::new();
+        let mut default_name = None;
+        for (name, f) in self.branches {
+            match f {
+                Some(f) => {
+                    names.push(name);
+                    preds.push(f);
+                }
+                None => default_name = Some(name),
+            }
+        }
+        let has_default = default_name.is_some();
+        let ports = preds.len() as u32;
+        let step: Step = Box::new(move |item, out| {
+            let Some(v) = &item.value else {
+                // A deletion goes to every branch: each may feed a table.
+                for port in 0..ports {
+                    out.push((port, Item { key: clone_obj::<K>(&item)?, value: None, timestamp: item.timestamp }));
+                }
+                if has_default {
+                    out.push((ports, item));
+                }
+                return Ok(());
+            };
+            let (k, v) = (cast::<K>(item.key.as_ref())?, cast::<V>(v.as_ref())?);
+            match preds.iter().position(|p| p(k, v)) {
+                Some(port) => out.push((port as u32, item)),
+                None if has_default => out.push((ports, item)),
+                None => {}
+            }
+            Ok(())
+        });
+        let mut branch_names = names.clone();
+        if let Some(d) = &default_name {
+            branch_names.push(d.clone());
+        }
+        let s = &self.stream;
+        let output = s.same_key::<V>();
+        let node = s.g.borrow_mut().add(NewNode {
+            fn_name: Some(self.name),
+            inputs: vec![s.from],
+            op: Op::Split { branches: branch_names.clone(), default_branch: has_default },
+            output: Some(output.clone()),
+            run: Run::Step(step),
+        });
+        (0..branch_names.len() as u32)
+            .map(|port| KStream::new(s.g.clone(), Edge { node, port }, output.clone(), s.rekeyed))
+            .collect()
+    }
+}
+
+fn clone_obj<K: Data>(item: &Item) -> Result<super::Obj, String> {
+    Ok(Box::new(cast::<K>(item.key.as_ref())?.clone()))
+}
+
+/// The bytes of a key, to compare keys of any type.
+pub(crate) fn key_bytes<K: Data>(k: &K) -> Result<Option<Vec<u8>>, String> {
+    encode_text_or_json(k)
+}

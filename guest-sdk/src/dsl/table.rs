@@ -1,0 +1,205 @@
+//! Tables (the result of an aggregation: the latest value per key), their
+//! stream of updates, and re-grouping a table to aggregate it again with an
+//! adder and a subtractor — what a top-N over changing values needs.
+
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use weir_abi::topology::{Edge, Fold as FoldKind, Op};
+
+use super::codec::{KeyCodec, ValueCodec};
+use super::grouped::{FoldOf, count_fold};
+use super::stream::key_bytes;
+use super::{Codec, Item, KStream, NewNode, Run, Shared, Step, cast, fn_name, store_spec};
+use crate::data::{decode_stored, encode_stored};
+use crate::{Change, Data};
+
+/// A table: the latest value per key, kept by the host in a named store.
+pub struct KTable<K, A> {
+    pub(crate) g: Shared,
+    pub(crate) node: u32,
+    key: Rc<KeyCodec>,
+    _t: PhantomData<fn() -> (K, A)>,
+}
+
+impl<K: Data, A: Data> KTable<K, A> {
+    pub(crate) fn new(g: Shared, node: u32, key: Rc<KeyCodec>) -> Self {
+        Self { g, node, key, _t: PhantomData }
+    }
+
+    /// Names the aggregation, its store (and changelog) and its repartition topic.
+    pub fn named(self, name: &str) -> Self {
+        self.g.borrow_mut().rename(self.node, name);
+        self
+    }
+
+    /// Declares the version of the stored values' encoding, the older versions
+    /// `migrate` converts from, and the conversion: `migrate(from, key, stored)`
+    /// returns the value in this version's form, or `None` to drop it. Read the
+    /// old form with [`crate::decode_state`].
+    pub fn state_schema<F>(self, schema: u32, migrates_from: &[u32], migrate: F) -> Self
+    where
+        F: Fn(u32, &K, &[u8]) -> Result<Option<A>, String> + 'static,
+    {
+        let mut g = self.g.borrow_mut();
+        if let Some(Op::Aggregate { store, .. } | Op::TableAggregate { store, .. }) = g.op_mut(self.node) {
+            store.schema = schema;
+            store.migrates_from = migrates_from.to_vec();
+        }
+        let key = self.key.clone();
+        g.set_migrate(
+            self.node,
+            Box::new(move |from, key_bytes, window, stored| {
+                let decoded = Codec::new(key.clone(), ValueCodec::text::<()>()).decode(&weir_abi::calls::Rec {
+                    key: key_bytes,
+                    value: None,
+                    old: None,
+                    timestamp: 0,
+                    window,
+                })?;
+                let k = cast::<K>(decoded.key.as_ref())?;
+                migrate(from, k, stored)?.map(|a| encode_stored(&a)).transpose()
+            }),
+        );
+        drop(g);
+        self
+    }
+
+    /// The stream of the table's updates (a deleted row, such as a session
+    /// merged into another, is a tombstone: see the module docs of `dsl`).
+    pub fn to_stream(&self) -> KStream<K, A> {
+        let output = Codec::new(self.key.clone(), ValueCodec::stored::<A>());
+        let node = self.g.borrow_mut().add(NewNode {
+            fn_name: None,
+            inputs: vec![Edge { node: self.node, port: 0 }],
+            op: Op::ToStream,
+            output: Some(output.clone()),
+            run: Run::Host,
+        });
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
+    }
+
+    /// Re-groups the table's rows under new keys: `f` maps each row to a new
+    /// key and value. Each update of the table takes its old row out of the
+    /// group it was in and adds its new row to the group it is in now.
+    pub fn group_by<K2: Data, V2: Data, F>(&self, f: F) -> KGroupedTable<K2, V2>
+    where
+        F: Fn(&K, &A) -> (K2, V2) + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let Some(change) = item.value else { return Ok(()) };
+            let change = super::take::<Change<A>>(change)?;
+            let key = cast::<K>(item.key.as_ref())?;
+            let new = change.new.as_ref().map(|v| f(key, v));
+            let old = change.old.as_ref().map(|v| f(key, v));
+            let ts = item.timestamp;
+            let one = |k: K2, new: Option<V2>, old: Option<V2>| Item {
+                key: Box::new(k),
+                value: Some(Box::new(Change { new, old })),
+                timestamp: ts,
+            };
+            match (new, old) {
+                (Some((kn, vn)), Some((ko, vo))) if key_bytes(&kn)? == key_bytes(&ko)? => {
+                    out.push((0, one(kn, Some(vn), Some(vo))));
+                }
+                (new, old) => {
+                    // The old row leaves its group first, then the new row joins.
+                    if let Some((ko, vo)) = old {
+                        out.push((0, one(ko, None, Some(vo))));
+                    }
+                    if let Some((kn, vn)) = new {
+                        out.push((0, one(kn, Some(vn), None)));
+                    }
+                }
+            }
+            Ok(())
+        });
+        let output = Codec::new(Rc::new(KeyCodec::plain::<K2>()), ValueCodec::text_change::<V2>());
+        let node = self.g.borrow_mut().add(NewNode {
+            fn_name: fn_name::<F>(),
+            inputs: vec![Edge { node: self.node, port: 0 }],
+            op: Op::TableGroupBy,
+            output: Some(output.clone()),
+            run: Run::Step(step),
+        });
+        KGroupedTable { g: self.g.clone(), from: Edge { node, port: 0 }, codec: output, _t: PhantomData }
+    }
+}
+
+/// A table re-grouped under new keys, ready to aggregate with an adder and a
+/// subtractor.
+pub struct KGroupedTable<K, V> {
+    g: Shared,
+    from: Edge,
+    codec: Codec,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+fn change<V: Data>(item: &Item) -> Result<Option<&Change<V>>, String> {
+    item.value.as_ref().map(|v| cast::<Change<V>>(v.as_ref())).transpose()
+}
+
+impl<K: Data, V: Data> KGroupedTable<K, V> {
+    fn node<A: Data>(&self, name: Option<String>, kind: FoldKind, fold: super::Fold) -> KTable<K, A> {
+        let mut g = self.g.borrow_mut();
+        let node = g.next_index() + 1;
+        let r = g.add_repartition(self.from, self.codec.clone(), node);
+        let key = Rc::new(KeyCodec::plain::<K>());
+        let output = Codec::new(key.clone(), ValueCodec::stored_change::<A>());
+        let node = g.add(NewNode {
+            fn_name: name,
+            inputs: vec![Edge { node: r, port: 0 }],
+            op: Op::TableAggregate { store: store_spec(), fold: kind },
+            output: Some(output),
+            run: Run::Fold(fold),
+        });
+        drop(g);
+        KTable::new(self.g.clone(), node, key)
+    }
+
+    /// Counts the rows in each group.
+    pub fn count(&self) -> KTable<K, u64> {
+        let mut fold = count_fold::<K, V>();
+        fold.add = Box::new(|n, item| {
+            if change::<V>(item)?.is_some_and(|c| c.new.is_some()) {
+                *n += 1;
+            }
+            Ok(())
+        });
+        fold.subtract = Box::new(|n, item| {
+            if change::<V>(item)?.is_some_and(|c| c.old.is_some()) {
+                *n = n.saturating_sub(1);
+            }
+            Ok(())
+        });
+        self.node(None, FoldKind::Count, fold.erase())
+    }
+
+    /// Folds each group's rows into an accumulator: `add` a row that joins,
+    /// `subtract` a row that leaves.
+    pub fn aggregate<A: Data + Default, F, S>(&self, add: F, subtract: S) -> KTable<K, A>
+    where
+        F: Fn(&mut A, &K, &V) + 'static,
+        S: Fn(&mut A, &K, &V) + 'static,
+    {
+        let fold = FoldOf::<A> {
+            init: Box::new(A::default),
+            decode: Box::new(decode_stored::<A>),
+            encode: Box::new(|a| encode_stored(a).map(Some)),
+            add: Box::new(move |acc, item| {
+                if let Some(new) = change::<V>(item)?.and_then(|c| c.new.as_ref()) {
+                    add(acc, cast::<K>(item.key.as_ref())?, new);
+                }
+                Ok(())
+            }),
+            subtract: Box::new(move |acc, item| {
+                if let Some(old) = change::<V>(item)?.and_then(|c| c.old.as_ref()) {
+                    subtract(acc, cast::<K>(item.key.as_ref())?, old);
+                }
+                Ok(())
+            }),
+            merge: Box::new(|_, _| Err("internal: tables do not merge".to_owned())),
+        };
+        self.node(fn_name::<F>(), FoldKind::Aggregate, fold.erase())
+    }
+}
