@@ -660,7 +660,7 @@ impl Topology {
                     if window.is_some() { Flow::WindowedTable } else { Flow::Table }
                 }
                 Op::TableGroupBy => {
-                    needs(&[Flow::Table])?;
+                    needs(&[Flow::Table, Flow::WindowedTable])?;
                     Flow::Changes
                 }
                 Op::TableAggregate { .. } => {

@@ -11,7 +11,26 @@ use weir_abi::topology::Edge;
 use weir_abi::{MigrateOut, Window};
 
 use crate::dsl::{Item, Obj, Run, Topology};
-use crate::runtime::FrameError;
+
+/// Why a whole frame failed (as opposed to one record in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The frame or a stored value could not be decoded.
+    BadFrame(String),
+    /// The plugin cannot go on.
+    Fatal(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::BadFrame(m) => write!(f, "bad frame: {m}"),
+            FrameError::Fatal(m) => write!(f, "fatal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
 
 fn bad(what: &str, e: impl std::fmt::Display) -> FrameError {
     FrameError::BadFrame(format!("{what}: {e}"))

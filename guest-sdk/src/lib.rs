@@ -42,21 +42,40 @@
 pub mod data;
 pub mod dsl;
 mod graph;
-mod runtime;
+mod shorthand;
 pub mod testing;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use data::Data;
+pub use weir_abi::topology::TopologyError;
 
 pub use weir_abi::Window;
 
 #[doc(hidden)]
+pub use weir_abi as __abi;
+
+pub use graph::FrameError;
+
+#[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{FrameError, finish_frame, migrate_frame, process_frame};
     #[cfg(target_arch = "wasm32")]
-    pub use crate::wasm::{describe, finish, migrate, process};
+    pub use crate::wasm::{aggregate, describe, migrate, run};
+}
+
+/// A plugin: a topology of operators with user functions. Implement it with the
+/// [`dsl`], or implement [`Aggregator`] (which makes a one-aggregation topology),
+/// and export it with [`export!`].
+pub trait Plugin {
+    /// Builds the plugin's topology (called once per instance).
+    fn topology() -> Result<dsl::Topology, weir_abi::topology::TopologyError>;
+}
+
+impl<A: Aggregator + 'static> Plugin for A {
+    fn topology() -> Result<dsl::Topology, weir_abi::topology::TopologyError> {
+        shorthand::topology::<A>()
+    }
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -183,42 +202,41 @@ pub fn decode_state<T: DeserializeOwned>(stored: &[u8]) -> Result<T, String> {
     postcard::from_bytes(stored).map_err(|e| format!("stored accumulator does not decode: {e}"))
 }
 
-/// Exports an [`Aggregator`] as the plugin's `weir:processor` implementation.
+/// Exports a [`Plugin`] (a DSL topology, or an [`Aggregator`]) as the plugin's
+/// `weir:processor` implementation.
 ///
-/// Use once per plugin crate: `weir_sdk::export!(MyAggregator);`. The plugin's name
+/// Use once per plugin crate: `weir_sdk::export!(MyPlugin);`. The plugin's name
 /// and version come from its `Cargo.toml`. Off wasm this expands to nothing, so the
 /// plugin's logic can be unit-tested natively.
 #[macro_export]
 macro_rules! export {
-    ($agg:ty) => {
+    ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         mod __weir_export {
             #[allow(unused_imports)]
             use super::*;
+            use $crate::wit::weir::processor::types::{PluginInfo, ProcessorError};
+
+            type Built = ::std::result::Result<$crate::dsl::Topology, $crate::__abi::topology::TopologyError>;
+
+            ::std::thread_local! {
+                static TOPOLOGY: Built = <$plugin as $crate::Plugin>::topology();
+            }
+
             struct Export;
             impl $crate::wit::Guest for Export {
-                fn describe() -> $crate::wit::weir::processor::types::PluginInfo {
-                    $crate::__private::describe::<$agg>(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                fn describe() -> ::std::result::Result<PluginInfo, ::std::string::String> {
+                    TOPOLOGY.with(|t| $crate::__private::describe(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), t))
                 }
-                fn process(
-                    batch: ::std::vec::Vec<u8>,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
-                {
-                    $crate::__private::process::<$agg>(&batch)
+                fn run(batch: ::std::vec::Vec<u8>) -> ::std::result::Result<::std::vec::Vec<u8>, ProcessorError> {
+                    TOPOLOGY.with(|t| $crate::__private::run(t, &batch))
                 }
-                fn finish(
-                    slots: ::std::vec::Vec<u8>,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
-                {
-                    $crate::__private::finish::<$agg>(&slots)
+                fn aggregate(batch: ::std::vec::Vec<u8>) -> ::std::result::Result<::std::vec::Vec<u8>, ProcessorError> {
+                    TOPOLOGY.with(|t| $crate::__private::aggregate(t, &batch))
                 }
-                fn migrate(
-                    from_schema: u32,
-                    slots: ::std::vec::Vec<u8>,
-                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::wit::weir::processor::types::ProcessorError>
-                {
-                    $crate::__private::migrate::<$agg>(from_schema, &slots)
+                fn migrate(batch: ::std::vec::Vec<u8>) -> ::std::result::Result<::std::vec::Vec<u8>, ProcessorError> {
+                    TOPOLOGY.with(|t| $crate::__private::migrate(t, &batch))
                 }
             }
             $crate::wit::__export_processor!(Export);

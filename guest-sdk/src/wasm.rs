@@ -1,10 +1,10 @@
-//! The wasm-only glue between the generated WIT bindings and [`crate::runtime`].
+//! The wasm-only glue between the generated WIT bindings and [`crate::graph`].
 
-use crate::runtime::{FrameError, finish_frame, migrate_frame, process_frame};
-use crate::wit::weir::processor::types::{
-    HoppingWindows, PluginInfo, ProcessorError, TumblingWindows, Windowing as WitWindowing,
-};
-use crate::{Aggregator, Windowing};
+use weir_abi::topology::TopologyError;
+
+use crate::dsl::Topology;
+use crate::graph::FrameError;
+use crate::wit::weir::processor::types::{PluginInfo, ProcessorError};
 
 impl From<FrameError> for ProcessorError {
     fn from(e: FrameError) -> Self {
@@ -15,32 +15,28 @@ impl From<FrameError> for ProcessorError {
     }
 }
 
-/// `describe` for an aggregator.
-pub fn describe<A: Aggregator>(name: &str, version: &str) -> PluginInfo {
-    let windowing = match A::WINDOWING {
-        Windowing::Hopping { size_ms, advance_ms } => WitWindowing::Hopping(HoppingWindows { size_ms, advance_ms }),
-        Windowing::Tumbling { size_ms } => WitWindowing::Tumbling(TumblingWindows { size_ms }),
-    };
-    PluginInfo {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        windowing,
-        state_schema: A::STATE_SCHEMA,
-        migrates_from: A::MIGRATES_FROM.to_vec(),
-    }
+fn built(topology: &Result<Topology, TopologyError>) -> Result<&Topology, ProcessorError> {
+    topology.as_ref().map_err(|e| ProcessorError::Fatal(format!("the plugin's topology does not build: {e}")))
 }
 
-/// `process` for an aggregator.
-pub fn process<A: Aggregator>(batch: &[u8]) -> Result<Vec<u8>, ProcessorError> {
-    process_frame::<A>(batch).map_err(Into::into)
+/// `describe`.
+pub fn describe(name: &str, version: &str, topology: &Result<Topology, TopologyError>) -> Result<PluginInfo, String> {
+    let t = topology.as_ref().map_err(|e| format!("the plugin's topology does not build: {e}"))?;
+    let bytes = t.describe().encode().map_err(|e| format!("the topology does not encode: {e}"))?;
+    Ok(PluginInfo { name: name.to_owned(), version: version.to_owned(), topology: bytes })
 }
 
-/// `finish` for an aggregator.
-pub fn finish<A: Aggregator>(slots: &[u8]) -> Result<Vec<u8>, ProcessorError> {
-    finish_frame::<A>(slots).map_err(Into::into)
+/// `run`.
+pub fn run(topology: &Result<Topology, TopologyError>, batch: &[u8]) -> Result<Vec<u8>, ProcessorError> {
+    built(topology)?.run_frame(batch).map_err(Into::into)
 }
 
-/// `migrate` for an aggregator.
-pub fn migrate<A: Aggregator>(from: u32, slots: &[u8]) -> Result<Vec<u8>, ProcessorError> {
-    migrate_frame::<A>(from, slots).map_err(Into::into)
+/// `aggregate`.
+pub fn aggregate(topology: &Result<Topology, TopologyError>, batch: &[u8]) -> Result<Vec<u8>, ProcessorError> {
+    built(topology)?.aggregate_frame(batch).map_err(Into::into)
+}
+
+/// `migrate`.
+pub fn migrate(topology: &Result<Topology, TopologyError>, batch: &[u8]) -> Result<Vec<u8>, ProcessorError> {
+    built(topology)?.migrate_frame(batch).map_err(Into::into)
 }

@@ -214,10 +214,10 @@ fn weir_run(
         application_id: app.clone(),
         plugin: plugin.into(),
         bootstrap_servers: bootstrap.to_owned(),
-        input_topic: input.to_owned(),
-        output_topic: format!("{app}-out"),
+        input_topic: Some(input.to_owned()),
+        output_topic: Some(format!("{app}-out")),
         processing_guarantee: guarantee,
-        grace_ms: 2_000,
+        grace_ms: Some(2_000),
         instance_id: Some("bench".into()),
         state: weir::config::StateConfig { dir: state.path().to_path_buf(), ..Default::default() },
         ..RunConfig::default()

@@ -165,6 +165,9 @@ pub struct DescribeArgs {
     /// Optional config file for topic names.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Print JSON (sub-topologies, segments, stores, internal topics) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `weir serve`
@@ -215,12 +218,15 @@ pub struct RunArgs {
     /// Kafka bootstrap servers.
     #[arg(long)]
     pub bootstrap_servers: Option<String>,
-    /// Input topic.
+    /// Topic the topology's only source reads.
     #[arg(long)]
     pub input_topic: Option<String>,
-    /// Output topic.
+    /// Topic the topology's only sink writes.
     #[arg(long)]
     pub output_topic: Option<String>,
+    /// Maps a logical topic of the plugin to a real one, `logical=real`; repeatable.
+    #[arg(long = "topic", value_name = "LOGICAL=REAL")]
+    pub topics: Vec<String>,
     /// Dead-letter topic.
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
@@ -275,18 +281,29 @@ impl RunArgs {
             plugin => cfg.plugin,
             application_id => cfg.application_id,
             bootstrap_servers => cfg.bootstrap_servers,
-            input_topic => cfg.input_topic,
-            output_topic => cfg.output_topic,
             processing_guarantee => cfg.processing_guarantee,
             compression => cfg.compression,
             commit_interval_ms => cfg.commit_interval_ms,
-            grace_ms => cfg.grace_ms,
-            emit => cfg.emit,
             state_dir => cfg.state.dir,
             state_backend => cfg.state.backend,
         );
-        if let Some(t) = &self.dead_letter_topic {
-            cfg.dead_letter_topic = Some(t.clone());
+        macro_rules! set_some {
+            ($($field:ident => $target:expr),* $(,)?) => {
+                $(if let Some(v) = &self.$field { $target = Some(v.clone()); })*
+            };
+        }
+        set_some!(
+            dead_letter_topic => cfg.dead_letter_topic,
+            input_topic => cfg.input_topic,
+            output_topic => cfg.output_topic,
+            grace_ms => cfg.grace_ms,
+            emit => cfg.emit,
+        );
+        for mapping in &self.topics {
+            let (logical, real) = mapping
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("--topic {mapping:?} is not logical=real")))?;
+            cfg.topics.insert(logical.to_owned(), real.to_owned());
         }
         if let Some(addr) = &self.admin_addr {
             cfg.admin.addr = addr.clone();
@@ -332,7 +349,7 @@ mod tests {
         let Command::Run(args) = cli.command else { panic!("not run") };
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.application_id, "from-file");
-        assert_eq!(cfg.grace_ms, 2000);
+        assert_eq!(cfg.grace_ms, Some(2000));
         assert_eq!(cfg.processing_guarantee, Guarantee::AtLeastOnce);
         assert_eq!(cfg.kafka["linger.ms"], "0");
     }

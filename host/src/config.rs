@@ -4,15 +4,22 @@
 //! application_id = "stock-stats"
 //! plugin = "target/wasm32-wasip2/release/stock_stats.wasm"
 //! bootstrap_servers = "127.0.0.1:9092"
-//! input_topic = "trades"
-//! output_topic = "stockstats-output"
+//! input_topic = "trades"                 # the topology's only source reads this
+//! output_topic = "stockstats-output"     # the topology's only sink writes this
 //! processing_guarantee = "exactly_once"   # or "at_least_once"
 //! commit_interval_ms = 100
-//! grace_ms = 2000
+//! grace_ms = 2000                         # overrides the plugin's grace
+//!
+//! [topics]                                # logical topic name → real topic
+//! trades = "trades-eu"
 //!
 //! [kafka]                                  # passed to every Kafka client
 //! "socket.keepalive.enable" = "true"
 //! ```
+//!
+//! A plugin names the topics it reads and writes logically; a pipeline maps each
+//! to a real topic: by `[topics]`, else (for a topology's only source or only
+//! sink) by `input_topic` / `output_topic`, else a topic of the same name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -227,24 +234,27 @@ pub struct RunConfig {
     pub plugin: PathBuf,
     /// Kafka bootstrap servers.
     pub bootstrap_servers: String,
-    /// Topic to read.
-    pub input_topic: String,
-    /// Topic to write results to.
-    pub output_topic: String,
+    /// Topic the topology's only source reads (unless `[topics]` maps it).
+    pub input_topic: Option<String>,
+    /// Topic the topology's only sink writes (unless `[topics]` maps it).
+    pub output_topic: Option<String>,
+    /// Logical topic names of the plugin mapped to real topics.
+    pub topics: BTreeMap<String, String>,
     /// Topic for records that cannot be processed; default `<application_id>-dlq`.
     pub dead_letter_topic: Option<String>,
     /// Exactly-once or at-least-once.
     pub processing_guarantee: Guarantee,
     /// How often to commit, in ms.
     pub commit_interval_ms: u64,
-    /// How long after a window ends late records are still accepted, in ms.
-    pub grace_ms: u64,
+    /// How long after a window ends late records are still accepted, in ms;
+    /// overrides the grace the plugin declares.
+    pub grace_ms: Option<u64>,
     /// How long a newly activated plugin version is on probation, in ms: a
     /// plugin failure in that time (and always before its first commit) rolls
     /// back to the previous version instead of dead-lettering records.
     pub swap_probation_ms: u64,
-    /// When results are written.
-    pub emit: EmitMode,
+    /// When results are written; overrides what the plugin declares.
+    pub emit: Option<EmitMode>,
     /// Largest number of records per plugin call.
     pub batch_size: usize,
     /// Replication factor of topics Weir creates; -1 takes the broker's default.
@@ -272,14 +282,15 @@ impl Default for RunConfig {
             application_id: "weir".into(),
             plugin: PathBuf::new(),
             bootstrap_servers: "127.0.0.1:9092".into(),
-            input_topic: "trades".into(),
-            output_topic: "stockstats-output".into(),
+            input_topic: None,
+            output_topic: None,
+            topics: BTreeMap::new(),
             dead_letter_topic: None,
             processing_guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: 100,
             swap_probation_ms: 30_000,
-            grace_ms: 0,
-            emit: EmitMode::Updates,
+            grace_ms: None,
+            emit: None,
             batch_size: 1000,
             replication_factor: -1,
             compression: Compression::None,
@@ -307,9 +318,22 @@ impl RunConfig {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.application_id))
     }
 
-    /// The changelog topic of the pipeline's window store.
-    pub fn changelog_topic(&self) -> String {
-        format!("{}-windows-changelog", self.application_id)
+    /// The changelog topic of the store named `store`.
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{store}-changelog", self.application_id)
+    }
+
+    /// The real topic of the plugin's logical topic `logical`; `only` is the
+    /// topic mapped by `input_topic`/`output_topic` when the topology has just
+    /// one source (or sink).
+    pub fn topic(&self, logical: &str, only: Option<&Option<String>>) -> String {
+        if let Some(real) = self.topics.get(logical) {
+            return real.clone();
+        }
+        if let Some(Some(real)) = only {
+            return real.clone();
+        }
+        logical.to_owned()
     }
 
     /// The commit interval.
@@ -342,8 +366,11 @@ impl RunConfig {
         if self.plugin.as_os_str().is_empty() {
             return bad("no plugin given (plugin = \"path/to/plugin.wasm\" or --plugin)");
         }
-        if self.input_topic.is_empty() || self.output_topic.is_empty() {
-            return bad("input_topic and output_topic must be set");
+        if self.input_topic.as_ref().is_some_and(String::is_empty)
+            || self.output_topic.as_ref().is_some_and(String::is_empty)
+            || self.topics.iter().any(|(k, v)| k.is_empty() || v.is_empty())
+        {
+            return bad("topic names must not be empty");
         }
         if self.commit_interval_ms == 0 {
             return bad("commit_interval_ms must be at least 1");
@@ -351,7 +378,7 @@ impl RunConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
         }
-        if self.grace_ms > i64::MAX as u64 / 2 {
+        if self.grace_ms.is_some_and(|g| g > i64::MAX as u64 / 2) {
             return bad("grace_ms is too large");
         }
         if self.state.uncommitted_mb == 0 {
@@ -387,7 +414,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.processing_guarantee, Guarantee::AtLeastOnce);
-        assert_eq!(cfg.grace_ms, 2500);
+        assert_eq!(cfg.grace_ms, Some(2500));
         assert_eq!(cfg.state.backend, StateBackend::Memory);
         assert_eq!(cfg.commit_interval_ms, 100);
         assert_eq!(cfg.kafka.get("linger.ms").map(String::as_str), Some("1"));

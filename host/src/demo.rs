@@ -23,7 +23,7 @@ use crate::config::{RunConfig, StateBackend};
 use crate::generator::GenConfig;
 use crate::kafka::{KafkaIoError, base_config};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError, Topics};
 use crate::runtime::{LoadError, PluginInfo, Runtime};
 
 /// Why the demo stopped.
@@ -49,35 +49,34 @@ pub enum DemoError {
     NoPlugin(String),
 }
 
-/// The topology a config and plugin make, as text.
+/// The topology a config and plugin make, as text: the plugin's graph, the real
+/// topics its logical ones map to, and how the pipeline commits.
 pub fn describe(cfg: &RunConfig, info: &PluginInfo) -> String {
-    let mut out = String::new();
-    let w = &info.windowing;
-    let windows = if w.size_ms() == w.advance_ms() {
-        format!("tumbling windows of {} ms", w.size_ms())
-    } else {
-        format!("hopping windows of {} ms advancing {} ms", w.size_ms(), w.advance_ms())
-    };
+    let mut out =
+        match crate::topology::describe::text(&info.name, &info.version, &info.topology, Some(&cfg.application_id)) {
+            Ok(text) => text,
+            Err(e) => format!("{} {}: {e}\n", info.name, info.version),
+        };
+    let topics = Topics::of(cfg, &info.shape);
     let backend = match cfg.state.backend {
         StateBackend::Rocksdb => "RocksDB",
         StateBackend::Memory => "in-memory",
     };
-    let _ = writeln!(out, "plugin       {} {} (state schema {})", info.name, info.version, info.state_schema);
-    let _ = writeln!(out, "topology");
-    let _ = writeln!(out, "  source     {} (one task per partition, event time = record timestamp)", cfg.input_topic);
+    let _ = writeln!(out, "\ntopics");
+    let _ = writeln!(out, "  source      {} → {}", info.shape.source.topic, topics.input);
+    for (sink, real) in info.shape.sinks.iter().zip(&topics.sinks) {
+        let _ = writeln!(out, "  sink        {} → {real}", sink.topic);
+    }
+    if let (Some(w), Some(changelog)) = (info.shape.windowed(), &topics.changelog) {
+        let grace = cfg.grace_ms.unwrap_or(w.grace_ms);
+        let emit = cfg.emit.map_or_else(|| format!("{:?}", w.emit).to_lowercase(), |e| value_name(&e));
+        let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", w.store.name);
+        let _ = writeln!(out, "  windows     {}; in effect: grace {grace} ms, emit {emit}", w.spec);
+    }
+    let _ = writeln!(out, "  dead-letter {}", topics.dead_letter);
     let _ = writeln!(
         out,
-        "  aggregate  {} by record key over {windows}, grace {} ms, emit {}",
-        info.name,
-        cfg.grace_ms,
-        value_name(&cfg.emit)
-    );
-    let _ = writeln!(out, "  store      window store ({backend}) -> changelog {} (compacted)", cfg.changelog_topic());
-    let _ = writeln!(out, "  sink       {}", cfg.output_topic);
-    let _ = writeln!(out, "  dead-letter {}", cfg.dead_letter_topic());
-    let _ = writeln!(
-        out,
-        "guarantee    {}, commit every {} ms",
+        "guarantee     {}, commit every {} ms",
         value_name(&cfg.processing_guarantee),
         cfg.commit_interval_ms
     );
@@ -111,7 +110,9 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
         application_id: "weir-demo".into(),
         plugin: args.plugin.clone(),
         bootstrap_servers: cluster.bootstrap_servers(),
-        grace_ms: 1_000,
+        input_topic: Some("trades".into()),
+        output_topic: Some("stockstats-output".into()),
+        grace_ms: Some(1_000),
         instance_id: Some("demo".into()),
         // The mock cluster holds every fetch for fetch.wait.max.ms (500 ms by
         // default) even when data is waiting; a real broker answers at once.
@@ -120,16 +121,21 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
     };
     let state_dir = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
     let cfg = RunConfig { state: crate::config::StateConfig { dir: state_dir.clone(), ..cfg.state.clone() }, ..cfg };
-    // The mock cluster cannot create topics through the admin API.
-    for topic in [cfg.input_topic.clone(), cfg.output_topic.clone(), cfg.changelog_topic(), cfg.dead_letter_topic()] {
-        cluster.create_topic(&topic, partitions, 1)?;
-    }
     let runtime = Runtime::new()?;
     let metrics = Metrics::default();
-    let mut pipeline = Pipeline::new(cfg.clone(), &runtime, metrics.clone())?;
+    let plugin = Pipeline::load_plugin(&cfg, &runtime)?;
+    let topics = Topics::of(&cfg, &plugin.info().shape);
+    // The mock cluster cannot create topics through the admin API.
+    for topic in
+        std::iter::once(&topics.input).chain(&topics.sinks).chain(&topics.changelog).chain([&topics.dead_letter])
+    {
+        cluster.create_topic(topic, partitions, 1)?;
+    }
+    let output = topics.sinks.first().cloned().unwrap_or_default();
+    let mut pipeline = Pipeline::with_plugin(cfg.clone(), plugin, metrics.clone())?;
     let trades = GenConfig {
         bootstrap_servers: cfg.bootstrap_servers.clone(),
-        topic: cfg.input_topic.clone(),
+        topic: topics.input.clone(),
         partitions,
         count: 0,
         rate: args.rate,
@@ -147,7 +153,7 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
         let generator = s.spawn(|| {
             crate::generator::run(&trades, base_config(&trades.bootstrap_servers, &Default::default()), stop)
         });
-        let shown = show(&cfg, &metrics, stop, args, began);
+        let shown = show(&cfg, &output, &metrics, stop, args, began);
         stop.store(true, Ordering::Relaxed);
         let p = pipeline.join().map_err(|_| DemoError::Panicked)?;
         let g = generator.join().map_err(|_| DemoError::Panicked)?;
@@ -161,6 +167,7 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
 
 fn show(
     cfg: &RunConfig,
+    output: &str,
     metrics: &Metrics,
     stop: &AtomicBool,
     args: &DemoArgs,
@@ -171,7 +178,7 @@ fn show(
     let consumer: BaseConsumer = consumer_cfg.create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..4 {
-        tpl.add_partition_offset(&cfg.output_topic, p, Offset::Beginning)?;
+        tpl.add_partition_offset(output, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     // Per ticker, the most recent windows by start.

@@ -19,4 +19,5 @@ pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod task;
+pub mod topology;
 pub mod window;

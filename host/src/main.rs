@@ -126,7 +126,14 @@ fn run() -> Result<()> {
             let runtime = Runtime::new()?;
             let wasm = std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin.display()))?;
             let plugin = runtime.load(&wasm, cfg.sandbox())?;
-            print!("{}", weir::demo::describe(&cfg, plugin.info()));
+            let info = plugin.info();
+            if args.json {
+                let app = Some(cfg.application_id.as_str());
+                let json = weir::topology::describe::json(&info.name, &info.version, &info.topology, app)?;
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                print!("{}", weir::demo::describe(&cfg, info));
+            }
         }
         Command::Plugin(PluginCommand::Upload { name, file, target }) => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -156,8 +163,13 @@ fn run() -> Result<()> {
             let mut registry = weir::registry::Registry::open(dir.path(), runtime, max_mb << 20)?;
             match registry.upload("check", &bytes) {
                 Ok(v) => println!(
-                    "ok: {} {} (id {}, {} bytes, windows {}/{} ms, state schema {})",
-                    v.plugin_name, v.plugin_version, v.id, v.size, v.windowing.0, v.windowing.1, v.state_schema
+                    "ok: {} {} (id {}, {} bytes, {}, state schema {})",
+                    v.plugin_name,
+                    v.plugin_version,
+                    v.id,
+                    v.size,
+                    v.windowing.map_or("no windows".to_owned(), |(s, a)| format!("windows {s}/{a} ms")),
+                    v.state_schema
                 ),
                 Err(e) => anyhow::bail!("refused: {e}"),
             }

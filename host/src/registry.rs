@@ -75,8 +75,9 @@ pub struct Version {
     pub plugin_name: String,
     /// The plugin's own version string.
     pub plugin_version: String,
-    /// Window size and advance in ms.
-    pub windowing: (i64, i64),
+    /// Window size and advance in ms, if the topology has windows.
+    #[serde(default)]
+    pub windowing: Option<(i64, i64)>,
     /// Accumulator encoding version.
     pub state_schema: u32,
     /// Component size in bytes.
@@ -173,7 +174,7 @@ impl Registry {
             name: name.to_owned(),
             plugin_name: info.name.clone(),
             plugin_version: info.version.clone(),
-            windowing: (info.windowing.size_ms(), info.windowing.advance_ms()),
+            windowing: info.shape.windowed().map(|w| (w.windowing.size_ms(), w.windowing.advance_ms())),
             state_schema: info.state_schema,
             size: bytes.len(),
             artifact_sha256: sha256_hex(&artifact),
@@ -258,7 +259,7 @@ mod tests {
             let mut reg = registry(dir.path());
             let v = reg.upload("stock-stats", &bytes).unwrap();
             assert_eq!(v.id, sha256_hex(&bytes));
-            assert_eq!((v.plugin_name.as_str(), v.windowing, v.state_schema), ("stock-stats", (5000, 1000), 1));
+            assert_eq!((v.plugin_name.as_str(), v.windowing, v.state_schema), ("stock-stats", Some((5000, 1000)), 1));
             assert_eq!(reg.upload("stock-stats", &bytes).unwrap(), v, "same bytes, same version");
             assert_eq!(reg.versions().len(), 1);
             v.id
@@ -303,7 +304,7 @@ mod tests {
         // The empty component: valid, but implements nothing of the world.
         assert!(
             refusal(b"\0asm\x0d\0\x01\0")
-                .contains("does not export `describe`, `process`, `finish`, `migrate` (it exports nothing)")
+                .contains("does not export `describe`, `run`, `aggregate`, `migrate` (it exports nothing)")
         );
         let mut reg = registry(tempfile::tempdir().unwrap().path());
         assert!(matches!(reg.upload("bad name!", &stock_stats()), Err(RegistryError::BadName(_))));

@@ -148,13 +148,14 @@ impl Host {
         let cfg = self.host_settings(cfg);
         cfg.validate()?;
         // Before anything is made (or written to the state directory).
-        preflight(&cfg)?;
+        let plugin = match plugin {
+            Some(plugin) => plugin,
+            None => Pipeline::load_plugin(&cfg, &self.runtime)?,
+        };
+        preflight(&cfg, &plugin)?;
         let name = cfg.application_id.clone();
         let sandbox = cfg.sandbox();
-        let mut pipeline = match plugin {
-            Some(plugin) => Pipeline::with_plugin(cfg, plugin, Metrics::default())?,
-            None => Pipeline::new(cfg, &self.runtime, Metrics::default())?,
-        };
+        let mut pipeline = Pipeline::with_plugin(cfg, plugin, Metrics::default())?;
         let failure = Arc::new(Mutex::new(None));
         let last_failure = Arc::new(Mutex::new(None));
         let entry = PipelineEntry {

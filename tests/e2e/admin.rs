@@ -66,19 +66,19 @@ fn uploads_are_validated_authenticated_and_activated() -> Result<()> {
             "an empty component",
             admin.post("/v1/plugins/x", "application/wasm", b"\0asm\x0d\0\x01\0"),
             422,
-            "does not export `describe`, `process`, `finish`, `migrate` (it exports nothing)",
+            "does not export `describe`, `run`, `aggregate`, `migrate` (it exports nothing)",
         ),
         (
             "a component of another world",
             admin.post("/v1/plugins/x", "application/wasm", &std::fs::read(plugin("foreign-world")?)?),
             422,
-            "does not implement weir:processor/processor@0.2.0: it does not export `describe`, `process`, `finish`, `migrate` (it exports `greet`)",
+            "does not implement weir:processor/processor@0.3.0: it does not export `describe`, `run`, `aggregate`, `migrate` (it exports `greet`)",
         ),
         (
             "a component of an older world version",
             admin.post("/v1/plugins/x", "application/wasm", &std::fs::read(plugin("old-world")?)?),
             422,
-            "built for weir:processor@0.1.0; this host implements weir:processor@0.2.0",
+            "built for weir:processor@0.1.0; this host implements weir:processor@0.3.0",
         ),
         (
             "an oversized file",

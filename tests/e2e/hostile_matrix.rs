@@ -1,5 +1,5 @@
 //! The hostile-plugin matrix: for each phase a plugin runs in — `describe`,
-//! `process`, `finish`, `migrate` — and each way it can misbehave — a trap, a
+//! `aggregate` (process), `run` (finish), `migrate` — and each way it can misbehave — a trap, a
 //! stack overflow, an endless loop, memory growth, an oversized or malformed
 //! answer, absurd numbers — one host stays up with bounded memory, says what
 //! happened in the plugin's terms, and the healthy pipeline beside the hostile
@@ -27,7 +27,7 @@ fn needle(phase: &str, act: &str) -> &'static str {
         (_, "huge") => "the limit is 1048576 bytes",
         (_, "garbage") => "unreadable frame",
         ("process", "absurd") => "updated twice",
-        ("finish", "absurd") => "finish returned 200000 values",
+        ("finish", "absurd") => "200000 records rendered from",
         ("migrate", "absurd") => "migrate returned 200000 accumulators",
         ("describe", "absurd") => "max_windows_per_record",
         ("describe", "many") => "the limit is 64",

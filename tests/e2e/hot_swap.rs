@@ -102,9 +102,9 @@ fn stats_config(app: &str, input: &str, state: &std::path::Path) -> Result<RunCo
         application_id: app.to_owned(),
         plugin: plugin("stock-stats")?,
         bootstrap_servers: bootstrap(),
-        input_topic: input.to_owned(),
-        output_topic: format!("{app}-out"),
-        grace_ms: 2_000,
+        input_topic: Some(input.to_owned()),
+        output_topic: Some(format!("{app}-out")),
+        grace_ms: Some(2_000),
         instance_id: Some(format!("{app}-host")),
         state: StateConfig { dir: state.to_path_buf(), ..StateConfig::default() },
         ..RunConfig::default()

@@ -61,7 +61,7 @@ impl KeyCodec {
     pub fn plain<K: Data>() -> Self {
         Self {
             decode: Box::new(|bytes, _| {
-                Ok(Box::new(decode_text_or_json::<K>(bytes).map_err(|e| format!("key: {e}"))?))
+                Ok(Box::new(decode_text_or_json::<K>(bytes).map_err(|e| format!("invalid key: {e}"))?))
             }),
             encode: Box::new(|k| Ok((encode_text_or_json(cast::<K>(k)?)?, None))),
             clone: Box::new(|k| Ok(Box::new(cast::<K>(k)?.clone()))),
@@ -74,7 +74,7 @@ impl KeyCodec {
         Self {
             decode: Box::new(|bytes, window| {
                 let window = window.ok_or("a record of a windowed table arrived without its window")?;
-                let key = decode_text_or_json::<K>(bytes).map_err(|e| format!("key: {e}"))?;
+                let key = decode_text_or_json::<K>(bytes).map_err(|e| format!("invalid key: {e}"))?;
                 Ok(Box::new(Windowed { key, window }))
             }),
             encode: Box::new(|k| {
@@ -131,11 +131,11 @@ impl ValueCodec {
                         None => Ok(None),
                         some => one(some, stored),
                     };
-                    let new = text_opt(value).map_err(|e| format!("value: {e}"))?;
-                    let old = text_opt(old).map_err(|e| format!("old value: {e}"))?;
+                    let new = text_opt(value).map_err(|e| format!("invalid value: {e}"))?;
+                    let old = text_opt(old).map_err(|e| format!("invalid old value: {e}"))?;
                     Ok(Box::new(Change { new, old }) as Obj)
                 } else {
-                    match one(value, stored).map_err(|e| format!("value: {e}"))? {
+                    match one(value, stored).map_err(|e| format!("invalid value: {e}"))? {
                         Some(v) => Ok(Box::new(v) as Obj),
                         None => Err("internal: a deletion reached the value decoder".to_owned()),
                     }
@@ -181,6 +181,35 @@ impl ValueCodec {
     /// Re-grouped updates: `Change<V>`, text-or-JSON.
     pub fn text_change<V: Data>() -> Self {
         Self::of::<V>(Form::TextChange)
+    }
+
+    /// Values that are only read (the input of an [`crate::Aggregator`], which
+    /// need not be `Clone` or `Serialize`): writing or copying one is refused.
+    pub fn read_only<V: serde::de::DeserializeOwned + 'static>() -> Self {
+        Self {
+            decode: Box::new(|value, _| {
+                Ok(Box::new(decode_text_or_json::<V>(value).map_err(|e| format!("invalid value: {e}"))?) as Obj)
+            }),
+            encode: Box::new(|_| Err("internal: values of this stream are never written".to_owned())),
+            clone: Box::new(|_| Err("internal: values of this stream are never copied".to_owned())),
+            deletes: false,
+            stored: false,
+        }
+    }
+
+    /// Stored values that are only read (an [`crate::Aggregator`]'s
+    /// accumulators, which need not be `Clone`).
+    pub fn stored_read_only<V: serde::de::DeserializeOwned + 'static>() -> Self {
+        Self {
+            decode: Box::new(|value, _| match value {
+                Some(b) => Ok(Box::new(decode_stored::<V>(b).map_err(|e| format!("invalid value: {e}"))?) as Obj),
+                None => Err("internal: a deletion reached the value decoder".to_owned()),
+            }),
+            encode: Box::new(|_| Err("internal: values of this stream are never written".to_owned())),
+            clone: Box::new(|_| Err("internal: values of this stream are never copied".to_owned())),
+            deletes: true,
+            stored: true,
+        }
     }
 
     /// Whether values are in the stored encoding.

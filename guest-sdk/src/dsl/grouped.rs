@@ -30,6 +30,13 @@ pub(crate) struct FoldOf<S> {
 
 impl<S: Clone + 'static> FoldOf<S> {
     pub fn erase(self) -> Fold {
+        self.erase_with(|s| Ok(s.clone()))
+    }
+}
+
+impl<S: 'static> FoldOf<S> {
+    /// Type-erases the fold; `copy` copies a slot's value (sliding windows).
+    pub fn erase_with(self, copy: fn(&S) -> Result<S, String>) -> Fold {
         let FoldOf { init, decode, encode, add, subtract, merge } = self;
         Fold {
             init: Box::new(move || Box::new(init())),
@@ -38,17 +45,17 @@ impl<S: Clone + 'static> FoldOf<S> {
             add: Box::new(move |s, item| add(cast_mut::<S>(s.as_mut())?, item)),
             subtract: Box::new(move |s, item| subtract(cast_mut::<S>(s.as_mut())?, item)),
             merge: Box::new(move |s, other| merge(cast_mut::<S>(s.as_mut())?, cast::<S>(other)?)),
-            clone: Box::new(|s| Ok(Box::new(cast::<S>(s)?.clone()))),
+            clone: Box::new(move |s| Ok(Box::new(copy(cast::<S>(s)?)?))),
             migrate: None,
         }
     }
 }
 
-fn no_subtract<S>(kind: &'static str) -> Box<dyn Fn(&mut S, &Item) -> Result<(), String>> {
+pub(crate) fn no_subtract<S>(kind: &'static str) -> Box<dyn Fn(&mut S, &Item) -> Result<(), String>> {
     Box::new(move |_, _| Err(format!("internal: a {kind} of a stream has no subtractor")))
 }
 
-fn no_merge<S>() -> Box<dyn Fn(&mut S, &S) -> Result<(), String>> {
+pub(crate) fn no_merge<S>() -> Box<dyn Fn(&mut S, &S) -> Result<(), String>> {
     Box::new(|_, _| Err("internal: only sessions merge".to_owned()))
 }
 

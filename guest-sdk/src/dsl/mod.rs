@@ -49,7 +49,7 @@
 #![allow(clippy::type_complexity)]
 
 mod codec;
-mod grouped;
+pub(crate) mod grouped;
 mod stream;
 mod table;
 
@@ -60,7 +60,8 @@ use std::time::Duration;
 
 use weir_abi::topology::{Edge, Node, Op, StoreSpec, Topology as Description, TopologyError, WindowSpec};
 
-pub(crate) use codec::{Codec, Item, Obj, cast, cast_mut, take};
+pub(crate) use codec::{Codec, Item, KeyCodec, Obj, ValueCodec, cast, cast_mut, take};
+pub(crate) use grouped::{FoldOf, no_merge, no_subtract};
 pub use grouped::{KGroupedStream, SessionWindowedStream, WindowedStream};
 pub use stream::{KStream, Split};
 pub use table::{KGroupedTable, KTable};
@@ -305,7 +306,7 @@ impl Graph {
 /// several operators.
 #[derive(Default)]
 pub struct StreamsBuilder {
-    g: Shared,
+    pub(crate) g: Shared,
 }
 
 impl StreamsBuilder {

@@ -213,7 +213,7 @@ fn a_segment_runs_every_operator_in_one_call() {
     assert_eq!(rejects.len(), 2, "{rejects:?}");
     assert_eq!(rejects[0].0, 2);
     assert_eq!(rejects[0].1, "validate-1");
-    assert!(rejects[0].2.contains("value:"), "{rejects:?}");
+    assert!(rejects[0].2.contains("invalid value:"), "{rejects:?}");
     assert_eq!((rejects[1].0, rejects[1].1.as_str(), rejects[1].2.as_str()), (3, "validate-1", "negative price -1"));
 }
 

@@ -63,7 +63,8 @@ struct Worker {
     offsets: BaseConsumer<Reporting>,
     ends: BaseConsumer<Reporting>,
     input: String,
-    changelog: String,
+    /// The changelog, if the task has a store.
+    changelog: Option<String>,
     health: Health,
 }
 
@@ -87,7 +88,10 @@ impl Worker {
 
     fn answer(&self, partition: i32, epoch: u64) -> Result<Resume, String> {
         let (committed, metadata) = self.committed(partition)?;
-        let (low, end) = self.ends.fetch_watermarks(&self.changelog, partition, ATTEMPT).map_err(|e| e.to_string())?;
+        let (low, end) = match &self.changelog {
+            Some(changelog) => self.ends.fetch_watermarks(changelog, partition, ATTEMPT).map_err(|e| e.to_string())?,
+            None => (0, 0),
+        };
         Ok(Resume { partition, epoch, committed, metadata, changelog_low: low, changelog_end: end })
     }
 }
@@ -99,7 +103,7 @@ impl Queries {
         base: &ClientConfig,
         group: &str,
         input: &str,
-        changelog: &str,
+        changelog: Option<&str>,
         health: Health,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, KafkaIoError> {
@@ -117,7 +121,7 @@ impl Queries {
             offsets: make(&offsets)?,
             ends: make(&ends)?,
             input: input.to_owned(),
-            changelog: changelog.to_owned(),
+            changelog: changelog.map(str::to_owned),
             health,
         };
         let (tx, requests) = channel();

@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::swap::{ControlCommand, SwapError, SwapEvent, Versions};
 use super::{CRASH_ENV, PipelineError};
-use crate::config::RunConfig;
+use crate::config::{EmitMode, RunConfig};
 use crate::faults;
 use crate::kafka::KafkaIoError;
 use crate::kafka::queries::{Queries, Resume};
@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::runtime::Worker;
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
 use crate::task::{CommitMetadata, Dest, Env, Outbox, Policy, Task, TaskError};
+use weir_abi::topology::Emit;
 
 /// The consumer of a session.
 pub(super) type Source = BaseConsumer<SourceContext<Engine>>;
@@ -52,12 +53,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct Topics {
     /// The input topic.
     pub input: String,
-    /// Results.
-    pub output: String,
-    /// The window store's changelog.
-    pub changelog: String,
+    /// The sinks' topics, in the order of the topology's sinks.
+    pub sinks: Vec<String>,
+    /// The store's changelog, if the topology has a store.
+    pub changelog: Option<String>,
     /// Dead letters.
     pub dead_letter: String,
+}
+
+impl Topics {
+    /// The real topics of `shape` under `cfg`'s mapping.
+    pub fn of(cfg: &RunConfig, shape: &crate::topology::Shape) -> Self {
+        let only_sink = (shape.sinks.len() == 1).then_some(&cfg.output_topic);
+        Self {
+            input: cfg.topic(&shape.source.topic, Some(&cfg.input_topic)),
+            sinks: shape.sinks.iter().map(|s| cfg.topic(&s.topic, only_sink)).collect(),
+            changelog: shape.store().map(|s| cfg.changelog_topic(&s.name)),
+            dead_letter: cfg.dead_letter_topic(),
+        }
+    }
 }
 
 /// Where a restoring task is.
@@ -156,12 +170,21 @@ impl Engine {
     }
 
     fn policy(&self) -> Policy {
+        let declared = self.versions.info().shape.windowed().map_or(EmitMode::Updates, |w| match w.emit {
+            Emit::Updates => EmitMode::Updates,
+            Emit::Final => EmitMode::Final,
+        });
         Policy {
             retries: self.cfg.limits.retries,
             probation: self.versions.probation,
             on_failure: self.cfg.limits.on_failure,
-            emit: self.cfg.emit,
+            emit: self.cfg.emit.unwrap_or(declared),
         }
+    }
+
+    /// The grace period: the configured one, or the aggregation's own.
+    fn grace_ms(&self) -> u64 {
+        self.cfg.grace_ms.or_else(|| self.versions.info().shape.windowed().map(|w| w.grace_ms)).unwrap_or(0)
     }
 
     /// Buffers a polled record for its task, if the partition's task runs.
@@ -196,8 +219,10 @@ impl Engine {
     /// Runs every task's buffered records through the plugin.
     pub(super) fn process_pending(&mut self) -> Result<(), TaskError> {
         let policy = self.policy();
+        let info = self.versions.worker.plugin().shared_info();
         for task in self.tasks.values_mut() {
             let mut env = Env {
+                info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
@@ -263,8 +288,10 @@ impl Engine {
         let policy = self.policy();
         let mut prepared = Vec::with_capacity(self.tasks.len());
         let mut offsets = TopicPartitionList::new();
+        let info = self.versions.worker.plugin().shared_info();
         for task in self.tasks.values_mut() {
             let mut env = Env {
+                info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
@@ -296,7 +323,12 @@ impl Engine {
         let mut stale = Vec::new();
         for (partition, commit) in prepared {
             let Some(task) = self.tasks.get_mut(&partition) else { continue };
-            let next = changelog_offsets.get(&(self.topics.changelog.clone(), partition)).map(|o| o + 1);
+            let next = self
+                .topics
+                .changelog
+                .as_ref()
+                .and_then(|c| changelog_offsets.get(&(c.clone(), partition)))
+                .map(|o| o + 1);
             if let Err(e) = task.complete_commit(commit, next) {
                 // Kafka has the commit; the store does not: bring it up to date
                 // from the changelog before the task goes on.
@@ -317,8 +349,12 @@ impl Engine {
         let mut changelog_seen = false;
         for out in self.outbox.records() {
             let topic = match out.dest {
-                Dest::Output => &self.topics.output,
-                Dest::Changelog => &self.topics.changelog,
+                Dest::Sink(i) => {
+                    self.topics.sinks.get(i).ok_or_else(|| KafkaIoError::Setup(format!("no sink #{i}")))?
+                }
+                Dest::Changelog => {
+                    self.topics.changelog.as_ref().ok_or_else(|| KafkaIoError::Setup("no changelog".into()))?
+                }
                 Dest::DeadLetter => &self.topics.dead_letter,
             };
             if out.dest == Dest::Changelog && !changelog_seen {
@@ -538,8 +574,8 @@ impl Engine {
         let schema = meta.schema.unwrap_or(self.versions.info().state_schema);
         let task = Task::new(
             partition,
-            self.versions.info().windowing,
-            self.cfg.grace_ms,
+            self.versions.info().shape.windowed().map(|w| w.windowing),
+            self.grace_ms(),
             r.store,
             committed,
             meta.stream_time,
@@ -598,7 +634,9 @@ impl Engine {
             }
             from.insert(stored);
             let max_bytes = self.cfg.state.uncommitted_mb << 20;
-            windows += task.evolve(&mut self.versions.worker, &self.metrics, info.state_schema, reset, max_bytes)?;
+            let node = info.shape.windowed().map_or(0, |w| w.node);
+            windows +=
+                task.evolve(&mut self.versions.worker, node, &self.metrics, info.state_schema, reset, max_bytes)?;
         }
         if from.is_empty() {
             return Ok(None);

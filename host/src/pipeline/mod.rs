@@ -174,10 +174,15 @@ impl Pipeline {
     /// [`Pipeline::run`].
     pub fn new(cfg: RunConfig, runtime: &Runtime, metrics: Metrics) -> Result<Self, PipelineError> {
         cfg.validate()?;
+        let plugin = Self::load_plugin(&cfg, runtime)?;
+        Self::with_plugin(cfg, plugin, metrics)
+    }
+
+    /// Loads the plugin file `cfg` names, under its sandbox.
+    pub fn load_plugin(cfg: &RunConfig, runtime: &Runtime) -> Result<Plugin, PipelineError> {
         let wasm = std::fs::read(&cfg.plugin)
             .map_err(|source| PipelineError::PluginFile { path: cfg.plugin.clone(), source })?;
-        let plugin = runtime.load(&wasm, cfg.sandbox())?;
-        Self::with_plugin(cfg, plugin, metrics)
+        Ok(runtime.load(&wasm, cfg.sandbox())?)
     }
 
     /// Like [`Pipeline::new`], with the plugin already loaded (e.g. from the
@@ -185,7 +190,14 @@ impl Pipeline {
     pub fn with_plugin(cfg: RunConfig, plugin: Plugin, metrics: Metrics) -> Result<Self, PipelineError> {
         cfg.validate()?;
         let info = plugin.info();
-        tracing::info!(plugin = %plugin.label(), windows = ?info.windowing, "plugin loaded");
+        let topics = Topics::of(&cfg, &info.shape);
+        tracing::info!(
+            plugin = %plugin.label(),
+            input = %topics.input,
+            sinks = ?topics.sinks,
+            window = ?info.shape.windowed().map(|w| w.spec),
+            "plugin loaded"
+        );
         let versions = Versions::new(plugin);
         let (tx, rx) = channel();
         let control = Control { tx, status: versions.status.clone() };
@@ -241,14 +253,10 @@ impl Pipeline {
     fn session(&mut self, stop: &Arc<AtomicBool>) -> Result<(), PipelineError> {
         let cfg = &self.cfg;
         let mut base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
-        let partitions = partition_count(&base, &cfg.input_topic, SETUP_TIMEOUT)?
-            .ok_or_else(|| KafkaIoError::Topic { topic: cfg.input_topic.clone(), reason: "does not exist".into() })?;
-        let topics = Topics {
-            input: cfg.input_topic.clone(),
-            output: cfg.output_topic.clone(),
-            changelog: cfg.changelog_topic(),
-            dead_letter: cfg.dead_letter_topic(),
-        };
+        let Some((versions, _)) = &self.versions else { return Err(PipelineError::Poisoned) };
+        let topics = Topics::of(cfg, &versions.info().shape);
+        let partitions = partition_count(&base, &topics.input, SETUP_TIMEOUT)?
+            .ok_or_else(|| KafkaIoError::Topic { topic: topics.input.clone(), reason: "does not exist".into() })?;
         let spec = |name: &str, configs: Vec<(String, String)>, exact| TopicSpec {
             name: name.to_owned(),
             partitions,
@@ -256,30 +264,28 @@ impl Pipeline {
             configs,
             exact_partitions: exact,
         };
-        ensure_topics(
-            &base,
-            &[
-                spec(&topics.output, vec![], false),
-                spec(&topics.changelog, vec![("cleanup.policy".into(), "compact".into())], true),
-                spec(&topics.dead_letter, vec![], false),
-            ],
-            SETUP_TIMEOUT,
-        )?;
+        let mut wanted: Vec<TopicSpec> = topics.sinks.iter().map(|t| spec(t, vec![], false)).collect();
+        if let Some(changelog) = &topics.changelog {
+            wanted.push(spec(changelog, vec![("cleanup.policy".into(), "compact".into())], true));
+        }
+        wanted.push(spec(&topics.dead_letter, vec![], false));
+        ensure_topics(&base, &wanted, SETUP_TIMEOUT)?;
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
         let queries = Queries::start(
             &base,
             &cfg.application_id,
             &topics.input,
-            &topics.changelog,
+            topics.changelog.as_deref(),
             self.health.clone(),
             stop.clone(),
         )?;
-        let restorer = Restorer::new(&base, &topics.changelog, exactly_once, self.health.clone())?;
+        let restorer =
+            Restorer::new(&base, topics.changelog.as_deref().unwrap_or_default(), exactly_once, self.health.clone())?;
         let mut producer = base.clone();
         producer.set("compression.type", cfg.compression.as_str());
         let mut sink = Sink::new(
             producer,
-            std::slice::from_ref(&topics.changelog),
+            topics.changelog.as_slice(),
             exactly_once.then_some(self.member.as_str()),
             self.health.clone(),
             stop.clone(),
@@ -331,13 +337,9 @@ impl Pipeline {
         consumer_config: &rdkafka::ClientConfig,
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
-        let subscribe = || {
-            source::subscribe(
-                consumer_config,
-                SourceContext::new(engine, self.health.clone()),
-                &[self.cfg.input_topic.as_str()],
-            )
-        };
+        let input = Self::engine(engine)?.topics.input.clone();
+        let subscribe =
+            || source::subscribe(consumer_config, SourceContext::new(engine, self.health.clone()), &[input.as_str()]);
         let mut consumer = subscribe()?;
         let result = self.poll_loop(engine, &mut consumer, &subscribe, stop);
         let mut stopped_cleanly = result.is_ok();
@@ -481,12 +483,14 @@ impl Pipeline {
 }
 
 /// Checks what can be checked of `cfg` before a pipeline is made: the input
-/// topic exists. Kafka being unreachable is not an error here (a run waits for it).
-pub fn preflight(cfg: &RunConfig) -> Result<(), PipelineError> {
+/// topic of `plugin` exists. Kafka being unreachable is not an error here (a run
+/// waits for it).
+pub fn preflight(cfg: &RunConfig, plugin: &Plugin) -> Result<(), PipelineError> {
     let base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
-    match partition_count(&base, &cfg.input_topic, SETUP_TIMEOUT) {
+    let input = Topics::of(cfg, &plugin.info().shape).input;
+    match partition_count(&base, &input, SETUP_TIMEOUT) {
         Ok(Some(_)) | Err(KafkaIoError::Unreachable(_)) => Ok(()),
-        Ok(None) => Err(KafkaIoError::Topic { topic: cfg.input_topic.clone(), reason: "does not exist".into() }.into()),
+        Ok(None) => Err(KafkaIoError::Topic { topic: input, reason: "does not exist".into() }.into()),
         Err(e) => Err(e.into()),
     }
 }

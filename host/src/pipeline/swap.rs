@@ -2,7 +2,7 @@
 //! transaction boundary, and how a failing one is rolled back.
 //!
 //! [`Control`] is the handle the admin API holds: it checks a version against the
-//! running one (same windows; a state schema it can read, or an explicit reset),
+//! running one (the same stateful shape and topics; a state schema it can read, or an explicit reset),
 //! instantiates it on the caller's thread, and hands it to the pipeline, which
 //! switches at its next transaction boundary. A swapped-in version is on probation
 //! for `swap_probation_ms` (and at least until its first commit): a plugin failure
@@ -114,11 +114,8 @@ pub(super) enum ControlCommand {
 
 /// Why `new` cannot take over from `old`, if it cannot.
 fn incompatibility(label: &str, old: &PluginInfo, new: &PluginInfo, reset_state: bool) -> Option<SwapError> {
-    if old.windowing != new.windowing {
-        let reason = format!(
-            "windows {:?} differ from the running {:?}; a different windowing is a new pipeline (new application id)",
-            new.windowing, old.windowing
-        );
+    if let Some(difference) = new.shape.swap_difference(&old.shape) {
+        let reason = format!("{difference}; that is a new pipeline (a new application id), not a swap");
         return Some(SwapError::Incompatible { label: label.to_owned(), reason });
     }
     (!reset_state && !new.reads_state(old.state_schema)).then(|| SwapError::StateSchema {

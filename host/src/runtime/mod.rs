@@ -24,8 +24,10 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::window::{WindowError, Windowing};
+use crate::topology::{Shape, shape};
+use crate::window::WindowError;
 use bindings::{Processor, ProcessorPre, types};
+use weir_abi::topology::{Topology, TopologyError, WindowSpec};
 
 /// Limits applied to each instance of a plugin, and to what it may declare.
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +63,6 @@ impl Limits {
 
 /// Longest plugin name or version string accepted from `describe`.
 pub const MAX_NAME_BYTES: usize = 128;
-/// Most older state schemas a plugin may declare it migrates from.
-pub const MAX_MIGRATES_FROM: usize = 64;
 /// Longest reason or error text taken from a plugin (longer ones are cut).
 pub const MAX_REASON_BYTES: usize = 1024;
 
@@ -117,7 +117,7 @@ fn quoted(names: &[String]) -> String {
 }
 
 /// The version of the `weir:processor` world this host implements.
-pub const WORLD_VERSION: &str = "0.2.0";
+pub const WORLD_VERSION: &str = "0.3.0";
 
 /// How often the epoch advances; the granularity of [`Limits::call_budget`].
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -137,7 +137,7 @@ pub enum LoadError {
     /// The component lacks some of the world's exports.
     #[error(
         "component does not implement weir:processor/processor@{WORLD_VERSION}: it does not export {} \
-         (it exports {}); a Weir processor exports describe, process, finish and migrate",
+         (it exports {}); a Weir processor exports describe, run, aggregate and migrate",
         quoted(missing), if found.is_empty() { "nothing".to_owned() } else { quoted(found) }
     )]
     MissingExport {
@@ -161,12 +161,17 @@ pub enum LoadError {
     /// The declared windows are not usable.
     #[error("plugin declares unusable windows: {0}")]
     Windows(#[from] WindowError),
+    /// The topology breaks a rule, or this host cannot run it.
+    #[error("plugin topology: {0}")]
+    Topology(#[from] TopologyError),
     /// The declared windows put each record into more windows than allowed.
     #[error(
-        "plugin declares windows of {size} ms advancing {advance} ms, which put every record into {per_record} \
-         windows; the limit is {limit} windows per record ([limits] max_windows_per_record)"
+        "plugin declares windows of {size} ms advancing {advance} ms (node `{node}`), which put every record into \
+         {per_record} windows; the limit is {limit} windows per record ([limits] max_windows_per_record)"
     )]
     TooManyWindows {
+        /// The aggregation node.
+        node: String,
         /// Window size in ms.
         size: u64,
         /// Advance in ms.
@@ -207,15 +212,44 @@ pub struct PluginInfo {
     pub name: String,
     /// Its version.
     pub version: String,
-    /// Its windows.
-    pub windowing: Windowing,
-    /// Its accumulator encoding version.
+    /// Its topology, as declared.
+    pub topology: Topology,
+    /// What the host runs of it.
+    pub shape: Shape,
+    /// Its store's encoding version (0 without a store).
     pub state_schema: u32,
     /// Older state schemas its `migrate` converts from.
     pub migrates_from: Vec<u32>,
 }
 
 impl PluginInfo {
+    /// Filled in by `describe` right after.
+    fn placeholder() -> Self {
+        let shape = Shape {
+            source: crate::topology::Endpoint { node: 0, topic: String::new() },
+            sinks: Vec::new(),
+            sink_at: Default::default(),
+            stage: crate::topology::Stage::Stateless,
+        };
+        Self {
+            name: String::new(),
+            version: String::new(),
+            topology: Topology::default(),
+            shape,
+            state_schema: 0,
+            migrates_from: Vec::new(),
+        }
+    }
+
+    /// What a plugin named `name` at `version` with `topology` declares, if the
+    /// host can run the topology.
+    pub fn of(name: String, version: String, topology: Topology) -> Result<Self, TopologyError> {
+        let shape = shape(&topology)?;
+        let (state_schema, migrates_from) =
+            shape.store().map_or((0, Vec::new()), |s| (s.schema, s.migrates_from.clone()));
+        Ok(Self { name, version, topology, shape, state_schema, migrates_from })
+    }
+
     /// Whether this plugin can take over state stored under `schema`.
     pub fn reads_state(&self, schema: u32) -> bool {
         schema == self.state_schema || self.migrates_from.contains(&schema)
@@ -386,7 +420,7 @@ impl Runtime {
             }
         }
         let found: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
-        let missing: Vec<String> = ["describe", "process", "finish", "migrate"]
+        let missing: Vec<String> = ["describe", "run", "aggregate", "migrate"]
             .into_iter()
             .filter(|needed| !found.iter().any(|e| e == needed))
             .map(str::to_owned)
@@ -396,21 +430,9 @@ impl Runtime {
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
         let pre = ProcessorPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
-        let mut plugin = Plugin {
-            pre,
-            sandbox,
-            runtime: self.clone(),
-            id,
-            info: PluginInfo {
-                name: String::new(),
-                version: String::new(),
-                windowing: Windowing::tumbling(1)?,
-                state_schema: 0,
-                migrates_from: Vec::new(),
-            },
-        };
+        let mut plugin = Plugin { pre, sandbox, runtime: self.clone(), id, info: Arc::new(PluginInfo::placeholder()) };
         let mut instance = plugin.instantiate().map_err(|e| LoadError::Describe(e.to_string()))?;
-        plugin.info = instance.describe(&plugin.sandbox.limits)?;
+        plugin.info = Arc::new(instance.describe(&plugin.sandbox.limits)?);
         Ok(plugin)
     }
 }
@@ -429,13 +451,18 @@ pub struct Plugin {
     sandbox: Sandbox,
     runtime: Runtime,
     id: String,
-    info: PluginInfo,
+    info: Arc<PluginInfo>,
 }
 
 impl Plugin {
     /// What the plugin declared.
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// What the plugin declared, shared.
+    pub fn shared_info(&self) -> Arc<PluginInfo> {
+        self.info.clone()
     }
 
     /// SHA-256 of the component, hex: the version's identity.
@@ -503,15 +530,7 @@ impl Instance {
             tracing::debug!(trap = format!("{trap:?}"), "plugin trap in describe");
             LoadError::Describe(format!("describe failed: the plugin {}", describe_trap(&trap, &self.limits)))
         })?;
-        let (size, advance) = match info.windowing {
-            types::Windowing::Hopping(h) => (h.size_ms, h.advance_ms),
-            types::Windowing::Tumbling(t) => (t.size_ms, t.size_ms),
-        };
-        let windowing = Windowing::hopping(size, advance)?;
-        let per_record = size.div_ceil(advance);
-        if per_record > limits.max_windows_per_record {
-            return Err(LoadError::TooManyWindows { size, advance, per_record, limit: limits.max_windows_per_record });
-        }
+        let info = info.map_err(|e| LoadError::Describe(clip(&e, MAX_REASON_BYTES)))?;
         if info.name.is_empty() {
             return Err(LoadError::Describe("plugin name is empty".into()));
         }
@@ -523,19 +542,27 @@ impl Instance {
                 )));
             }
         }
-        if info.migrates_from.len() > MAX_MIGRATES_FROM {
-            return Err(LoadError::Describe(format!(
-                "plugin declares {} state schemas it migrates from; the limit is {MAX_MIGRATES_FROM}",
-                info.migrates_from.len()
-            )));
+        let topology = Topology::decode(&info.topology)?;
+        let info = PluginInfo::of(info.name, info.version, topology)?;
+        for n in &info.topology.nodes {
+            if let weir_abi::topology::Op::Aggregate {
+                window: Some(WindowSpec::Hopping { size_ms, advance_ms, .. }),
+                ..
+            } = n.op
+            {
+                let per_record = size_ms.div_ceil(advance_ms.max(1));
+                if per_record > limits.max_windows_per_record {
+                    return Err(LoadError::TooManyWindows {
+                        node: n.name.clone(),
+                        size: size_ms,
+                        advance: advance_ms,
+                        per_record,
+                        limit: limits.max_windows_per_record,
+                    });
+                }
+            }
         }
-        Ok(PluginInfo {
-            name: info.name,
-            version: info.version,
-            windowing,
-            state_schema: info.state_schema,
-            migrates_from: info.migrates_from,
-        })
+        Ok(info)
     }
 
     fn finish_call(
@@ -560,24 +587,24 @@ impl Instance {
         }
     }
 
-    /// Runs a `process` frame.
-    pub fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    /// Runs a `run` frame.
+    pub fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.store.set_epoch_deadline(self.budget_ticks);
-        let result = self.bindings.call_process(&mut self.store, frame);
+        let result = self.bindings.call_run(&mut self.store, frame);
         self.finish_call(result)
     }
 
-    /// Runs a `finish` frame.
-    pub fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    /// Runs an `aggregate` frame.
+    pub fn aggregate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.store.set_epoch_deadline(self.budget_ticks);
-        let result = self.bindings.call_finish(&mut self.store, frame);
+        let result = self.bindings.call_aggregate(&mut self.store, frame);
         self.finish_call(result)
     }
 
-    /// Runs a `migrate` frame converting accumulators from state schema `from`.
-    pub fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    /// Runs a `migrate` frame.
+    pub fn migrate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.store.set_epoch_deadline(self.budget_ticks);
-        let result = self.bindings.call_migrate(&mut self.store, from, frame);
+        let result = self.bindings.call_migrate(&mut self.store, frame);
         self.finish_call(result)
     }
 }
@@ -586,12 +613,12 @@ impl Instance {
 /// instance, and the limits on what goes in and comes out. Implemented by
 /// [`Worker`] for wasm plugins, and natively in tests.
 pub trait Guest {
-    /// Runs a `process` frame.
-    fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
-    /// Runs a `finish` frame.
-    fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
-    /// Runs a `migrate` frame converting accumulators from state schema `from`.
-    fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Runs a `run` frame (`weir_abi::calls::RunIn` → `RunOut`).
+    fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Runs an `aggregate` frame (`AggregateIn` → `AggregateOut`).
+    fn aggregate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
+    /// Runs a `migrate` frame (`MigrateIn` → `MigrateOut`).
+    fn migrate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError>;
     /// Drops the current instance: the next call runs on a fresh one (after a
     /// failure, or when the instance may hold ballast).
     fn renew(&mut self);
@@ -639,16 +666,16 @@ impl Worker {
 }
 
 impl Guest for Worker {
-    fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
-        self.instance()?.process(frame)
+    fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.run(frame)
     }
 
-    fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
-        self.instance()?.finish(frame)
+    fn aggregate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.aggregate(frame)
     }
 
-    fn migrate(&mut self, from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
-        self.instance()?.migrate(from, frame)
+    fn migrate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+        self.instance()?.migrate(frame)
     }
 
     fn renew(&mut self) {

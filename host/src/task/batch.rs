@@ -1,6 +1,6 @@
 //! Running a task's buffered records through the plugin.
 //!
-//! The records go in chunks, each one `process` call whose frame stays within the
+//! The records go in chunks, each one `aggregate` call whose frame stays within the
 //! plugin's frame budget; the accumulators a chunk updates are the input of the
 //! next, and the task's state changes only when the whole batch is through (plugin
 //! calls are pure: state goes in and comes out with the call, so a failed call
@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use weir_abi::{ProcessIn, ProcessOut, RecordIn};
+use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, SlotOp};
 
 use super::{Env, Pending, Task, TaskError, frame_err, span_bytes};
 use crate::config::FailurePolicy;
@@ -58,10 +58,11 @@ struct ChunkDone {
 /// How a chunk went.
 enum Outcome {
     Done(ChunkDone),
-    /// Records the plugin rejected, by index into the batch, with reasons.
-    Rejected(Vec<(usize, String)>),
+    /// Records the plugin rejected, by index into the batch, with the node and
+    /// the reason.
+    Rejected(Vec<(usize, Reject)>),
     /// This record alone makes a frame larger than the budget.
-    TooBig(usize, String),
+    TooBig(usize, Reject),
     /// The plugin failed.
     Failed(GuestError),
 }
@@ -70,6 +71,13 @@ enum Outcome {
 const RECORD_OVERHEAD: usize = 24;
 /// Frame bytes a slot or slot reference costs besides its accumulator.
 const SLOT_OVERHEAD: usize = 5;
+
+/// Why a record is dead-lettered: the reason, and the node that refused it.
+pub(super) type Reject = (String, Option<String>);
+
+fn host(reason: impl Into<String>) -> Reject {
+    (reason.into(), None)
+}
 
 impl Task {
     pub(super) fn process_records(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
@@ -84,7 +92,7 @@ impl Task {
                 None
             };
             if let Some(reason) = reason {
-                self.dead_letter(env, record, reason);
+                self.dead_letter(env, record, &host(reason));
                 excluded[i] = true;
             }
         }
@@ -132,11 +140,17 @@ impl Task {
         Ok(())
     }
 
-    fn exclude(&self, env: &mut Env<'_>, pending: &[Pending], excluded: &mut [bool], rejects: Vec<(usize, String)>) {
-        for (index, reason) in rejects {
+    pub(super) fn exclude(
+        &self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        excluded: &mut [bool],
+        rejects: Vec<(usize, Reject)>,
+    ) {
+        for (index, reject) in rejects {
             if !excluded[index] {
                 excluded[index] = true;
-                self.dead_letter(env, &pending[index], &reason);
+                self.dead_letter(env, &pending[index], &reject);
             }
         }
     }
@@ -198,7 +212,7 @@ impl Task {
                     env.metrics.plugin_failures.inc();
                     env.guest.renew();
                     let reason = format!("plugin failed on this record: {e}");
-                    self.exclude(env, pending, excluded, vec![(i, reason)]);
+                    self.exclude(env, pending, excluded, vec![(i, host(reason))]);
                     pinned = true;
                 }
             }
@@ -233,10 +247,14 @@ impl Task {
         let mut slot_index: HashMap<Vec<u8>, u32> = HashMap::new();
         let mut slot_keys: Vec<Vec<u8>> = Vec::new();
         let mut slot_values: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut records: Vec<RecordIn<'_>> = Vec::new();
+        let mut records: Vec<AggRecord<'_>> = Vec::new();
         let mut record_index: Vec<usize> = Vec::new();
-        let mut refs: Vec<u32> = Vec::new();
+        let mut ops: Vec<SlotOp> = Vec::new();
         let (mut late_records, mut late_updates) = (0u64, 0u64);
+        let Some(windowing) = self.windowing else {
+            return Err(TaskError::Frame("internal: a stateless task has no windows".into()));
+        };
+        let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
         let mut frame_bytes = 0usize;
         let mut key_buf = Vec::new();
         // The slots and references of the record being added, until it fits.
@@ -260,7 +278,7 @@ impl Task {
             record_refs.clear();
             let mut cost = key.len() + value.map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
             let (mut late, mut any_window) = (0u64, false);
-            for window in self.windowing.windows_for(ts) {
+            for window in windowing.windows_for(ts) {
                 any_window = true;
                 if window.end <= close {
                     late += 1;
@@ -289,7 +307,7 @@ impl Task {
                      {budget} bytes (a quarter of [limits] memory_mb)",
                     record_refs.len()
                 );
-                return Ok((Outcome::TooBig(i, reason), i + 1));
+                return Ok((Outcome::TooBig(i, host(reason)), i + 1));
             }
             frame_bytes += cost;
             stream_time = Some(now);
@@ -302,14 +320,12 @@ impl Task {
             if any_window && record_refs.is_empty() {
                 late_records += 1;
             }
-            let first_ref = refs.len() as u32;
-            refs.extend_from_slice(&record_refs);
-            records.push(RecordIn {
-                key: Some(key),
-                value,
-                timestamp: ts,
-                first_ref,
-                ref_count: record_refs.len() as u32,
+            let first_op = ops.len() as u32;
+            ops.extend(record_refs.iter().map(|&slot| SlotOp::Add(slot)));
+            records.push(AggRecord {
+                record: Rec { key: Some(key), value, old: None, timestamp: ts, window: None },
+                first_op,
+                op_count: record_refs.len() as u32,
             });
             record_index.push(i);
             end = i + 1;
@@ -319,7 +335,13 @@ impl Task {
             return Ok((Outcome::Done(done), end));
         }
 
-        let frame = ProcessIn { slots: slot_values.iter().map(|v| v.as_deref()).collect(), records, refs };
+        let frame = AggregateIn {
+            node: stage.node,
+            via: stage.via,
+            slots: slot_values.iter().map(|v| v.as_deref()).collect(),
+            records,
+            ops,
+        };
         let mut buf = std::mem::take(&mut self.frame);
         let encoded = weir_abi::encode_into(&frame, &mut buf).map_err(frame_err);
         drop(frame);
@@ -328,7 +350,7 @@ impl Task {
             return Err(e);
         }
         env.metrics.guest_calls.inc();
-        let answer = env.guest.process(&buf);
+        let answer = env.guest.aggregate(&buf);
         self.frame = buf;
         let answer = match answer {
             Ok(answer) => answer,
@@ -347,20 +369,20 @@ impl Task {
 }
 
 enum Answer {
-    Rejected(Vec<(usize, String)>),
+    Rejected(Vec<(usize, Reject)>),
     Updates(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
-/// Reads a `process` answer, holding the plugin to what it was asked: rejects
-/// of records in the chunk, each once; updates of slots in the chunk, each once,
-/// no larger than the value limit.
+/// Reads an `aggregate` answer, holding the plugin to what it was asked: rejects
+/// of records in the chunk, each once, by a node that exists; updates of slots
+/// in the chunk, each once, no larger than the value limit.
 fn read_answer(
     env: &mut Env<'_>,
     answer: &[u8],
     record_index: &[usize],
     slot_keys: &[Vec<u8>],
 ) -> Result<Answer, GuestError> {
-    let out: ProcessOut<'_> = weir_abi::decode(answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+    let out: AggregateOut<'_> = weir_abi::decode(answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
     if !out.rejects.is_empty() {
         let mut seen = vec![false; record_index.len()];
         let mut rejects = Vec::with_capacity(out.rejects.len().min(record_index.len()));
@@ -375,7 +397,8 @@ fn read_answer(
             if std::mem::replace(&mut seen[at], true) {
                 return Err(GuestError::BadFrame(format!("record {at} rejected twice")));
             }
-            rejects.push((index, clip(reject.reason, MAX_REASON_BYTES)));
+            let node = env.node_name(reject.node)?;
+            rejects.push((index, (clip(reject.reason, MAX_REASON_BYTES), Some(node))));
         }
         return Ok(Answer::Rejected(rejects));
     }
@@ -390,11 +413,11 @@ fn read_answer(
         if std::mem::replace(&mut seen[slot], true) {
             return Err(GuestError::BadFrame(format!("slot {slot} updated twice")));
         }
-        if update.acc.len() > limit {
+        if update.value.len() > limit {
             env.guest.renew();
-            return Err(GuestError::Oversized { size: update.acc.len(), limit });
+            return Err(GuestError::Oversized { size: update.value.len(), limit });
         }
-        updates.push((key.clone(), update.acc.to_vec()));
+        updates.push((key.clone(), update.value.to_vec()));
     }
     Ok(Answer::Updates(updates))
 }

@@ -23,18 +23,21 @@
 
 mod batch;
 pub mod outbox;
+mod stateless;
 
 use std::collections::HashMap;
 
 use thiserror::Error;
-use weir_abi::{FinishIn, FinishOut, FinishSlot, MigrateOut, Window};
+use weir_abi::calls::{MigrateIn, Rec, RunIn, RunOut, StoredSlot};
+use weir_abi::{MigrateOut, Window};
 
 use crate::config::{EmitMode, FailurePolicy};
 use crate::faults;
 use crate::metrics::Metrics;
-use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, clip};
+use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, PluginInfo, clip};
 use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound};
 use crate::window::Windowing;
+use batch::Reject;
 pub use outbox::{Dest, Out, Outbox};
 
 /// A task failure.
@@ -102,6 +105,8 @@ pub struct Policy {
 pub struct Env<'a> {
     /// The plugin.
     pub guest: &'a mut dyn Guest,
+    /// What the running version declared (its nodes, and what the host runs).
+    pub info: &'a PluginInfo,
     /// Where records to write go.
     pub outbox: &'a mut Outbox,
     /// Counters.
@@ -110,6 +115,18 @@ pub struct Env<'a> {
     pub input_topic: &'a str,
     /// How failures are treated.
     pub policy: Policy,
+}
+
+impl Env<'_> {
+    /// The name of node `index` of the running version, or the plugin's fault.
+    fn node_name(&self, index: u32) -> Result<String, GuestError> {
+        self.info
+            .topology
+            .nodes
+            .get(index as usize)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| GuestError::BadFrame(format!("a reject names node #{index}, which does not exist")))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +146,8 @@ struct Pending {
 /// One input partition's processing state.
 pub struct Task {
     partition: i32,
-    windowing: Windowing,
+    /// The aggregation's windows (none for a stateless topology).
+    windowing: Option<Windowing>,
     grace_ms: i64,
     store: Box<dyn Store>,
     /// Uncommitted accumulators by window-store key.
@@ -163,7 +181,7 @@ impl Task {
     /// `committed_offset` with `stream_time`.
     pub fn new(
         partition: i32,
-        windowing: Windowing,
+        windowing: Option<Windowing>,
         grace_ms: u64,
         store: Box<dyn Store>,
         committed_offset: Option<i64>,
@@ -260,9 +278,11 @@ impl Task {
     /// touched. The conversion is committed by the next commit, or forgotten by
     /// [`Task::rewind`]; it is held in memory until then, so converted
     /// accumulators larger than `max_bytes` in all fail it.
+    #[allow(clippy::too_many_arguments)]
     pub fn evolve(
         &mut self,
         guest: &mut dyn Guest,
+        node: u32,
         metrics: &Metrics,
         to: u32,
         reset: bool,
@@ -295,11 +315,11 @@ impl Task {
                 for (key, acc) in chunk.iter().zip(&accs) {
                     let (window, record_key) =
                         split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
-                    slots.push(FinishSlot { key: record_key, window, acc });
+                    slots.push(StoredSlot { key: record_key, window: Some(window), value: acc });
                 }
-                let frame = weir_abi::encode(&FinishIn { slots }).map_err(frame_err)?;
+                let frame = weir_abi::encode(&MigrateIn { node, from, slots }).map_err(frame_err)?;
                 metrics.guest_calls.inc();
-                let answer = guest.migrate(from, &frame)?;
+                let answer = guest.migrate(&frame)?;
                 let out: MigrateOut<'_> = weir_abi::decode(&answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
                 if out.accs.len() != chunk.len() {
                     return Err(GuestError::BadFrame(format!(
@@ -363,12 +383,16 @@ impl Task {
         true
     }
 
-    fn dead_letter(&self, env: &mut Env<'_>, record: &Pending, reason: &str) {
+    fn dead_letter(&self, env: &mut Env<'_>, record: &Pending, (reason, node): &Reject) {
         let reason = clip(reason, MAX_REASON_BYTES);
-        tracing::warn!(partition = self.partition, offset = record.offset, %reason, "record sent to the dead-letter topic");
+        let node = node.as_deref().unwrap_or("");
+        tracing::warn!(partition = self.partition, offset = record.offset, node, %reason, "record sent to the dead-letter topic");
         let key = span_bytes(&self.arena, record.key).map(<[u8]>::to_vec);
         let value = span_bytes(&self.arena, record.value).map(<[u8]>::to_vec);
-        let context = [("weir.source.offset", record.offset.to_string())];
+        let mut context = vec![("weir.source.offset", record.offset.to_string())];
+        if !node.is_empty() {
+            context.push(("weir.node", node.to_owned()));
+        }
         self.queue_dead_letter(env, (key, value, record.timestamp), reason, context);
     }
 
@@ -378,7 +402,10 @@ impl Task {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = self.process_records(env, &pending);
+        let result = match self.windowing {
+            Some(_) => self.process_records(env, &pending),
+            None => self.process_stateless(env, &pending),
+        };
         self.arena.clear();
         result
     }
@@ -473,7 +500,7 @@ impl Task {
 
     fn render_chunk(&mut self, env: &mut Env<'_>, slots: &[(&[u8], &[u8])]) -> Result<(), TaskError> {
         let mut last = match self.finish_call(env, slots)? {
-            Ok(values) => return self.emit_rendered(env, slots, values),
+            Ok(rendered) => return self.emit_rendered(env, rendered),
             Err(e) => e,
         };
         env.metrics.plugin_failures.inc();
@@ -486,7 +513,7 @@ impl Task {
         for _ in 0..retries {
             env.guest.renew();
             match self.finish_call(env, slots)? {
-                Ok(values) => return self.emit_rendered(env, slots, values),
+                Ok(rendered) => return self.emit_rendered(env, rendered),
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
                     last = e;
@@ -500,7 +527,7 @@ impl Task {
         // Window by window: only the windows that fail alone are given up.
         for slot in slots {
             match self.finish_call(env, std::slice::from_ref(slot))? {
-                Ok(values) => self.emit_rendered(env, std::slice::from_ref(slot), values)?,
+                Ok(rendered) => self.emit_rendered(env, rendered)?,
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
                     env.guest.renew();
@@ -511,73 +538,52 @@ impl Task {
         Ok(())
     }
 
-    /// One `finish` call: the values, or the plugin's failure (including values
-    /// over the size limit); `Err` only for what is not the plugin's fault.
-    #[allow(clippy::type_complexity)]
+    /// One `run` call rendering `slots` through the operators after the
+    /// aggregation: the records each slot leads to (sink, key, value), or the
+    /// plugin's failure (including values over the size limit); `Err` only for
+    /// what is not the plugin's fault.
     fn finish_call(
         &mut self,
         env: &mut Env<'_>,
         slots: &[(&[u8], &[u8])],
-    ) -> Result<Result<Vec<Option<Vec<u8>>>, GuestError>, TaskError> {
-        let mut finish = Vec::with_capacity(slots.len());
+    ) -> Result<Result<Rendered, GuestError>, TaskError> {
+        let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
+        let mut records = Vec::with_capacity(slots.len());
         for (key, acc) in slots {
             let (window, record_key) =
                 split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
-            finish.push(FinishSlot { key: record_key, window, acc });
+            let timestamp = self.stream_time.unwrap_or(window.start);
+            records.push(Rec { key: Some(record_key), value: Some(acc), old: None, timestamp, window: Some(window) });
         }
-        let frame = weir_abi::encode(&FinishIn { slots: finish }).map_err(frame_err)?;
+        let frame = weir_abi::encode(&RunIn { from: stage.render_from, records }).map_err(frame_err)?;
         env.metrics.guest_calls.inc();
         let answer = match faults::hit("render") {
             true => Err(GuestError::Plugin("injected failure (render)".into())),
-            false => env.guest.finish(&frame),
+            false => env.guest.run(&frame),
         };
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => return Ok(Err(e)),
         };
-        let out: FinishOut<'_> = match weir_abi::decode(&answer) {
-            Ok(out) => out,
-            Err(e) => return Ok(Err(GuestError::BadFrame(e.to_string()))),
-        };
-        if out.values.len() != slots.len() {
-            let message = format!("finish returned {} values for {} slots", out.values.len(), slots.len());
-            return Ok(Err(GuestError::BadFrame(message)));
+        let rendered = read_run(env, &answer, slots.len())?;
+        if slots.len() == 1 && matches!(rendered, Err(GuestError::Oversized { .. })) {
+            // Its memory may be full of ballast.
+            env.guest.renew();
         }
-        let limit = env.guest.max_value_bytes();
-        let mut values = Vec::with_capacity(slots.len());
-        for value in out.values {
-            if let Some(v) = value
-                && v.len() > limit
-            {
-                if slots.len() == 1 {
-                    // Its memory may be full of ballast.
-                    env.guest.renew();
-                }
-                return Ok(Err(GuestError::Oversized { size: v.len(), limit }));
-            }
-            values.push(value.map(<[u8]>::to_vec));
-        }
-        Ok(Ok(values))
+        Ok(rendered)
     }
 
-    fn emit_rendered(
-        &mut self,
-        env: &mut Env<'_>,
-        slots: &[(&[u8], &[u8])],
-        values: Vec<Option<Vec<u8>>>,
-    ) -> Result<(), TaskError> {
-        for ((key, _), value) in slots.iter().zip(values) {
-            if let (Some(value), Some((_, record_key))) = (value, split_window_key(key)) {
-                env.outbox.push(Out {
-                    dest: Dest::Output,
-                    partition: None,
-                    key: Some(record_key.to_vec()),
-                    value: Some(value),
-                    timestamp: self.stream_time,
-                    headers: Vec::new(),
-                });
-                env.metrics.records_out.inc();
-            }
+    fn emit_rendered(&mut self, env: &mut Env<'_>, rendered: Rendered) -> Result<(), TaskError> {
+        for (_, sink, key, value) in rendered.records {
+            env.outbox.push(Out {
+                dest: Dest::Sink(sink),
+                partition: None,
+                key,
+                value,
+                timestamp: self.stream_time,
+                headers: Vec::new(),
+            });
+            env.metrics.records_out.inc();
         }
         Ok(())
     }
@@ -593,19 +599,20 @@ impl Task {
             %reason,
             "window result sent to the dead-letter topic"
         );
-        let context = [("weir.window.start", window.start.to_string()), ("weir.window.end", window.end.to_string())];
+        let context =
+            vec![("weir.window.start", window.start.to_string()), ("weir.window.end", window.end.to_string())];
         self.queue_dead_letter(env, (Some(record_key.to_vec()), None, self.stream_time), reason, context);
         Ok(())
     }
 
     /// Queues a dead letter (key, value, timestamp) with the reason, the source
     /// topic and partition, and `context` (the offset, or the window) as headers.
-    fn queue_dead_letter<const N: usize>(
+    fn queue_dead_letter(
         &self,
         env: &mut Env<'_>,
         (key, value, timestamp): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>),
         reason: String,
-        context: [(&'static str, String); N],
+        context: Vec<(&'static str, String)>,
     ) {
         let mut headers = vec![
             ("weir.error", reason),
@@ -655,6 +662,63 @@ fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
     }
     Ok(())
 }
+
+/// A rendered record: the slot it came from, its sink, key and value.
+type RenderedRecord = (usize, usize, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What a `run` call rendered, per record reaching a sink.
+struct Rendered {
+    records: Vec<RenderedRecord>,
+}
+
+/// Reads a `run` answer for `inputs` records, holding the plugin to it: records
+/// come from inputs that exist, leave from nodes that feed sinks, and stay
+/// within the value limit. A reject is the plugin's failure to render.
+fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Rendered, GuestError>, TaskError> {
+    let out: RunOut<'_> = match weir_abi::decode(answer) {
+        Ok(out) => out,
+        Err(e) => return Ok(Err(GuestError::BadFrame(e.to_string()))),
+    };
+    if let Some(r) = out.rejects.first() {
+        let node = env.node_name(r.node).unwrap_or_else(|_| format!("#{}", r.node));
+        return Ok(Err(GuestError::Plugin(format!(
+            "node `{node}` refused the result: {}",
+            clip(r.reason, MAX_REASON_BYTES)
+        ))));
+    }
+    let limit = env.guest.max_value_bytes();
+    // At most a few records per input: flat_map_values may fan out, but not without bound.
+    if out.emitted.len() > inputs.saturating_mul(MAX_FANOUT) {
+        return Ok(Err(GuestError::BadFrame(format!("{} records rendered from {inputs} rows", out.emitted.len()))));
+    }
+    let mut records = Vec::with_capacity(out.emitted.len());
+    for e in &out.emitted {
+        if e.source as usize >= inputs {
+            return Ok(Err(GuestError::BadFrame(format!("a record from input {} of {inputs}", e.source))));
+        }
+        let sinks = env.info.shape.sinks_of(e.node, e.port);
+        if sinks.is_empty() {
+            return Ok(Err(GuestError::BadFrame(format!("a record leaving node #{} towards no sink", e.node))));
+        }
+        if let Some(v) = e.record.value
+            && v.len() > limit
+        {
+            return Ok(Err(GuestError::Oversized { size: v.len(), limit }));
+        }
+        for &sink in sinks {
+            records.push((
+                e.source as usize,
+                sink,
+                e.record.key.map(<[u8]>::to_vec),
+                e.record.value.map(<[u8]>::to_vec),
+            ));
+        }
+    }
+    Ok(Ok(Rendered { records }))
+}
+
+/// Records one input may lead to in a `run` answer, at most.
+const MAX_FANOUT: usize = 1024;
 
 /// Stored accumulators per `migrate` call, at most.
 const MIGRATE_BATCH: usize = 512;

@@ -7,8 +7,8 @@
 /// Where a record goes; the pipeline maps each to a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
-    /// The output topic.
-    Output,
+    /// A sink of the topology, by index.
+    Sink(usize),
     /// The task's changelog partition.
     Changelog,
     /// The dead-letter topic.

@@ -2,10 +2,35 @@
 //! window (and fails where a test tells it to) stands in for the plugin, and the
 //! outbox shows what a commit would write.
 
-use weir_abi::{FinishIn, FinishOut, ProcessIn, ProcessOut, Reject, SlotUpdate};
+use weir_abi::calls::{AggregateIn, AggregateOut, Emitted, NodeReject, SlotOp, SlotValue};
+use weir_abi::topology::{Edge, Emit, Fold, Node, Op, StoreSpec, Topology, WindowSpec};
 
 use super::*;
 use crate::state::MemoryStore;
+
+/// The native guest's topology: `in → windows (tumbling 1 s) → to_stream → render → out`.
+fn info() -> PluginInfo {
+    let node = |name: &str, input: Option<u32>, op: Op| Node {
+        name: name.into(),
+        inputs: input.map(|node| Edge { node, port: 0 }).into_iter().collect(),
+        op,
+    };
+    let store = StoreSpec { name: "windows".into(), schema: 1, migrates_from: vec![], changelog: true };
+    let window = Some(WindowSpec::Tumbling { size_ms: 1_000, grace_ms: 0 });
+    let topology = Topology {
+        nodes: vec![
+            node("in", None, Op::Source { topic: "in".into() }),
+            node("windows", Some(0), Op::Aggregate { store, fold: Fold::Count, window, emit: Emit::Updates }),
+            node("to_stream", Some(1), Op::ToStream),
+            node("render", Some(2), Op::MapValues),
+            node("out", Some(RENDER), Op::Sink { topic: "out".into() }),
+        ],
+    };
+    PluginInfo::of("counter".into(), "1".into(), topology).unwrap()
+}
+
+const WINDOWS: u32 = 1;
+const RENDER: u32 = 3;
 
 /// What the native guest does wrong, and when.
 #[derive(Default, Clone, Copy)]
@@ -42,9 +67,10 @@ fn trap(what: &str) -> GuestError {
 }
 
 impl Guest for Counter {
-    fn process(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    fn aggregate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.calls += 1;
-        let input: ProcessIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+        let input: AggregateIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+        assert_eq!(input.node, WINDOWS);
         if self.faults.fail_batches && input.records.len() > 1 {
             return Err(trap("fails on batches"));
         }
@@ -52,13 +78,15 @@ impl Guest for Counter {
             input.slots.iter().map(|s| s.map(|b| postcard::from_bytes::<u64>(b).unwrap_or(0))).collect();
         let mut touched = vec![0u32; accs.len()];
         let mut rejects = Vec::new();
-        for (index, record) in input.records.iter().enumerate() {
+        for (index, agg) in input.records.iter().enumerate() {
+            let record = &agg.record;
             if record.value == Some(b"bad") {
-                rejects.push(Reject { record: index as u32, reason: "bad value" });
+                rejects.push(NodeReject { record: index as u32, node: WINDOWS, reason: "bad value" });
                 continue;
             }
-            let first = record.first_ref as usize;
-            for &slot in &input.refs[first..first + record.ref_count as usize] {
+            let first = agg.first_op as usize;
+            for op in &input.ops[first..first + agg.op_count as usize] {
+                let SlotOp::Add(slot) = *op else { return Err(trap("unexpected step")) };
                 let acc = accs[slot as usize].get_or_insert(0);
                 *acc += 1;
                 touched[slot as usize] += 1;
@@ -81,36 +109,49 @@ impl Guest for Counter {
                 std::iter::repeat_n((slot as u32, bytes), times)
             })
             .collect();
-        let out = ProcessOut {
-            updates: encoded.iter().map(|(slot, acc)| SlotUpdate { slot: *slot, acc }).collect(),
-            rejects: if rejects.is_empty() { Vec::new() } else { rejects },
+        let out = AggregateOut {
+            updates: encoded.iter().map(|(slot, value)| SlotValue { slot: *slot, value }).collect(),
+            rejects,
         };
         Ok(weir_abi::encode(&out).unwrap_or_default())
     }
 
-    fn finish(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.calls += 1;
-        let input: FinishIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+        let input: RunIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
         let mut values = Vec::new();
-        for slot in &input.slots {
-            let count: u64 = postcard::from_bytes(slot.acc).unwrap_or(0);
-            if self.faults.render_faults && slot.key == b"explode" {
+        for record in &input.records {
+            let key = record.key.unwrap_or_default();
+            let count: u64 = postcard::from_bytes(record.value.unwrap_or_default()).unwrap_or(0);
+            if self.faults.render_faults && key == b"explode" {
                 return Err(trap("explodes"));
             }
-            if self.faults.render_faults && slot.key == b"huge" {
+            if self.faults.render_faults && key == b"huge" {
                 values.push(vec![b'x'; self.max_value_bytes() + 1]);
                 continue;
             }
-            let key = String::from_utf8_lossy(slot.key);
-            values.push(format!(r#"{{"key":"{key}","start":{},"count":{count}}}"#, slot.window.start).into_bytes());
+            let start = record.window.map_or(-1, |w| w.start);
+            let key = String::from_utf8_lossy(key);
+            values.push(format!(r#"{{"key":"{key}","start":{start},"count":{count}}}"#).into_bytes());
         }
-        let out = FinishOut { values: values.iter().map(|v| Some(v.as_slice())).collect() };
-        Ok(weir_abi::encode(&out).unwrap_or_default())
+        let emitted = input
+            .records
+            .iter()
+            .zip(&values)
+            .enumerate()
+            .map(|(i, (r, v))| Emitted {
+                source: i as u32,
+                node: RENDER,
+                port: 0,
+                record: Rec { key: r.key, value: Some(v), old: None, timestamp: r.timestamp, window: r.window },
+            })
+            .collect();
+        Ok(weir_abi::encode(&RunOut { emitted, rejects: Vec::new() }).unwrap_or_default())
     }
 
-    fn migrate(&mut self, _from: u32, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
+    fn migrate(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         let Some(size) = self.faults.migrate_to else { return Err(trap("no migrations")) };
-        let input: FinishIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
+        let input: MigrateIn<'_> = weir_abi::decode(frame).map_err(|e| GuestError::BadFrame(e.to_string()))?;
         let acc = vec![1u8; size];
         let out = weir_abi::MigrateOut { accs: input.slots.iter().map(|_| Some(acc.as_slice())).collect() };
         Ok(weir_abi::encode(&out).unwrap_or_default())
@@ -135,11 +176,12 @@ fn policy() -> Policy {
 
 fn task() -> Task {
     let windowing = Windowing::tumbling(1_000).unwrap();
-    Task::new(0, windowing, 0, Box::new(MemoryStore::default()), None, None, 1)
+    Task::new(0, Some(windowing), 0, Box::new(MemoryStore::default()), None, None, 1)
 }
 
 struct Run {
     task: Task,
+    info: PluginInfo,
     guest: Counter,
     outbox: Outbox,
     metrics: Metrics,
@@ -150,6 +192,7 @@ impl Run {
     fn new(faults: Faults) -> Self {
         Self {
             task: task(),
+            info: info(),
             guest: Counter::new(faults),
             outbox: Outbox::default(),
             metrics: Metrics::default(),
@@ -166,6 +209,7 @@ impl Run {
 
     fn env(&mut self) -> Env<'_> {
         Env {
+            info: &self.info,
             guest: &mut self.guest,
             outbox: &mut self.outbox,
             metrics: &self.metrics,
@@ -285,7 +329,7 @@ fn a_window_that_fails_to_render_is_dead_lettered_and_the_rest_commits() {
     run.process().unwrap();
     let prepared = run.prepare().unwrap();
     let mut outputs: Vec<String> = run
-        .of(Dest::Output)
+        .of(Dest::Sink(0))
         .iter()
         .map(|o| String::from_utf8_lossy(o.value.as_deref().unwrap()).into_owned())
         .collect();
@@ -363,10 +407,10 @@ fn a_migration_whose_output_would_not_fit_in_memory_fails_and_names_the_limit() 
     }
     run.task.store.write(changes, Some(10)).unwrap();
     let metrics = Metrics::default();
-    let err = run.task.evolve(&mut run.guest, &metrics, 2, false, 4_000).unwrap_err().to_string();
+    let err = run.task.evolve(&mut run.guest, WINDOWS, &metrics, 2, false, 4_000).unwrap_err().to_string();
     assert!(err.contains("uncommitted_mb"), "{err}");
     run.task.rewind();
     // With room for it, every stored window is converted.
-    assert_eq!(run.task.evolve(&mut run.guest, &metrics, 2, false, 1 << 20).unwrap(), 10);
+    assert_eq!(run.task.evolve(&mut run.guest, WINDOWS, &metrics, 2, false, 1 << 20).unwrap(), 10);
     assert_eq!(run.task.state_schema(), 2);
 }

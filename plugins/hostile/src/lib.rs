@@ -4,7 +4,11 @@
 //!
 //! A record's value is `{"act": "<act>"}` or `{"act": "<phase>:<act>"}`:
 //!
-//! | act | process (default phase) | `finish:` (rendering its window) | `migrate:` (migrating its window) |
+//! Its topology is the one-aggregation shape: `input → acts → windows (tumbling
+//! 1 s) → to_stream → render → output`; the host folds records through `acts` in
+//! `aggregate` calls, renders windows with `run` and converts them with `migrate`.
+//!
+//! | act | aggregate (default phase, `process`) | `finish:` (rendering its window) | `migrate:` (migrating its window) |
 //! |---|---|---|---|
 //! | `count` | counts (the healthy path) | | |
 //! | `trap` | panics | panics | panics |
@@ -29,6 +33,11 @@
 //! 2, migrating from 1: a second version of the same plugin.
 
 use serde::{Deserialize, Serialize};
+use weir_abi::MigrateOut;
+use weir_abi::calls::{
+    AggregateIn, AggregateOut, Emitted, MigrateIn, NodeReject, Rec, RunIn, RunOut, SlotOp, SlotValue,
+};
+use weir_abi::topology::{Edge, Emit, Fold, Node, Op, StoreSpec, Topology, WindowSpec};
 
 /// Marker a test overwrites in the built component to make `describe` misbehave
 /// without any grant (uploads run `describe` with nothing granted).
@@ -131,12 +140,45 @@ fn decode_acc(bytes: Option<&[u8]>) -> Acc {
     bytes.and_then(|b| postcard::from_bytes(b).ok()).unwrap_or_default()
 }
 
-/// The `process` call.
-pub fn process(frame: &[u8]) -> Result<Vec<u8>, String> {
-    let input: weir_abi::ProcessIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
+/// Node indices of the topology.
+const ACTS: u32 = 1;
+const RENDER: u32 = 4;
+
+/// The topology `describe` declares.
+pub fn topology(window: WindowSpec, schema: u32, migrates_from: Vec<u32>) -> Topology {
+    let node = |name: &str, input: Option<u32>, op: Op| Node {
+        name: name.into(),
+        inputs: input.map(|node| Edge { node, port: 0 }).into_iter().collect(),
+        op,
+    };
+    Topology {
+        nodes: vec![
+            node("input", None, Op::Source { topic: "input".into() }),
+            node("acts", Some(0), Op::Peek),
+            node(
+                "windows",
+                Some(ACTS),
+                Op::Aggregate {
+                    store: StoreSpec { name: "windows".into(), schema, migrates_from, changelog: true },
+                    fold: Fold::Count,
+                    window: Some(window),
+                    emit: Emit::Updates,
+                },
+            ),
+            node("to_stream", Some(2), Op::ToStream),
+            node("render", Some(3), Op::MapValues),
+            node("output", Some(RENDER), Op::Sink { topic: "output".into() }),
+        ],
+    }
+}
+
+/// The `aggregate` call.
+pub fn aggregate(frame: &[u8]) -> Result<Vec<u8>, String> {
+    let input: AggregateIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
     let mut accs: Vec<Option<Acc>> = input.slots.iter().map(|_| None).collect();
     let mut rejects: Vec<(u32, String)> = Vec::new();
-    for (index, record) in input.records.iter().enumerate() {
+    for (index, agg) in input.records.iter().enumerate() {
+        let record = &agg.record;
         let act = record
             .value
             .and_then(|v| serde_json::from_slice::<Act>(v).ok())
@@ -176,17 +218,17 @@ pub fn process(frame: &[u8]) -> Result<Vec<u8>, String> {
                 continue;
             }
             let absurd = || {
-                let updates: Vec<weir_abi::SlotUpdate<'_>> =
-                    (0..200_000).map(|_| weir_abi::SlotUpdate { slot: 0, acc: &[] }).collect();
-                encode(&weir_abi::ProcessOut { updates, rejects: Vec::new() }).unwrap_or_default()
+                let updates: Vec<SlotValue<'_>> = (0..200_000).map(|_| SlotValue { slot: 0, value: &[] }).collect();
+                encode(&AggregateOut { updates, rejects: Vec::new() }).unwrap_or_default()
             };
             if let Some(answer) = misbehave(what, absurd) {
                 return Ok(answer);
             }
         }
-        let first = record.first_ref as usize;
-        let refs = input.refs.get(first..first + record.ref_count as usize).ok_or("refs out of range")?;
-        for &slot in refs {
+        let first = agg.first_op as usize;
+        let ops = input.ops.get(first..first + agg.op_count as usize).ok_or("ops out of range")?;
+        for op in ops {
+            let SlotOp::Add(slot) = *op else { return Err(format!("unexpected step {op:?}")) };
             let slot = slot as usize;
             let stored = *input.slots.get(slot).ok_or("slot out of range")?;
             let acc = accs[slot].get_or_insert_with(|| decode_acc(stored));
@@ -212,30 +254,32 @@ pub fn process(frame: &[u8]) -> Result<Vec<u8>, String> {
         .enumerate()
         .filter_map(|(slot, acc)| acc.as_ref().map(|acc| (slot as u32, postcard::to_allocvec(acc).unwrap_or_default())))
         .collect();
-    let out = weir_abi::ProcessOut {
+    let out = AggregateOut {
         updates: if rejects.is_empty() {
-            encoded.iter().map(|(slot, acc)| weir_abi::SlotUpdate { slot: *slot, acc }).collect()
+            encoded.iter().map(|(slot, value)| SlotValue { slot: *slot, value }).collect()
         } else {
             Vec::new()
         },
-        rejects: rejects.iter().map(|(record, reason)| weir_abi::Reject { record: *record, reason }).collect(),
+        rejects: rejects.iter().map(|(record, reason)| NodeReject { record: *record, node: ACTS, reason }).collect(),
     };
     encode(&out)
 }
 
-/// The `finish` call.
-pub fn finish(frame: &[u8]) -> Result<Vec<u8>, String> {
-    let input: weir_abi::FinishIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
-    let mut values = Vec::with_capacity(input.slots.len());
-    for slot in &input.slots {
-        let acc = decode_acc(Some(slot.acc));
-        let key = String::from_utf8_lossy(slot.key);
+/// The `run` call: renders windows leaving `to_stream`.
+pub fn run(frame: &[u8]) -> Result<Vec<u8>, String> {
+    let input: RunIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
+    let mut values = Vec::with_capacity(input.records.len());
+    for record in &input.records {
+        let acc = decode_acc(record.value);
+        let key = String::from_utf8_lossy(record.key.unwrap_or_default());
         if armed()
             && let Some(act) = &acc.finish
         {
             let absurd = || {
-                let values: Vec<Option<&[u8]>> = (0..200_000).map(|_| None).collect();
-                encode(&weir_abi::FinishOut { values }).unwrap_or_default()
+                let empty = Rec { key: None, value: None, old: None, timestamp: 0, window: None };
+                let emitted: Vec<Emitted<'_>> =
+                    (0..200_000).map(|_| Emitted { source: 0, node: RENDER, port: 0, record: empty.clone() }).collect();
+                encode(&RunOut { emitted, rejects: Vec::new() }).unwrap_or_default()
             };
             if act == "huge" {
                 values.push(vec![b'x'; 4 << 20]);
@@ -245,24 +289,37 @@ pub fn finish(frame: &[u8]) -> Result<Vec<u8>, String> {
                 return Ok(answer);
             }
         }
-        let out = CountOut { key: &key, window_start: slot.window.start, count: acc.count };
+        let window_start = record.window.map_or(0, |w| w.start);
+        let out = CountOut { key: &key, window_start, count: acc.count };
         values.push(serde_json::to_vec(&out).map_err(|e| e.to_string())?);
     }
-    encode(&weir_abi::FinishOut { values: values.iter().map(|v| Some(v.as_slice())).collect() })
+    let emitted = input
+        .records
+        .iter()
+        .zip(&values)
+        .enumerate()
+        .map(|(i, (r, v))| Emitted {
+            source: i as u32,
+            node: RENDER,
+            port: 0,
+            record: Rec { key: r.key, value: Some(v), old: None, timestamp: r.timestamp, window: r.window },
+        })
+        .collect();
+    encode(&RunOut { emitted, rejects: Vec::new() })
 }
 
 /// The `migrate` call.
 pub fn migrate(frame: &[u8]) -> Result<Vec<u8>, String> {
-    let input: weir_abi::FinishIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
+    let input: MigrateIn<'_> = weir_abi::decode(frame).map_err(|e| e.to_string())?;
     let mut accs = Vec::with_capacity(input.slots.len());
     for slot in &input.slots {
-        let mut acc = decode_acc(Some(slot.acc));
+        let mut acc = decode_acc(Some(slot.value));
         if armed()
             && let Some(act) = acc.migrate.take()
         {
             let absurd = || {
                 let accs: Vec<Option<&[u8]>> = (0..200_000).map(|_| None).collect();
-                encode(&weir_abi::MigrateOut { accs }).unwrap_or_default()
+                encode(&MigrateOut { accs }).unwrap_or_default()
             };
             if act == "huge" {
                 acc.ballast = "x".repeat(4 << 20);
@@ -272,7 +329,7 @@ pub fn migrate(frame: &[u8]) -> Result<Vec<u8>, String> {
         }
         accs.push(postcard::to_allocvec(&acc).map_err(|e| e.to_string())?);
     }
-    encode(&weir_abi::MigrateOut { accs: accs.iter().map(|a| Some(a.as_slice())).collect() })
+    encode(&MigrateOut { accs: accs.iter().map(|a| Some(a.as_slice())).collect() })
 }
 
 // The generated bindings are the only unsafe code here.
@@ -281,36 +338,37 @@ pub fn migrate(frame: &[u8]) -> Result<Vec<u8>, String> {
 mod component {
     wit_bindgen::generate!({ world: "processor", path: "../../wit" });
 
-    use weir::processor::types::{HoppingWindows, TumblingWindows, Windowing};
+    use weir_abi::topology::WindowSpec;
 
     struct Hostile;
 
     impl Guest for Hostile {
-        fn describe() -> PluginInfo {
-            let (state_schema, mut migrates_from) = super::schema();
+        fn describe() -> Result<PluginInfo, String> {
+            let (schema, mut migrates_from) = super::schema();
             let mut name = "hostile".to_owned();
-            let mut windowing = Windowing::Tumbling(TumblingWindows { size_ms: 1_000 });
+            let mut window = WindowSpec::Tumbling { size_ms: 1_000, grace_ms: 0 };
             match super::describe_act().as_str() {
                 "huge" => name = "h".repeat(16 << 20),
-                "absurd" => windowing = Windowing::Hopping(HoppingWindows { size_ms: 1 << 53, advance_ms: 1 }),
+                "absurd" => window = WindowSpec::Hopping { size_ms: 1 << 53, advance_ms: 1, grace_ms: 0 },
                 "many" => migrates_from = (0..200_000).collect(),
                 other => {
                     super::misbehave(other, Vec::new);
                 }
             }
-            PluginInfo { name, version: "0.1.0".into(), windowing, state_schema, migrates_from }
+            let topology = super::topology(window, schema, migrates_from).encode().map_err(|e| e.to_string())?;
+            Ok(PluginInfo { name, version: "0.1.0".into(), topology })
         }
 
-        fn process(batch: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
-            super::process(&batch).map_err(ProcessorError::BadFrame)
+        fn run(batch: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
+            super::run(&batch).map_err(ProcessorError::BadFrame)
         }
 
-        fn finish(slots: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
-            super::finish(&slots).map_err(ProcessorError::BadFrame)
+        fn aggregate(batch: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
+            super::aggregate(&batch).map_err(ProcessorError::BadFrame)
         }
 
-        fn migrate(_from: u32, slots: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
-            super::migrate(&slots).map_err(ProcessorError::BadFrame)
+        fn migrate(batch: Vec<u8>) -> Result<Vec<u8>, ProcessorError> {
+            super::migrate(&batch).map_err(ProcessorError::BadFrame)
         }
     }
 

@@ -1,0 +1,136 @@
+//! A topology as people read it (`weir describe`) and as programs read it (the
+//! admin API's JSON): sub-topologies and their nodes, the segments that cross
+//! into wasm, the stores with their changelogs, and the internal topics.
+
+use serde_json::{Value, json};
+use weir_abi::topology::{Node, Op, Topology, TopologyError};
+
+/// Names of the internal topics of application `app` (`<app>` when unknown).
+fn internal(app: Option<&str>, name: &str, suffix: &str) -> String {
+    format!("{}-{name}-{suffix}", app.unwrap_or("<application-id>"))
+}
+
+fn details(node: &Node, app: Option<&str>) -> String {
+    match &node.op {
+        Op::Source { topic } => format!("reads `{topic}`"),
+        Op::Sink { topic } => format!("writes `{topic}`"),
+        Op::Split { branches, default_branch } => {
+            format!("branches {}{}", branches.join(", "), if *default_branch { " (last is the default)" } else { "" })
+        }
+        Op::Repartition { partitions } => format!(
+            "through `{}`{}",
+            internal(app, &node.name, "repartition"),
+            partitions.map(|p| format!(", {p} partitions")).unwrap_or_default()
+        ),
+        Op::Aggregate { store, fold, window, emit } => format!(
+            "{fold:?}{}, emit {emit:?}; store `{}` (schema {})",
+            window.map(|w| format!(", {w}")).unwrap_or_default(),
+            store.name,
+            store.schema
+        ),
+        Op::TableAggregate { store, fold } => format!("{fold:?}; store `{}` (schema {})", store.name, store.schema),
+        _ => String::new(),
+    }
+}
+
+/// The topology as text.
+pub fn text(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Result<String, TopologyError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let subs = t.subtopologies()?;
+    let segments = t.segments()?;
+    let _ = writeln!(out, "{name} {version}: {} nodes, {} sub-topologies", t.nodes.len(), subs.len());
+    for (i, sub) in subs.iter().enumerate() {
+        let reads: Vec<String> = sub
+            .sources
+            .iter()
+            .map(|&s| match &t.node(s).op {
+                Op::Source { topic } => format!("`{topic}`"),
+                _ => String::new(),
+            })
+            .chain(
+                sub.reads_repartitions.iter().map(|&r| format!("`{}`", internal(app, &t.node(r).name, "repartition"))),
+            )
+            .collect();
+        let _ = writeln!(out, "\nsub-topology {i}: one task per partition of {}", reads.join(" and "));
+        for &n in &sub.nodes {
+            let node = t.node(n);
+            let from: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|e| match e.port {
+                    0 => t.node(e.node).name.clone(),
+                    p => format!("{}[{p}]", t.node(e.node).name),
+                })
+                .collect();
+            let side = if node.op.is_guest() { "wasm" } else { "host" };
+            let arrow = if from.is_empty() { String::new() } else { format!(" ← {}", from.join(", ")) };
+            let detail = details(node, app);
+            let detail = if detail.is_empty() { String::new() } else { format!("  {detail}") };
+            let _ = writeln!(out, "  {side}  {:<20} {}{arrow}{detail}", node.op.kind(), node.name);
+        }
+    }
+    let _ = writeln!(out, "\nsegments (one wasm call per batch each):");
+    for s in &segments {
+        let names = |ix: &[u32]| ix.iter().map(|&i| t.node(i).name.clone()).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "  [{}] → {}", names(&s.nodes), names(&s.exits));
+    }
+    let stores: Vec<_> = t.nodes.iter().filter_map(|n| n.op.store()).collect();
+    if !stores.is_empty() {
+        let _ = writeln!(out, "\nstores:");
+        for s in stores {
+            let _ = writeln!(out, "  {}  changelog `{}`", s.name, internal(app, &s.name, "changelog"));
+        }
+    }
+    Ok(out)
+}
+
+/// The topology as JSON.
+pub fn json(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Result<Value, TopologyError> {
+    let subs = t.subtopologies()?;
+    let segments = t.segments()?;
+    let names = |ix: &[u32]| ix.iter().map(|&i| t.node(i).name.clone()).collect::<Vec<_>>();
+    let node_json = |i: u32| {
+        let n = t.node(i);
+        json!({
+            "name": n.name,
+            "operator": n.op.kind(),
+            "runs_in": if n.op.is_guest() { "wasm" } else { "host" },
+            "inputs": n.inputs.iter().map(|e| json!({"node": t.node(e.node).name, "port": e.port})).collect::<Vec<_>>(),
+            "details": details(n, app),
+            "op": serde_json::to_value(&n.op).unwrap_or(Value::Null),
+        })
+    };
+    let mut internal_topics = Vec::new();
+    let stores: Vec<Value> = t
+        .nodes
+        .iter()
+        .filter_map(|n| n.op.store().map(|s| (n, s)))
+        .map(|(n, s)| {
+            let changelog = internal(app, &s.name, "changelog");
+            internal_topics.push(json!({"name": changelog, "kind": "changelog", "cleanup_policy": "compact"}));
+            json!({"name": s.name, "node": n.name, "schema": s.schema, "migrates_from": s.migrates_from, "changelog": changelog})
+        })
+        .collect();
+    for n in &t.nodes {
+        if matches!(n.op, Op::Repartition { .. }) {
+            internal_topics.push(json!({"name": internal(app, &n.name, "repartition"), "kind": "repartition", "cleanup_policy": "delete"}));
+        }
+    }
+    Ok(json!({
+        "name": name,
+        "version": version,
+        "subtopologies": subs.iter().enumerate().map(|(i, s)| json!({
+            "id": i,
+            "nodes": s.nodes.iter().map(|&n| node_json(n)).collect::<Vec<_>>(),
+            "reads": s.sources.iter().filter_map(|&n| match &t.node(n).op { Op::Source { topic } => Some(topic.clone()), _ => None })
+                .chain(s.reads_repartitions.iter().map(|&r| internal(app, &t.node(r).name, "repartition")))
+                .collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "segments": segments.iter().map(|s| json!({
+            "nodes": names(&s.nodes), "entries": names(&s.entries), "exits": names(&s.exits),
+        })).collect::<Vec<_>>(),
+        "stores": stores,
+        "internal_topics": internal_topics,
+    }))
+}
