@@ -276,7 +276,10 @@ fn api_error(status: StatusCode, error: impl ToString) -> ApiError {
     ApiError { status, error: error.to_string() }
 }
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
+/// Unknown routes (and wrong methods) still read the request's body, within the
+/// body limit, before they answer: a client still sending an upload then gets
+/// the answer instead of a broken connection.
+async fn no_route(method: Method, uri: Uri, _body: axum::body::Bytes) -> ApiError {
     let path = clip(uri.path(), ECHO);
     api_error(
         StatusCode::NOT_FOUND,
@@ -284,7 +287,7 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+async fn wrong_method(method: Method, uri: Uri, _body: axum::body::Bytes) -> ApiError {
     let path = clip(uri.path(), ECHO);
     api_error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path} (see /v1/openapi.json)"))
 }

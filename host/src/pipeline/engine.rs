@@ -36,7 +36,7 @@ use crate::kafka::source::{RebalanceHandler, SourceContext};
 use crate::metrics::Metrics;
 use crate::runtime::Worker;
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
-use crate::task::{CommitMetadata, Dest, Env, Outbox, Policy, Task, TaskError};
+use crate::task::{CommitMetadata, Dest, Env, Kind, Outbox, Policy, Task, TaskError};
 use weir_abi::topology::Emit;
 
 /// The consumer of a session.
@@ -572,15 +572,10 @@ impl Engine {
         let Some(r) = self.restoring.remove(&partition) else { return Ok(()) };
         // Offsets committed before schemas were recorded are in the plugin's.
         let schema = meta.schema.unwrap_or(self.versions.info().state_schema);
-        let task = Task::new(
-            partition,
-            self.versions.info().shape.windowed().map(|w| w.windowing),
-            self.grace_ms(),
-            r.store,
-            committed,
-            meta.stream_time,
-            schema,
-        );
+        let grace = self.grace_ms();
+        let kind = Kind::of(self.versions.info().shape.windowed().map(|w| w.spec), grace)
+            .map_err(|e| TaskError::Frame(format!("windows: {e}")))?;
+        let task = Task::new(partition, kind, grace, r.store, committed, meta.stream_time, schema);
         tracing::info!(
             partition,
             offset = ?committed,

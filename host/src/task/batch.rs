@@ -251,7 +251,7 @@ impl Task {
         let mut record_index: Vec<usize> = Vec::new();
         let mut ops: Vec<SlotOp> = Vec::new();
         let (mut late_records, mut late_updates) = (0u64, 0u64);
-        let Some(windowing) = self.windowing else {
+        let super::Kind::Time(windowing) = self.kind else {
             return Err(TaskError::Frame("internal: a stateless task has no windows".into()));
         };
         let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;

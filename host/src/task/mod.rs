@@ -23,9 +23,10 @@
 
 mod batch;
 pub mod outbox;
+mod planned;
 mod stateless;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 use weir_abi::calls::{MigrateIn, Rec, RunIn, RunOut, StoredSlot};
@@ -36,9 +37,10 @@ use crate::faults;
 use crate::metrics::Metrics;
 use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, PluginInfo, clip};
 use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound};
-use crate::window::Windowing;
+use crate::window::{KeyWindows, Planner, SessionPlanner, SlidingPlanner, WindowError, Windowing};
 use batch::Reject;
 pub use outbox::{Dest, Out, Outbox};
+use weir_abi::topology::WindowSpec;
 
 /// A task failure.
 #[derive(Debug, Error)]
@@ -143,12 +145,86 @@ struct Pending {
     offset: i64,
 }
 
+/// What a task folds records into.
+pub enum Kind {
+    /// Nothing: guest operators only.
+    Stateless,
+    /// Tumbling or hopping windows, assigned from the timestamp alone.
+    Time(Windowing),
+    /// Sliding or session windows, planned per key from the windows that exist.
+    Planned(PlannedKind),
+}
+
+/// A sliding or session aggregation.
+pub struct PlannedKind {
+    planner: Box<dyn Planner + Send>,
+    /// A window is closed once `end + grace + close_extra <= stream time`.
+    close_extra: i64,
+    /// It may be deleted once `end + grace + expire_extra <= stream time`.
+    expire_extra: i64,
+}
+
+impl Kind {
+    /// The kind of an aggregation over `spec` with grace `grace_ms`.
+    pub fn of(spec: Option<WindowSpec>, grace_ms: u64) -> Result<Self, WindowError> {
+        Ok(match spec {
+            None => Kind::Stateless,
+            Some(WindowSpec::Tumbling { size_ms, .. }) => Kind::Time(Windowing::tumbling(size_ms)?),
+            Some(WindowSpec::Hopping { size_ms, advance_ms, .. }) => {
+                Kind::Time(Windowing::hopping(size_ms, advance_ms)?)
+            }
+            Some(WindowSpec::Sliding { difference_ms, .. }) => Kind::Planned(PlannedKind {
+                planner: Box::new(SlidingPlanner::new(difference_ms, grace_ms)?),
+                close_extra: 0,
+                expire_extra: 2 * difference_ms as i64,
+            }),
+            Some(WindowSpec::Session { gap_ms, .. }) => Kind::Planned(PlannedKind {
+                planner: Box::new(SessionPlanner::new(gap_ms, grace_ms)?),
+                close_extra: gap_ms as i64,
+                expire_extra: gap_ms as i64,
+            }),
+        })
+    }
+
+    fn extras(&self) -> (i64, i64) {
+        match self {
+            Kind::Planned(p) => (p.close_extra, p.expire_extra),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// Bytes of the metadata a planned window's stored value starts with (its
+/// largest record timestamp).
+const META: usize = 8;
+
+/// A planned window's stored value: its largest timestamp, then the aggregate.
+fn with_meta(max_ts: i64, acc: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(META + acc.len());
+    v.extend_from_slice(&max_ts.to_be_bytes());
+    v.extend_from_slice(acc);
+    v
+}
+
+/// The largest timestamp and the aggregate of a planned window's stored value.
+fn split_meta(stored: &[u8]) -> Option<(i64, &[u8])> {
+    let (ts, acc) = stored.split_at_checked(META)?;
+    Some((i64::from_be_bytes(ts.try_into().ok()?), acc))
+}
+
 /// One input partition's processing state.
 pub struct Task {
     partition: i32,
-    /// The aggregation's windows (none for a stateless topology).
-    windowing: Option<Windowing>,
+    /// What records are folded into.
+    kind: Kind,
     grace_ms: i64,
+    /// Planned kinds: the windows of every key, as stored plus uncommitted
+    /// changes; built from the store on first use, dropped by a rewind.
+    index: Option<HashMap<Vec<u8>, KeyWindows>>,
+    /// Planned kinds: windows removed since the last commit (sessions merged away).
+    removed: HashSet<Vec<u8>>,
+    /// Windows ending before this were rendered as closed already (emit final).
+    closed_before: i64,
     store: Box<dyn Store>,
     /// Uncommitted accumulators by window-store key.
     dirty: HashMap<Vec<u8>, Vec<u8>>,
@@ -181,7 +257,7 @@ impl Task {
     /// `committed_offset` with `stream_time`.
     pub fn new(
         partition: i32,
-        windowing: Option<Windowing>,
+        kind: Kind,
         grace_ms: u64,
         store: Box<dyn Store>,
         committed_offset: Option<i64>,
@@ -190,8 +266,11 @@ impl Task {
     ) -> Self {
         Self {
             partition,
-            windowing,
+            kind,
             grace_ms: grace_ms as i64,
+            index: None,
+            removed: HashSet::new(),
+            closed_before: i64::MIN,
             store,
             dirty: HashMap::new(),
             dirty_bytes: 0,
@@ -268,6 +347,7 @@ impl Task {
     pub fn has_progress(&self) -> bool {
         self.next_offset != self.committed_offset
             || !self.dirty.is_empty()
+            || !self.removed.is_empty()
             || !self.migrated.is_empty()
             || self.schema != self.committed_schema
     }
@@ -315,7 +395,7 @@ impl Task {
                 for (key, acc) in chunk.iter().zip(&accs) {
                     let (window, record_key) =
                         split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
-                    slots.push(StoredSlot { key: record_key, window: Some(window), value: acc });
+                    slots.push(StoredSlot { key: record_key, window: Some(window), value: self.acc_of(acc)? });
                 }
                 let frame = weir_abi::encode(&MigrateIn { node, from, slots }).map_err(frame_err)?;
                 metrics.guest_calls.inc();
@@ -342,7 +422,14 @@ impl Task {
                         ))
                         .into());
                     }
-                    self.migrated.insert(key.clone(), acc.map(<[u8]>::to_vec));
+                    let stored = match (&self.kind, acc) {
+                        (Kind::Planned(_), Some(acc)) => {
+                            let old = self.store.get(key)?.unwrap_or_default();
+                            Some(with_meta(split_meta(&old).map_or(0, |(ts, _)| ts), acc))
+                        }
+                        (_, acc) => acc.map(<[u8]>::to_vec),
+                    };
+                    self.migrated.insert(key.clone(), stored);
                 }
             }
         }
@@ -351,8 +438,21 @@ impl Task {
         Ok(self.migrated.len())
     }
 
+    /// The aggregate in a stored value (planned windows store metadata before it).
+    fn acc_of<'v>(&self, stored: &'v [u8]) -> Result<&'v [u8], TaskError> {
+        match self.kind {
+            Kind::Planned(_) => {
+                split_meta(stored).map(|(_, acc)| acc).ok_or_else(|| TaskError::Frame("corrupt window value".into()))
+            }
+            _ => Ok(stored),
+        }
+    }
+
     /// The current accumulator of `key`: uncommitted, converted, or stored.
     fn current(&self, key: &[u8]) -> Result<Option<Vec<u8>>, TaskError> {
+        if self.removed.contains(key) {
+            return Ok(None);
+        }
         if let Some(v) = self.dirty.get(key) {
             return Ok(Some(v.clone()));
         }
@@ -402,9 +502,10 @@ impl Task {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = match self.windowing {
-            Some(_) => self.process_records(env, &pending),
-            None => self.process_stateless(env, &pending),
+        let result = match self.kind {
+            Kind::Time(_) => self.process_records(env, &pending),
+            Kind::Planned(_) => self.process_planned(env, &pending),
+            Kind::Stateless => self.process_stateless(env, &pending),
         };
         self.arena.clear();
         result
@@ -414,52 +515,79 @@ impl Task {
     /// returns the store changes to apply once the transaction has committed.
     /// The caller rewinds the task if anything in the commit fails.
     pub fn prepare_commit(&mut self, env: &mut Env<'_>) -> Result<PreparedCommit, TaskError> {
-        let close = self.stream_time.map(|st| st.saturating_sub(self.grace_ms));
+        let (close_extra, expire_extra) = self.kind.extras();
+        let close = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(close_extra));
+        let expire = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(expire_extra));
         let is_closed = |window: Window| close.is_some_and(|c| window.end <= c);
+        let is_expired = |window: Window| expire.is_some_and(|c| window.end <= c);
 
-        // Windows that closed since the last commit and are only in the store.
+        // Windows that closed (for emit final) or expired (to delete) since the
+        // last commit and are only in the store. Windows ending before a cursor
+        // were handled by an earlier commit and no late record can reopen them.
         let mut closed_in_store: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        if let Some(close) = close {
-            let bound = window_end_bound(close.saturating_add(1));
-            if self.expired_before < close.saturating_add(1) {
-                // Windows ending before the previous bound were deleted by an
-                // earlier commit and no late record can reopen them: start there.
+        let mut expired_in_store: Vec<Vec<u8>> = Vec::new();
+        if let (Some(close), Some(expire)) = (close, expire) {
+            if env.policy.emit == EmitMode::Final && self.closed_before < close.saturating_add(1) {
                 let from =
-                    if self.expired_before == i64::MIN { Vec::new() } else { window_end_bound(self.expired_before) };
-                for key in self.store.keys_between(&from, &bound)? {
+                    if self.closed_before == i64::MIN { Vec::new() } else { window_end_bound(self.closed_before) };
+                for key in self.store.keys_between(&from, &window_end_bound(close.saturating_add(1)))? {
                     if !self.dirty.contains_key(&key)
+                        && !self.removed.contains(&key)
                         && let Some(acc) = self.current(&key)?
                     {
                         closed_in_store.push((key, acc));
                     }
                 }
-                self.expired_before = close.saturating_add(1);
+                self.closed_before = close.saturating_add(1);
             }
+            if self.expired_before < expire.saturating_add(1) {
+                let from =
+                    if self.expired_before == i64::MIN { Vec::new() } else { window_end_bound(self.expired_before) };
+                for key in self.store.keys_between(&from, &window_end_bound(expire.saturating_add(1)))? {
+                    if !self.dirty.contains_key(&key) {
+                        expired_in_store.push(key);
+                    }
+                }
+                self.expired_before = expire.saturating_add(1);
+            }
+        }
+        if let Some(index) = &mut self.index {
+            index.retain(|_, windows| {
+                windows.retain(|m| !is_expired(m.window));
+                !windows.is_empty()
+            });
         }
 
         let dirty: Vec<(Vec<u8>, Vec<u8>)> = self.dirty.drain().collect();
+        let removed: Vec<Vec<u8>> = self.removed.drain().collect();
         self.dirty_bytes = 0;
-        // What to render: every changed window, or only windows that closed.
-        let render: Vec<(&[u8], &[u8])> = match env.policy.emit {
-            EmitMode::Updates => dirty.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect(),
+        // What to render: every changed window (a removed one as a deletion), or
+        // only windows that closed.
+        let render: Vec<(&[u8], Option<&[u8]>)> = match env.policy.emit {
+            EmitMode::Updates => dirty
+                .iter()
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+                .chain(removed.iter().map(|k| (k.as_slice(), None)))
+                .collect(),
             EmitMode::Final => dirty
                 .iter()
                 .chain(closed_in_store.iter())
                 .filter(|(k, _)| split_window_key(k).is_some_and(|(w, _)| is_closed(w)))
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
                 .collect(),
         };
         self.render(env, &render)?;
 
         // One change per key; later sources win: conversions, then expiry, then
-        // this commit's updates.
+        // this commit's updates and removals.
         let mut by_key: HashMap<Vec<u8>, Option<Vec<u8>>> = self.migrated.drain().collect();
-        by_key.extend(closed_in_store.into_iter().map(|(key, _)| (key, None)));
+        by_key.extend(expired_in_store.into_iter().map(|key| (key, None)));
         by_key.extend(dirty.into_iter().map(|(key, acc)| (key, Some(acc))));
+        by_key.extend(removed.into_iter().map(|key| (key, None)));
         let mut changes: Vec<Change> = Vec::with_capacity(by_key.len());
         for (key, acc) in by_key {
-            let closed = split_window_key(&key).is_some_and(|(w, _)| is_closed(w));
-            changes.push((key, acc.filter(|_| !closed)));
+            let expired = split_window_key(&key).is_some_and(|(w, _)| is_expired(w));
+            changes.push((key, acc.filter(|_| !expired)));
         }
         for (key, value) in &changes {
             env.outbox.push(Out {
@@ -479,14 +607,14 @@ impl Task {
     /// keeps failing on (or renders too large) has its result dead-lettered with
     /// the reason, or stops the pipeline, as configured; on probation the failure
     /// is returned at once.
-    fn render(&mut self, env: &mut Env<'_>, slots: &[(&[u8], &[u8])]) -> Result<(), TaskError> {
+    fn render(&mut self, env: &mut Env<'_>, slots: &[(&[u8], Option<&[u8]>)]) -> Result<(), TaskError> {
         let budget = env.guest.max_frame_bytes();
         let mut at = 0;
         while at < slots.len() {
             let mut end = at;
             let mut bytes = 0usize;
             while end < slots.len() && end - at < RENDER_BATCH {
-                bytes += slots[end].0.len() + slots[end].1.len() + 32;
+                bytes += slots[end].0.len() + slots[end].1.map_or(0, <[u8]>::len) + 32;
                 if end > at && bytes > budget {
                     break;
                 }
@@ -498,7 +626,7 @@ impl Task {
         Ok(())
     }
 
-    fn render_chunk(&mut self, env: &mut Env<'_>, slots: &[(&[u8], &[u8])]) -> Result<(), TaskError> {
+    fn render_chunk(&mut self, env: &mut Env<'_>, slots: &[(&[u8], Option<&[u8]>)]) -> Result<(), TaskError> {
         let mut last = match self.finish_call(env, slots)? {
             Ok(rendered) => return self.emit_rendered(env, rendered),
             Err(e) => e,
@@ -545,15 +673,16 @@ impl Task {
     fn finish_call(
         &mut self,
         env: &mut Env<'_>,
-        slots: &[(&[u8], &[u8])],
+        slots: &[(&[u8], Option<&[u8]>)],
     ) -> Result<Result<Rendered, GuestError>, TaskError> {
         let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
         let mut records = Vec::with_capacity(slots.len());
-        for (key, acc) in slots {
+        for (key, stored) in slots {
             let (window, record_key) =
                 split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
             let timestamp = self.stream_time.unwrap_or(window.start);
-            records.push(Rec { key: Some(record_key), value: Some(acc), old: None, timestamp, window: Some(window) });
+            let value = stored.map(|v| self.acc_of(v)).transpose()?;
+            records.push(Rec { key: Some(record_key), value, old: None, timestamp, window: Some(window) });
         }
         let frame = weir_abi::encode(&RunIn { from: stage.render_from, records }).map_err(frame_err)?;
         env.metrics.guest_calls.inc();
@@ -574,14 +703,19 @@ impl Task {
     }
 
     fn emit_rendered(&mut self, env: &mut Env<'_>, rendered: Rendered) -> Result<(), TaskError> {
-        for (_, sink, key, value) in rendered.records {
+        for (_, sink, key, value, window) in rendered.records {
+            // A windowed row names its window, so a deletion (a session merged
+            // away) says which row it deletes.
+            let headers = window.map_or_else(Vec::new, |w| {
+                vec![("weir.window.start", w.start.to_string()), ("weir.window.end", w.end.to_string())]
+            });
             env.outbox.push(Out {
                 dest: Dest::Sink(sink),
                 partition: None,
                 key,
                 value,
                 timestamp: self.stream_time,
-                headers: Vec::new(),
+                headers,
             });
             env.metrics.records_out.inc();
         }
@@ -641,6 +775,9 @@ impl Task {
     /// The transaction was aborted: forget everything since the last commit.
     pub fn rewind(&mut self) {
         self.dirty.clear();
+        self.removed.clear();
+        self.index = None;
+        self.closed_before = i64::MIN;
         self.dirty_bytes = 0;
         self.migrated.clear();
         self.schema = self.committed_schema;
@@ -663,8 +800,8 @@ fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// A rendered record: the slot it came from, its sink, key and value.
-type RenderedRecord = (usize, usize, Option<Vec<u8>>, Option<Vec<u8>>);
+/// A rendered record: the slot it came from, its sink, key, value and window.
+type RenderedRecord = (usize, usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Window>);
 
 /// What a `run` call rendered, per record reaching a sink.
 struct Rendered {
@@ -711,6 +848,7 @@ fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Re
                 sink,
                 e.record.key.map(<[u8]>::to_vec),
                 e.record.value.map(<[u8]>::to_vec),
+                e.record.window,
             ));
         }
     }
@@ -763,3 +901,6 @@ fn span_bytes(arena: &[u8], span: Option<Span>) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod planned_tests;

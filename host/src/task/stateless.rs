@@ -1,13 +1,16 @@
-//! Running a stateless topology's records: one `run` call per chunk through the
-//! guest operators from the source to the sinks.
+//! Running records through guest operators with one `run` call per chunk: for a
+//! stateless topology from the source to the sinks, and for a sliding or session
+//! aggregation from the source to the aggregation (whose windows depend on which
+//! records reach it, so the operators before it run first).
 //!
-//! With no state, a record's outcome does not depend on the records before it: a
-//! record an operator refuses is dead-lettered (naming the operator) and the rest
-//! of the chunk stands as answered. A chunk the plugin fails on is retried on
-//! fresh instances, then run record by record, and a record that fails alone is
-//! dead-lettered (or the pipeline pauses, as configured).
+//! With no state involved, a record's outcome does not depend on the records
+//! before it: a record an operator refuses is dead-lettered (naming the operator)
+//! and the rest of the chunk stands as answered. A chunk the plugin fails on is
+//! retried on fresh instances, then run record by record, and a record that fails
+//! alone is dead-lettered (or the pipeline pauses, as configured).
 
 use weir_abi::calls::{Rec, RunIn, RunOut};
+use weir_abi::topology::Edge;
 
 use super::batch::Reject;
 use super::{Dest, Env, MAX_FANOUT, Out, Pending, Task, TaskError, frame_err, span_bytes};
@@ -17,16 +20,72 @@ use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 /// Frame bytes a record costs besides its key and value.
 const RECORD_OVERHEAD: usize = 32;
 
-/// What one chunk gave: records for sinks, and refusals.
+/// A record that left the guest: the input it came from, the node output it
+/// left through, key and value (operators keep the input's timestamp).
+pub(super) struct Emitted {
+    pub source: usize,
+    pub node: u32,
+    pub port: u32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Where the records of a `run` call must go.
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    /// The topology's sinks.
+    Sinks,
+    /// The aggregation node.
+    Node(u32),
+}
+
+/// What one chunk gave: records that left, and refusals.
 struct Answer {
-    outs: Vec<Out>,
+    emitted: Vec<Emitted>,
     rejects: Vec<(usize, Reject)>,
 }
 
 impl Task {
     pub(super) fn process_stateless(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
+        let from = env.info.shape.source_edge();
+        for e in self.through_guest(env, pending, from, Target::Sinks)? {
+            for &sink in env.info.shape.sinks_of(e.node, e.port) {
+                env.outbox.push(Out {
+                    dest: Dest::Sink(sink),
+                    partition: None,
+                    key: e.key.clone(),
+                    value: e.value.clone(),
+                    timestamp: pending[e.source].timestamp,
+                    headers: Vec::new(),
+                });
+                env.metrics.records_out.inc();
+            }
+        }
+        for p in pending {
+            if let Some(ts) = p.timestamp {
+                self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
+            }
+        }
+        env.metrics.records_in.inc_by(pending.len() as u64);
+        if let Some(last) = pending.last() {
+            self.next_offset = Some(last.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Runs `pending` from host output `from` through the guest operators reading
+    /// it, in chunks within the frame budget, dead-lettering what is refused or
+    /// fails alone. Returns the records that reach `target`, in input order.
+    pub(super) fn through_guest(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        from: Edge,
+        target: Target,
+    ) -> Result<Vec<Emitted>, TaskError> {
         let budget = env.guest.max_frame_bytes();
         let mut excluded = vec![false; pending.len()];
+        let mut emitted = Vec::new();
         let mut at = 0;
         while at < pending.len() {
             let mut end = at;
@@ -42,39 +101,40 @@ impl Task {
                 bytes += cost;
                 end += 1;
             }
-            match self.run_stateless(env, pending, at..end)? {
-                Ok(answer) => self.take(env, pending, &mut excluded, answer),
-                Err(failure) => self.contain_stateless(env, pending, at..end, &mut excluded, failure)?,
+            match self.run_chunk_through(env, pending, at..end, from, target)? {
+                Ok(answer) => self.take(env, pending, &mut excluded, answer, &mut emitted),
+                Err(failure) => {
+                    self.contain_run(env, pending, at..end, from, target, &mut excluded, failure, &mut emitted)?
+                }
             }
             at = end;
         }
-        for p in pending {
-            if let Some(ts) = p.timestamp {
-                self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
-            }
-        }
-        env.metrics.records_in.inc_by(pending.len() as u64);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
-        Ok(())
+        Ok(emitted)
     }
 
-    fn take(&self, env: &mut Env<'_>, pending: &[Pending], excluded: &mut [bool], answer: Answer) {
-        for out in answer.outs {
-            env.outbox.push(out);
-            env.metrics.records_out.inc();
-        }
+    fn take(
+        &self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        excluded: &mut [bool],
+        answer: Answer,
+        emitted: &mut Vec<Emitted>,
+    ) {
+        emitted.extend(answer.emitted);
         self.exclude(env, pending, excluded, answer.rejects);
     }
 
-    fn contain_stateless(
+    #[allow(clippy::too_many_arguments)]
+    fn contain_run(
         &mut self,
         env: &mut Env<'_>,
         pending: &[Pending],
         range: std::ops::Range<usize>,
+        from: Edge,
+        target: Target,
         excluded: &mut [bool],
         failure: GuestError,
+        emitted: &mut Vec<Emitted>,
     ) -> Result<(), TaskError> {
         env.metrics.plugin_failures.inc();
         if env.policy.probation {
@@ -84,9 +144,9 @@ impl Task {
         let mut last = failure;
         for _ in 0..env.policy.retries {
             env.guest.renew();
-            match self.run_stateless(env, pending, range.clone())? {
+            match self.run_chunk_through(env, pending, range.clone(), from, target)? {
                 Ok(answer) => {
-                    self.take(env, pending, excluded, answer);
+                    self.take(env, pending, excluded, answer, emitted);
                     return Ok(());
                 }
                 Err(e) => {
@@ -100,8 +160,8 @@ impl Task {
             return Err(TaskError::Paused(last));
         }
         for i in range {
-            match self.run_stateless(env, pending, i..i + 1)? {
-                Ok(answer) => self.take(env, pending, excluded, answer),
+            match self.run_chunk_through(env, pending, i..i + 1, from, target)? {
+                Ok(answer) => self.take(env, pending, excluded, answer, emitted),
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
                     env.guest.renew();
@@ -114,11 +174,13 @@ impl Task {
     }
 
     /// One `run` call over `range`: what it gave, or the plugin's failure.
-    fn run_stateless(
+    fn run_chunk_through(
         &mut self,
         env: &mut Env<'_>,
         pending: &[Pending],
         range: std::ops::Range<usize>,
+        from: Edge,
+        target: Target,
     ) -> Result<Result<Answer, GuestError>, TaskError> {
         let records: Vec<Rec<'_>> = pending[range.clone()]
             .iter()
@@ -130,7 +192,7 @@ impl Task {
                 window: None,
             })
             .collect();
-        let frame = RunIn { from: env.info.shape.source_edge(), records };
+        let frame = RunIn { from, records };
         let mut buf = std::mem::take(&mut self.frame);
         let encoded = weir_abi::encode_into(&frame, &mut buf).map_err(frame_err);
         drop(frame);
@@ -145,31 +207,34 @@ impl Task {
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(read(env, &answer, pending, range))
+        Ok(read(env, &answer, range, target))
     }
 }
 
-/// Reads a `run` answer for the records `range` of `pending`.
-fn read(
-    env: &mut Env<'_>,
-    answer: &[u8],
-    pending: &[Pending],
-    range: std::ops::Range<usize>,
-) -> Result<Answer, GuestError> {
+/// Reads a `run` answer for the records `range` of the batch, holding the plugin
+/// to it: records come from inputs of the chunk, leave towards `target`, and stay
+/// within the value limit; rejects name nodes that exist.
+fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target: Target) -> Result<Answer, GuestError> {
     let out: RunOut<'_> = weir_abi::decode(answer).map_err(|e| GuestError::BadFrame(e.to_string()))?;
     let inputs = range.len();
     if out.emitted.len() > inputs.saturating_mul(MAX_FANOUT) {
         return Err(GuestError::BadFrame(format!("{} records from {inputs} inputs", out.emitted.len())));
     }
     let limit = env.guest.max_value_bytes();
-    let mut outs = Vec::with_capacity(out.emitted.len());
+    let mut emitted = Vec::with_capacity(out.emitted.len());
     for e in &out.emitted {
-        let Some(source) = pending.get(range.start + e.source as usize).filter(|_| (e.source as usize) < inputs) else {
+        if e.source as usize >= inputs {
             return Err(GuestError::BadFrame(format!("a record from input {} of {inputs}", e.source)));
+        }
+        let reaches = match target {
+            Target::Sinks => !env.info.shape.sinks_of(e.node, e.port).is_empty(),
+            Target::Node(node) => env.info.topology.consumers(e.node).any(|(c, port)| c == node && port == e.port),
         };
-        let sinks = env.info.shape.sinks_of(e.node, e.port);
-        if sinks.is_empty() {
-            return Err(GuestError::BadFrame(format!("a record leaving node #{} towards no sink", e.node)));
+        if !reaches {
+            return Err(GuestError::BadFrame(format!(
+                "a record leaving node #{} towards no operator that reads it",
+                e.node
+            )));
         }
         if let Some(v) = e.record.value
             && v.len() > limit
@@ -177,16 +242,13 @@ fn read(
             env.guest.renew();
             return Err(GuestError::Oversized { size: v.len(), limit });
         }
-        for &sink in sinks {
-            outs.push(Out {
-                dest: Dest::Sink(sink),
-                partition: None,
-                key: e.record.key.map(<[u8]>::to_vec),
-                value: e.record.value.map(<[u8]>::to_vec),
-                timestamp: source.timestamp,
-                headers: Vec::new(),
-            });
-        }
+        emitted.push(Emitted {
+            source: range.start + e.source as usize,
+            node: e.node,
+            port: e.port,
+            key: e.record.key.map(<[u8]>::to_vec),
+            value: e.record.value.map(<[u8]>::to_vec),
+        });
     }
     let mut rejects = Vec::with_capacity(out.rejects.len());
     for r in &out.rejects {
@@ -196,5 +258,5 @@ fn read(
         let node = env.node_name(r.node)?;
         rejects.push((range.start + r.record as usize, (clip(r.reason, MAX_REASON_BYTES), Some(node))));
     }
-    Ok(Answer { outs, rejects })
+    Ok(Answer { emitted, rejects })
 }

@@ -176,7 +176,7 @@ fn policy() -> Policy {
 
 fn task() -> Task {
     let windowing = Windowing::tumbling(1_000).unwrap();
-    Task::new(0, Some(windowing), 0, Box::new(MemoryStore::default()), None, None, 1)
+    Task::new(0, Kind::Time(windowing), 0, Box::new(MemoryStore::default()), None, None, 1)
 }
 
 struct Run {

@@ -3,7 +3,7 @@
 //! host cannot run is refused at upload, never at the first record).
 //!
 //! This version runs topologies of **one sub-topology** with **one source** and
-//! at most **one aggregation**, over tumbling or hopping windows:
+//! at most **one windowed aggregation** (tumbling, hopping, sliding or session):
 //!
 //! ```text
 //! source → [guest operators] → sinks                                      (stateless)
@@ -13,9 +13,10 @@
 //! The guest operators before the aggregation run in the same call that folds
 //! records into it (they keep keys and timestamps, so the host plans windows from
 //! the source record); those after it render the rows the aggregation emits at a
-//! commit. Repartitions, tables, sliding and session windows are described and
-//! validated by the model (`weir_abi::topology`) but refused here, with the node
-//! named, until the host runs them.
+//! commit. (Sliding and session windows depend on which records reach them, so
+//! the operators before them run in a call of their own first.) Repartitions and
+//! tables are described and validated by the model (`weir_abi::topology`) but
+//! refused here, with the node named, until the host runs them.
 
 pub mod describe;
 
@@ -43,8 +44,9 @@ pub struct WindowedStage {
     pub store: StoreSpec,
     /// The windows as declared.
     pub spec: WindowSpec,
-    /// The windows, ready to assign records.
-    pub windowing: Windowing,
+    /// Tumbling or hopping windows, ready to assign records (none for sliding
+    /// and session windows, which are planned per key).
+    pub windowing: Option<Windowing>,
     /// Grace period as declared.
     pub grace_ms: u64,
     /// When rows are emitted.
@@ -142,14 +144,12 @@ fn refuse(t: &Topology, node: u32, reason: impl Into<String>) -> TopologyError {
 /// this host cannot run yet.
 pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
     t.validate()?;
-    let later = "this version of Weir runs topologies of one sub-topology with at most one windowed aggregation \
-                 (tumbling or hopping); repartitions, tables, sliding and session windows run in the next";
+    let later = "this version of Weir runs topologies of one sub-topology with at most one windowed aggregation; \
+                 repartitions and tables run in the next";
     for (i, n) in t.nodes.iter().enumerate() {
         let unsupported = match &n.op {
             Op::Repartition { .. } | Op::TableGroupBy | Op::TableAggregate { .. } => true,
-            Op::Aggregate { window, .. } => {
-                !matches!(window, Some(WindowSpec::Tumbling { .. } | WindowSpec::Hopping { .. }))
-            }
+            Op::Aggregate { window, .. } => window.is_none(),
             _ => false,
         };
         if unsupported {
@@ -222,12 +222,14 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                     return Err(refuse(t, bad, format!("is fed by the operators after an aggregation: {later}")));
                 }
             }
-            let (size, advance, grace_ms) = match *spec {
-                WindowSpec::Tumbling { size_ms, grace_ms } => (size_ms, size_ms, grace_ms),
-                WindowSpec::Hopping { size_ms, advance_ms, grace_ms } => (size_ms, advance_ms, grace_ms),
-                _ => return Err(refuse(t, agg, later)),
-            };
-            let windowing = Windowing::hopping(size, advance).map_err(|e| refuse(t, agg, e.to_string()))?;
+            let windowing = match *spec {
+                WindowSpec::Tumbling { size_ms, .. } => Some(Windowing::tumbling(size_ms)),
+                WindowSpec::Hopping { size_ms, advance_ms, .. } => Some(Windowing::hopping(size_ms, advance_ms)),
+                WindowSpec::Sliding { .. } | WindowSpec::Session { .. } => None,
+            }
+            .transpose()
+            .map_err(|e| refuse(t, agg, e.to_string()))?;
+            let grace_ms = spec.grace_ms();
             Stage::Windowed(WindowedStage {
                 node: agg,
                 store: store.clone(),

@@ -38,9 +38,17 @@ fn a_one_stage_topology_fuses_the_steps_before_its_aggregation() {
 
 #[test]
 fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
-    let e = shape(&one_stage(WindowSpec::Session { gap_ms: 10, grace_ms: 0 })).unwrap_err();
+    assert!(shape(&one_stage(WindowSpec::Session { gap_ms: 10, grace_ms: 0 })).is_ok());
+    let mut t = one_stage(HOPPING);
+    t.nodes[2].op = Op::Aggregate {
+        store: StoreSpec { name: "windows".into(), schema: 1, migrates_from: vec![], changelog: true },
+        fold: Fold::Count,
+        window: None,
+        emit: Emit::Updates,
+    };
+    let e = shape(&t).unwrap_err();
     assert_eq!(e.node.as_deref(), Some("windows"));
-    assert!(e.reason.contains("session windows run in the next"), "{e}");
+    assert!(e.reason.contains("tables run in the next"), "{e}");
     // A second aggregation.
     let mut t = one_stage(HOPPING);
     t.nodes.push(node("again", &[1], aggregate(HOPPING)));
