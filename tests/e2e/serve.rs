@@ -103,6 +103,10 @@ limits = {{ on_failure = "pause" }}
     let s: serde_json::Value = serde_json::from_str(&admin.get(&format!("/v1/pipelines/{app}-stats"))?)?;
     assert!(s["active"].as_str().is_some_and(|a| a.starts_with("stock-stats@0.1.0#")), "{s}");
     assert_eq!(s["kafka"]["reachable"], true, "{s}");
+    // The API describes each pipeline's topology with its own internal topics.
+    let t: serde_json::Value = serde_json::from_str(&admin.get(&format!("/v1/pipelines/{app}-stats/topology"))?)?;
+    assert_eq!(t["stores"][0]["changelog"], format!("{app}-stats-windows-changelog"), "{t}");
+    assert_eq!(t["subtopologies"].as_array().map(Vec::len), Some(1), "{t}");
 
     // The others carry on in the same process.
     await_caught_up(&format!("{app}-hostile"), &hostile_in, &mut weir, Duration::from_secs(180))?;

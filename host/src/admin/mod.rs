@@ -227,6 +227,7 @@ pub fn serve(
         .route("/v1/plugins/{name}", post(upload))
         .route("/v1/pipelines", get(list_pipelines).post(create_pipeline))
         .route("/v1/pipelines/{name}", get(pipeline_status).delete(stop_pipeline))
+        .route("/v1/pipelines/{name}/topology", get(pipeline_topology))
         .route("/v1/pipelines/{name}/activate", post(activate))
         .route("/v1/pipelines/{name}/rollback", post(rollback))
         .fallback(no_route)
@@ -534,6 +535,20 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
         tasks: entry.metrics.tasks.get(),
         tasks_restoring: entry.metrics.tasks_restoring.get(),
     }))
+}
+
+/// The active version's topology, as `weir describe --json` prints it (internal
+/// topics named for this pipeline).
+async fn pipeline_topology(State(state): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let entry = entry(&state, &name)?;
+    let info = entry
+        .control
+        .status()
+        .active_info
+        .ok_or_else(|| api_error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline has no active version yet"))?;
+    let json = crate::topology::describe::json(&info.name, &info.version, &info.topology, Some(&name))
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(axum::Json(json))
 }
 
 /// Body of an activation.

@@ -89,6 +89,11 @@ const DOCUMENT: &str = r##"{
         "responses": { "200": { "description": "stopped; `failed` holds the error it had stopped with, if any; `in_config` (with a `note`) when the pipeline comes from the host config file and will start again with the host" }, "404": { "description": "no such pipeline" },
                        "405": { "description": "the host is a single `weir run` pipeline" } } }
     },
+    "/v1/pipelines/{name}/topology": {
+      "get": { "summary": "The active version's topology: sub-topologies and their nodes, wasm segments, stores, internal topics",
+        "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "responses": { "200": { "description": "as `weir describe --json` prints it" }, "404": { "description": "no such pipeline" } } }
+    },
     "/v1/pipelines/{name}/activate": {
       "post": {
         "summary": "Stage a stored version; it takes over at the next transaction boundary",
@@ -129,5 +134,6 @@ mod tests {
         }
         assert!(doc["paths"]["/v1/pipelines"]["post"].is_object());
         assert!(doc["paths"]["/v1/pipelines/{name}"]["delete"].is_object());
+        assert!(doc["paths"]["/v1/pipelines/{name}/topology"]["get"].is_object());
     }
 }
