@@ -8,7 +8,9 @@
 //! (b) weir stock-stats, exactly_once;
 //! (c) weir stock-stats, at_least_once;
 //! (d) as (b) with a hot swap every 250 ms between two builds of stock-stats,
-//!     reporting the pause each swap causes on the pipeline thread (p50/p99).
+//!     reporting the pause each swap causes on the pipeline thread (p50/p99);
+//! (e) stock-stats written in the topology DSL (`stock-stats-dsl`), exactly_once,
+//!     also as a ratio to (b), the `Aggregator` shorthand (target: within 5%).
 //! Rates are records/s from the first record consumed to the commit that covers
 //! the last one; ratios are against (a) measured in the same run.
 
@@ -78,6 +80,7 @@ fn main() -> Result<()> {
         ("(b) weir stock-stats, exactly_once", "exactly_once"),
         ("(c) weir stock-stats, at_least_once", "at_least_once"),
         ("(d) as (b), hot swap every 250 ms", "swapping"),
+        ("(e) weir stock-stats in the DSL, exactly_once", "dsl"),
     ];
     let mut rows = Vec::new();
     let mut swaps = None;
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
         rows.push((label, records as f64 / secs, secs, rss));
     }
     let base = rows[0].1;
+    let rates: Vec<f64> = rows.iter().map(|r| r.1).collect();
     println!("\n{records} trades, {PARTITIONS} partitions, commit interval 100 ms, broker {bootstrap}\n");
     println!("| mode | records/s | vs (a) | seconds | peak RSS MiB |");
     println!("|---|---:|---:|---:|---:|");
@@ -108,7 +112,12 @@ fn main() -> Result<()> {
     if let Some((n, p50, p99)) = swaps {
         println!("\nswap pause during (d): {n:.0} swaps, p50 {p50:.0} µs, p99 {p99:.0} µs");
     }
+    println!("\n(e) the DSL vs (b) the Aggregator shorthand: {:.2}", rows_rate(&rates, 4) / rows_rate(&rates, 1));
     Ok(())
+}
+
+fn rows_rate(rates: &[f64], i: usize) -> f64 {
+    rates.get(i).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs one mode and prints `seconds peak_rss_mib`.
@@ -120,6 +129,10 @@ fn child(args: &[String]) -> Result<()> {
         "exactly_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, false)?,
         "at_least_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce, false)?,
         "swapping" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, true)?,
+        "dsl" => {
+            let dsl = plugin.replace("stock_stats.wasm", "stock_stats_dsl.wasm");
+            weir_run(bootstrap, input, records, &dsl, id, Guarantee::ExactlyOnce, false)?
+        }
         other => bail!("unknown mode {other}"),
     };
     let (secs, pauses) = secs;
@@ -209,7 +222,14 @@ fn weir_run(
     swapping: bool,
 ) -> Result<(f64, Option<Vec<u128>>)> {
     let state = tempfile::tempdir()?;
-    let app = format!("bench-{id}-{guarantee:?}{}", if swapping { "-swap" } else { "" }).to_lowercase();
+    let flavour = if swapping {
+        "-swap"
+    } else if plugin.ends_with("stock_stats_dsl.wasm") {
+        "-dsl"
+    } else {
+        ""
+    };
+    let app = format!("bench-{id}-{guarantee:?}{flavour}").to_lowercase();
     let cfg = RunConfig {
         application_id: app.clone(),
         plugin: plugin.into(),

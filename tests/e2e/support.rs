@@ -82,10 +82,23 @@ pub fn produce(topic: &str, records: &[RawRecord]) -> Result<()> {
 
 /// [`produce`] to the broker at `bootstrap`.
 pub fn produce_on(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Result<()> {
+    produce_records(bootstrap, topic, None, records)
+}
+
+/// Produces raw records in order, idempotently, all to `partition` of `topic`
+/// (whatever their keys), for tests that craft each partition's sequence.
+pub fn produce_to(topic: &str, partition: i32, records: &[RawRecord]) -> Result<()> {
+    produce_records(&bootstrap(), topic, Some(partition), records)
+}
+
+fn produce_records(bootstrap: &str, topic: &str, partition: Option<i32>, records: &[RawRecord]) -> Result<()> {
     let producer: BaseProducer =
         client_on(bootstrap).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     for (key, value, ts) in records {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).timestamp(*ts);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
         if let Some(k) = key {
             rec = rec.key(k.as_slice());
         }
@@ -234,6 +247,16 @@ pub struct Weir {
     pub log: PathBuf,
     /// Where this process's lines start in the log (a restart appends to it).
     pub from: usize,
+}
+
+/// A test that fails (or returns early) does not leave its host running.
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 fn log_len(log: &Path) -> usize {
