@@ -17,3 +17,5 @@ mod sandbox;
 mod serve;
 mod state_evolution;
 mod stock_stats;
+mod topologies;
+mod window_kinds;
