@@ -21,7 +21,7 @@ fn needle(phase: &str, act: &str) -> &'static str {
     match (phase, act) {
         (_, "trap") => "panicked",
         (_, "stack") => "overflowed its stack",
-        (_, "loop") => "exceeded its CPU budget of 300 ms",
+        (_, "loop") => "exceeded its CPU budget of 1000 ms",
         (_, "oom") => "ran out of memory",
         ("describe", "huge") => "not a short printable string",
         (_, "huge") => "the limit is 1048576 bytes",
@@ -142,7 +142,7 @@ fn hostile_plugins_in_every_phase_are_contained_next_to_a_healthy_pipeline() -> 
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{d}/host\"\n[limits]\ncall_budget_ms = 300\nmemory_mb = 32\nretries = 1\n\n{}grace_ms = 2000\n\n{}\n{}\n{}",
+            "state_dir = \"{d}/host\"\n[limits]\ncall_budget_ms = 1000\nmemory_mb = 32\nretries = 1\n\n{}grace_ms = 2000\n\n{}\n{}\n{}",
             pipeline("stats", &stats, &stats_in),
             pipeline("process", &hostile, &process_in),
             pipeline("finish", &hostile, &finish_in),

@@ -36,6 +36,9 @@ struct Arrival {
     stream_time: i64,
 }
 
+/// A record reaching the aggregation: its input's index, key and value.
+type Reached = (usize, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// What the chunks of one batch changed so far.
 #[derive(Default)]
 struct Batch {
@@ -86,44 +89,55 @@ impl Task {
                 excluded[i] = true;
             }
         }
-        // The task's stream time after each input: every record read moves it,
-        // also those an operator drops before the aggregation.
-        let mut seen = self.stream_time.unwrap_or(i64::MIN);
-        let stream_times: Vec<i64> = pending
-            .iter()
-            .map(|p| {
-                seen = seen.max(p.timestamp.unwrap_or(i64::MIN));
-                seen
-            })
-            .collect();
         let usable: Vec<Pending> = pending.iter().zip(&excluded).filter(|(_, x)| !**x).map(|(p, _)| *p).collect();
         let index_of: Vec<usize> = (0..pending.len()).filter(|&i| !excluded[i]).collect();
-        let arrivals: Vec<Arrival> = match via {
-            Some(from) => self
-                .through_guest(env, &usable, from, Target::Node(node))?
-                .into_iter()
-                .filter_map(|e| {
-                    let p = &usable[e.source];
-                    let key = e.key?;
-                    let source = index_of[e.source];
-                    let stream_time = stream_times[source];
-                    Some(Arrival { source, key, value: e.value, timestamp: p.timestamp?, stream_time })
-                })
-                .collect(),
-            None => usable
+        // What reaches the aggregation, with the input it came from.
+        let reached: Vec<Reached> = match via {
+            Some(from) => {
+                let (emitted, refused) = self.through_guest(env, &usable, from, Target::Node(node))?;
+                for (i, refused) in refused.into_iter().enumerate() {
+                    excluded[index_of[i]] |= refused;
+                }
+                emitted.into_iter().map(|e| (index_of[e.source], e.key, e.value)).collect()
+            }
+            None => index_of
                 .iter()
-                .zip(&index_of)
-                .filter_map(|(p, &source)| {
-                    Some(Arrival {
-                        source,
-                        key: span_bytes(&self.arena, p.key)?.to_vec(),
-                        value: span_bytes(&self.arena, p.value).map(<[u8]>::to_vec),
-                        timestamp: p.timestamp?,
-                        stream_time: stream_times[source],
-                    })
+                .map(|&i| {
+                    let p = &pending[i];
+                    (
+                        i,
+                        span_bytes(&self.arena, p.key).map(<[u8]>::to_vec),
+                        span_bytes(&self.arena, p.value).map(<[u8]>::to_vec),
+                    )
                 })
                 .collect(),
         };
+        // The task's stream time after each input: every record read moves it,
+        // also one an operator filters out before the aggregation, but not one
+        // that was dead-lettered.
+        let mut seen = self.stream_time.unwrap_or(i64::MIN);
+        let stream_times: Vec<i64> = pending
+            .iter()
+            .zip(&excluded)
+            .map(|(p, x)| {
+                if !x {
+                    seen = seen.max(p.timestamp.unwrap_or(i64::MIN));
+                }
+                seen
+            })
+            .collect();
+        let arrivals: Vec<Arrival> = reached
+            .into_iter()
+            .filter_map(|(source, key, value)| {
+                Some(Arrival {
+                    source,
+                    key: key?,
+                    value,
+                    timestamp: pending[source].timestamp?,
+                    stream_time: stream_times[source],
+                })
+            })
+            .collect();
 
         let mut batch = Batch { stream_time: self.stream_time, ..Batch::default() };
         let mut dropped = vec![false; arrivals.len()];
@@ -168,10 +182,8 @@ impl Task {
                 }
             }
         }
-        for p in pending {
-            if let Some(ts) = p.timestamp.filter(|t| *t >= 0) {
-                batch.stream_time = Some(batch.stream_time.map_or(ts, |st| st.max(ts)));
-            }
+        if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
+            batch.stream_time = Some(batch.stream_time.map_or(st, |b| b.max(st)));
         }
         self.stream_time = batch.stream_time;
         env.metrics.records_in.inc_by(pending.len() as u64);

@@ -48,7 +48,8 @@ struct Answer {
 impl Task {
     pub(super) fn process_stateless(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let from = env.info.shape.source_edge();
-        for e in self.through_guest(env, pending, from, Target::Sinks)? {
+        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Sinks)?;
+        for e in emitted {
             for &sink in env.info.shape.sinks_of(e.node, e.port) {
                 env.outbox.push(Out {
                     dest: Dest::Sink(sink),
@@ -61,7 +62,8 @@ impl Task {
                 env.metrics.records_out.inc();
             }
         }
-        for p in pending {
+        // Records an operator refused do not move stream time.
+        for (p, _) in pending.iter().zip(&excluded).filter(|(_, x)| !**x) {
             if let Some(ts) = p.timestamp {
                 self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
             }
@@ -75,14 +77,15 @@ impl Task {
 
     /// Runs `pending` from host output `from` through the guest operators reading
     /// it, in chunks within the frame budget, dead-lettering what is refused or
-    /// fails alone. Returns the records that reach `target`, in input order.
+    /// fails alone. Returns the records that reach `target`, in input order, and
+    /// which inputs were dead-lettered.
     pub(super) fn through_guest(
         &mut self,
         env: &mut Env<'_>,
         pending: &[Pending],
         from: Edge,
         target: Target,
-    ) -> Result<Vec<Emitted>, TaskError> {
+    ) -> Result<(Vec<Emitted>, Vec<bool>), TaskError> {
         let budget = env.guest.max_frame_bytes();
         let mut excluded = vec![false; pending.len()];
         let mut emitted = Vec::new();
@@ -109,7 +112,7 @@ impl Task {
             }
             at = end;
         }
-        Ok(emitted)
+        Ok((emitted, excluded))
     }
 
     fn take(

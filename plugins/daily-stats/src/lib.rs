@@ -13,7 +13,8 @@
 //! - **Which trades count**: asks (`type == "ASK"`).
 //! - **Windows**: tumbling, one UTC day (86 400 000 ms) aligned to the epoch,
 //!   `[day_start, day_start + 86400000)`; grace 1 hour: an ask is still folded into its
-//!   day while stream time (the largest timestamp the aggregation has seen) is below
+//!   day while stream time (the task's: the largest timestamp read from the input
+//!   partition, bids included) is below
 //!   `day_start + 86400000 + 3600000`; later, the host drops it.
 //! - **Per (ticker, day)**: the minimum and maximum price, the number of asks and
 //!   the sum of their prices (store and changelog `daily`).

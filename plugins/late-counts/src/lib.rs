@@ -12,8 +12,8 @@
 //!   counted; with no operator before the aggregation, the reject names `counts`.
 //! - **Which trades count**: all, asks and bids.
 //! - **Windows**: tumbling, 10 000 ms aligned to the epoch, `[start, start + 10000)`.
-//!   Grace 5 s: stream time is the largest timestamp the aggregation has seen (this
-//!   record included); a record whose window has `end + 5000 <= stream time` is late
+//!   Grace 5 s: stream time is the task's, the largest timestamp read from the input
+//!   partition (this record included); a record whose window has `end + 5000 <= stream time` is late
 //!   beyond grace and the host drops and counts it. Any record arriving before that,
 //!   in or out of timestamp order, is counted in its window.
 //! - **Output**: logical topic `late-counts`, emitting updates: at every commit, one
