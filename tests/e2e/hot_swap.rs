@@ -96,6 +96,61 @@ fn hot_swaps_keep_output_exact_and_a_broken_version_rolls_back() -> Result<()> {
     Ok(())
 }
 
+/// Topologies swap by their stateful shape: the `Aggregator` shorthand and the
+/// same job written in the DSL (other logical topic names, other stateless
+/// steps, the same store `windows`) take over from each other mid-stream, and the
+/// output stays exact; a build with another store, or writing elsewhere, is
+/// refused before it is staged, naming what differs.
+#[test]
+fn the_shorthand_and_the_dsl_swap_both_ways_and_other_shapes_are_refused() -> Result<()> {
+    let app = unique("shape-swap");
+    let input = format!("{app}-trades");
+    create_topic(&input, 4)?;
+    let runtime = Runtime::new()?;
+    let (shorthand, dsl, daily, split) = (
+        load(&runtime, "stock-stats", Sandbox::default())?,
+        load(&runtime, "stock-stats-dsl", Sandbox::default())?,
+        load(&runtime, "daily-stats", Sandbox::default())?,
+        load(&runtime, "trade-filter", Sandbox::default())?,
+    );
+    const TRADES: u64 = 60_000;
+    let producer = {
+        let input = input.clone();
+        std::thread::spawn(move || gen_trades(&input, TRADES, 50, 4, 1_500, 20_000))
+    };
+    let state = tempfile::tempdir()?;
+    let metrics = Metrics::default();
+    let pipeline = Pipeline::new(stats_config(&app, &input, state.path())?, &runtime, metrics.clone())?;
+    let control = pipeline.control();
+    let refusal = |build: &Plugin| match control.activate("other", build.clone(), false) {
+        Err(e) => Ok(e.to_string()),
+        Ok(()) => bail!("an incompatible build was accepted"),
+    };
+    let other_store = refusal(&daily)?;
+    assert!(other_store.contains("named `daily` where the running one is `windows`"), "{other_store}");
+    let other_sinks = refusal(&split)?;
+    assert!(other_sinks.contains("it writes"), "{other_sinks}");
+    while_running(pipeline, || {
+        for (i, (label, build)) in
+            [("dsl", &dsl), ("shorthand", &shorthand), ("dsl-again", &dsl)].into_iter().enumerate()
+        {
+            let target = (i as u64 + 1) * 12_000;
+            wait_for("progress", Duration::from_secs(120), || Ok(metrics.records_in.get() >= target))?;
+            swap(&control, label, build, i)?;
+        }
+        producer.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        await_committed_all(&app, &input, 4)
+    })?;
+    let status = control.status();
+    assert_eq!(status.history.len(), 3, "{:#?}", status.history);
+    assert!(status.history.iter().all(|e| e.rolled_back.is_none()), "{:#?}", status.history);
+    assert_eq!(status.active, "dsl-again");
+    let want = recompute(&read_all(&input)?, 2_000);
+    let got = last_results(&read_all(&format!("{app}-out"))?)?;
+    assert_same(&got, &want);
+    Ok(())
+}
+
 /// Stock-stats from `input` to `<app>-out`, grace 2 s, state under `state`.
 fn stats_config(app: &str, input: &str, state: &std::path::Path) -> Result<RunConfig> {
     Ok(RunConfig {

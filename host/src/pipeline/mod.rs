@@ -200,7 +200,7 @@ impl Pipeline {
         );
         let versions = Versions::new(plugin);
         let (tx, rx) = channel();
-        let control = Control { tx, status: versions.status.clone() };
+        let control = Control { tx, status: versions.status.clone(), cfg: Arc::new(cfg.clone()) };
         let health = Health::new(&cfg.application_id, metrics.kafka_reachable.clone());
         let member = format!("{}-{}", cfg.application_id, instance_id(&cfg)?);
         Ok(Self { cfg, metrics, health, control, member, versions: Some((versions, rx)) })

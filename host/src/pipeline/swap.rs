@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::Topics;
+use crate::config::RunConfig;
 use crate::runtime::{GuestError, Instance, Plugin, PluginInfo, Worker};
 
 /// A plugin version ready to take over: compiled and instantiated off the hot path.
@@ -105,6 +107,8 @@ pub struct SwapStatus {
 pub struct Control {
     pub(super) tx: Sender<ControlCommand>,
     pub(super) status: Arc<Mutex<SwapStatus>>,
+    /// How the pipeline maps a version's logical topics to real ones.
+    pub(super) cfg: Arc<RunConfig>,
 }
 
 pub(super) enum ControlCommand {
@@ -112,9 +116,20 @@ pub(super) enum ControlCommand {
     Rollback { reset_state: bool },
 }
 
-/// Why `new` cannot take over from `old`, if it cannot.
-fn incompatibility(label: &str, old: &PluginInfo, new: &PluginInfo, reset_state: bool) -> Option<SwapError> {
-    if let Some(difference) = new.shape.swap_difference(&old.shape) {
+/// Why `new` cannot take over from `old` in the pipeline configured by `cfg`, if
+/// it cannot.
+fn incompatibility(
+    cfg: &RunConfig,
+    label: &str,
+    old: &PluginInfo,
+    new: &PluginInfo,
+    reset_state: bool,
+) -> Option<SwapError> {
+    let real = |s: &crate::topology::Shape| {
+        let t = Topics::of(cfg, s);
+        (t.input, t.sinks)
+    };
+    if let Some(difference) = new.shape.swap_difference(&old.shape, real) {
         let reason = format!("{difference}; that is a new pipeline (a new application id), not a swap");
         return Some(SwapError::Incompatible { label: label.to_owned(), reason });
     }
@@ -134,7 +149,7 @@ impl Control {
     /// set to drop the stored windows.
     pub fn activate(&self, label: &str, plugin: Plugin, reset_state: bool) -> Result<(), SwapError> {
         if let Some(old) = self.status().active_info
-            && let Some(refusal) = incompatibility(label, &old, plugin.info(), reset_state)
+            && let Some(refusal) = incompatibility(&self.cfg, label, &old, plugin.info(), reset_state)
         {
             return Err(refusal);
         }
@@ -153,7 +168,7 @@ impl Control {
             return Err(SwapError::NoPrevious);
         };
         if let Some(old) = status.active_info
-            && let Some(refusal) = incompatibility(&label, &old, &previous, reset_state)
+            && let Some(refusal) = incompatibility(&self.cfg, &label, &old, &previous, reset_state)
         {
             return Err(refusal);
         }

@@ -106,17 +106,16 @@ impl Shape {
 
     /// What keeps this version from taking over from `old` at a transaction
     /// boundary: a different stateful shape (stores and their windows, found by
-    /// name) or different logical topics. Stateless steps may differ freely.
-    pub fn swap_difference(&self, old: &Shape) -> Option<String> {
-        if self.source.topic != old.source.topic {
-            return Some(format!(
-                "it reads `{}` where the running version reads `{}`",
-                self.source.topic, old.source.topic
-            ));
+    /// name) or other topics — as the pipeline maps them (`real` gives a shape's
+    /// source topic and sink topics), so two builds naming their topics
+    /// differently can still swap. Stateless steps may differ freely.
+    pub fn swap_difference(&self, old: &Shape, real: impl Fn(&Shape) -> (String, Vec<String>)) -> Option<String> {
+        let ((source, sinks), (old_source, old_sinks)) = (real(self), real(old));
+        if source != old_source {
+            return Some(format!("it reads `{source}` where the running version reads `{old_source}`"));
         }
-        let topics = |s: &Shape| s.sinks.iter().map(|e| e.topic.clone()).collect::<Vec<_>>();
-        if topics(self) != topics(old) {
-            return Some(format!("it writes {:?} where the running version writes {:?}", topics(self), topics(old)));
+        if sinks != old_sinks {
+            return Some(format!("it writes {sinks:?} where the running version writes {old_sinks:?}"));
         }
         match (self.windowed(), old.windowed()) {
             (None, None) => None,

@@ -62,6 +62,10 @@ fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
     assert!(e.node.is_some(), "{e}");
 }
 
+fn logical(s: &Shape) -> (String, Vec<String>) {
+    (s.source.topic.clone(), s.sinks.iter().map(|e| e.topic.clone()).collect())
+}
+
 #[test]
 fn swaps_keep_stores_windows_and_topics() {
     let old = shape(&one_stage(HOPPING)).unwrap();
@@ -73,11 +77,18 @@ fn swaps_keep_stores_windows_and_topics() {
             e.node += 1;
         }
     }
-    assert_eq!(shape(&t).unwrap().swap_difference(&old), None);
+    assert_eq!(shape(&t).unwrap().swap_difference(&old, logical), None);
     // Other windows are not.
     let other = shape(&one_stage(WindowSpec::Tumbling { size_ms: 5_000, grace_ms: 0 })).unwrap();
-    let why = other.swap_difference(&old).unwrap();
+    let why = other.swap_difference(&old, logical).unwrap();
     assert!(why.contains("windows of `windows`"), "{why}");
+    // Another sink is not, unless the pipeline maps it to the same topic.
+    let mut t = one_stage(HOPPING);
+    t.nodes[5].op = Op::Sink { topic: "elsewhere".into() };
+    let moved = shape(&t).unwrap();
+    assert!(moved.swap_difference(&old, logical).unwrap().contains("elsewhere"));
+    let mapped = |s: &Shape| (s.source.topic.clone(), vec!["real-out".to_owned(); s.sinks.len()]);
+    assert_eq!(moved.swap_difference(&old, mapped), None);
 }
 
 #[test]
