@@ -692,25 +692,8 @@ impl Topology {
     /// their first node.
     pub fn subtopologies(&self) -> Result<Vec<SubTopology>, TopologyError> {
         let order = self.topological_order()?;
-        let n = self.nodes.len();
-        // Union-find over edges, except edges out of a repartition.
-        let mut parent: Vec<usize> = (0..n).collect();
-        fn root(parent: &mut [usize], mut i: usize) -> usize {
-            while parent[i] != i {
-                parent[i] = parent[parent[i]];
-                i = parent[i];
-            }
-            i
-        }
-        for (i, node) in self.nodes.iter().enumerate() {
-            for e in &node.inputs {
-                if matches!(self.nodes[e.node as usize].op, Op::Repartition { .. }) {
-                    continue;
-                }
-                let (a, b) = (root(&mut parent, i), root(&mut parent, e.node as usize));
-                parent[a] = b;
-            }
-        }
+        // Connected over every edge except those out of a repartition.
+        let mut parent = self.components(|from, _| !matches!(self.nodes[from].op, Op::Repartition { .. }));
         let mut parts: Vec<(usize, SubTopology)> = Vec::new();
         for &i in &order {
             let r = root(&mut parent, i as usize);
@@ -754,24 +737,8 @@ impl Topology {
     /// The segments: maximal connected sets of guest operators.
     pub fn segments(&self) -> Result<Vec<Segment>, TopologyError> {
         let order = self.topological_order()?;
-        let n = self.nodes.len();
         let guest = |i: usize| self.nodes[i].op.is_guest();
-        let mut parent: Vec<usize> = (0..n).collect();
-        fn root(parent: &mut [usize], mut i: usize) -> usize {
-            while parent[i] != i {
-                parent[i] = parent[parent[i]];
-                i = parent[i];
-            }
-            i
-        }
-        for (i, node) in self.nodes.iter().enumerate() {
-            for e in &node.inputs {
-                if guest(i) && guest(e.node as usize) {
-                    let (a, b) = (root(&mut parent, i), root(&mut parent, e.node as usize));
-                    parent[a] = b;
-                }
-            }
-        }
+        let mut parent = self.components(|from, to| guest(from) && guest(to));
         let mut segments: Vec<(usize, Segment)> = Vec::new();
         for &i in &order {
             if !guest(i as usize) {
@@ -799,6 +766,32 @@ impl Topology {
             }
         }
         Ok(segments.into_iter().map(|(_, s)| s).collect())
+    }
+}
+
+/// The root of `i`'s set in a union-find forest (halving paths on the way).
+fn root(parent: &mut [usize], mut i: usize) -> usize {
+    while parent[i] != i {
+        parent[i] = parent[parent[i]];
+        i = parent[i];
+    }
+    i
+}
+
+impl Topology {
+    /// Union-find over the edges `joins(from, to)` accepts: call [`root`] on the
+    /// result for a node's set.
+    fn components(&self, joins: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+        let mut parent: Vec<usize> = (0..self.nodes.len()).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for e in &node.inputs {
+                if joins(e.node as usize, i) {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, e.node as usize));
+                    parent[a] = b;
+                }
+            }
+        }
+        parent
     }
 }
 

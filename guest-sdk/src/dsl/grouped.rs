@@ -207,47 +207,60 @@ pub trait Windowing<K, V> {
 impl<K: Data, V: Data> Windowing<K, V> for Windows {
     type Stream = WindowedStream<K, V>;
     fn group(self, grouped: KGroupedStream<K, V>) -> WindowedStream<K, V> {
-        WindowedStream { grouped, spec: self.spec(), emit: Emit::Updates }
+        WindowedStream(Windowed { grouped, spec: self.spec(), emit: Emit::Updates })
     }
 }
 
 impl<K: Data, V: Data> Windowing<K, V> for SessionWindows {
     type Stream = SessionWindowedStream<K, V>;
     fn group(self, grouped: KGroupedStream<K, V>) -> SessionWindowedStream<K, V> {
-        SessionWindowedStream { grouped, spec: self.spec(), emit: Emit::Updates }
+        SessionWindowedStream(Windowed { grouped, spec: self.spec(), emit: Emit::Updates })
     }
 }
 
-fn set_emit<K, A>(table: &KTable<K, A>, emit: Emit) {
-    if let Some(Op::Aggregate { emit: e, .. }) = table.g.borrow_mut().op_mut(table.node) {
-        *e = emit;
-    }
-}
-
-/// A grouped stream with time or sliding windows.
-pub struct WindowedStream<K, V> {
+/// What both kinds of windowed streams hold: the grouping, the windows and
+/// when rows are emitted.
+struct Windowed<K, V> {
     grouped: KGroupedStream<K, V>,
     spec: WindowSpec,
     emit: Emit,
 }
 
+impl<K: Data, V: Data> Windowed<K, V> {
+    fn node<A: Data>(&self, name: Option<String>, kind: FoldKind, fold: Fold) -> KTable<crate::Windowed<K>, A> {
+        let table = self.grouped.aggregate_node(name, kind, Some(self.spec), fold);
+        if let Some(Op::Aggregate { emit, .. }) = table.g.borrow_mut().op_mut(table.node) {
+            *emit = self.emit;
+        }
+        table
+    }
+
+    fn count(&self) -> KTable<crate::Windowed<K>, u64> {
+        self.node(None, FoldKind::Count, count_fold::<K, V>().erase())
+    }
+
+    fn reduce<F>(&self, f: F) -> KTable<crate::Windowed<K>, V>
+    where
+        F: Fn(V, V) -> V + 'static,
+    {
+        self.node(fn_name::<F>(), FoldKind::Reduce, reduce_fold::<K, V>(Rc::new(f)).erase())
+    }
+}
+
+/// A grouped stream with time or sliding windows.
+pub struct WindowedStream<K, V>(Windowed<K, V>);
+
 impl<K: Data, V: Data> WindowedStream<K, V> {
     /// Emits each window once, when it closes (stream time passed its end and
     /// grace), instead of at every commit it changed.
     pub fn emit_final(mut self) -> Self {
-        self.emit = Emit::Final;
+        self.0.emit = Emit::Final;
         self
-    }
-
-    fn node<A: Data>(&self, name: Option<String>, kind: FoldKind, fold: Fold) -> KTable<crate::Windowed<K>, A> {
-        let table = self.grouped.aggregate_node(name, kind, Some(self.spec), fold);
-        set_emit(&table, self.emit);
-        table
     }
 
     /// Counts records per key and window.
     pub fn count(&self) -> KTable<crate::Windowed<K>, u64> {
-        self.node(None, FoldKind::Count, count_fold::<K, V>().erase())
+        self.0.count()
     }
 
     /// Combines the values of each key and window with `f`.
@@ -255,7 +268,7 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
     where
         F: Fn(V, V) -> V + 'static,
     {
-        self.node(fn_name::<F>(), FoldKind::Reduce, reduce_fold::<K, V>(Rc::new(f)).erase())
+        self.0.reduce(f)
     }
 
     /// Folds the values of each key and window into an accumulator.
@@ -263,33 +276,23 @@ impl<K: Data, V: Data> WindowedStream<K, V> {
     where
         F: Fn(&mut A, &K, &V) + 'static,
     {
-        self.node(fn_name::<F>(), FoldKind::Aggregate, aggregate_fold::<K, V, A>(Rc::new(add)).erase())
+        self.0.node(fn_name::<F>(), FoldKind::Aggregate, aggregate_fold::<K, V, A>(Rc::new(add)).erase())
     }
 }
 
 /// A grouped stream with session windows.
-pub struct SessionWindowedStream<K, V> {
-    grouped: KGroupedStream<K, V>,
-    spec: WindowSpec,
-    emit: Emit,
-}
+pub struct SessionWindowedStream<K, V>(Windowed<K, V>);
 
 impl<K: Data, V: Data> SessionWindowedStream<K, V> {
     /// Emits each session once, when it closes.
     pub fn emit_final(mut self) -> Self {
-        self.emit = Emit::Final;
+        self.0.emit = Emit::Final;
         self
-    }
-
-    fn node<A: Data>(&self, name: Option<String>, kind: FoldKind, fold: Fold) -> KTable<crate::Windowed<K>, A> {
-        let table = self.grouped.aggregate_node(name, kind, Some(self.spec), fold);
-        set_emit(&table, self.emit);
-        table
     }
 
     /// Counts records per key and session.
     pub fn count(&self) -> KTable<crate::Windowed<K>, u64> {
-        self.node(None, FoldKind::Count, count_fold::<K, V>().erase())
+        self.0.count()
     }
 
     /// Combines the values of each session with `f` (also used to merge sessions).
@@ -297,7 +300,7 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
     where
         F: Fn(V, V) -> V + 'static,
     {
-        self.node(fn_name::<F>(), FoldKind::Reduce, reduce_fold::<K, V>(Rc::new(f)).erase())
+        self.0.reduce(f)
     }
 
     /// Folds the values of each session into an accumulator; `merge` combines
@@ -312,6 +315,6 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
             merge(a, b.clone());
             Ok(())
         });
-        self.node(fn_name::<F>(), FoldKind::Aggregate, fold.erase())
+        self.0.node(fn_name::<F>(), FoldKind::Aggregate, fold.erase())
     }
 }

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, RunIn, RunOut, SlotOp};
+use weir_abi::calls::{Rec, RunIn, RunOut, SlotOp};
 use weir_abi::topology::{Edge, Emit, Op, WindowSpec};
 
 use super::*;
@@ -217,6 +217,7 @@ fn a_segment_runs_every_operator_in_one_call() {
     assert_eq!((rejects[1].0, rejects[1].1.as_str(), rejects[1].2.as_str()), (3, "validate-1", "negative price -1"));
 }
 
+/// `crate::testing::aggregate`, its updates and rejects by name.
 fn aggregate(
     t: &Topology,
     node: &str,
@@ -224,29 +225,8 @@ fn aggregate(
     slots: Vec<Option<Vec<u8>>>,
     records: Vec<(Rec<'_>, Vec<SlotOp>)>,
 ) -> AggregateOutOwned {
-    let node = t.describe().find(node).unwrap();
-    let mut ops = Vec::new();
-    let records = records
-        .into_iter()
-        .map(|(record, steps)| {
-            let first_op = ops.len() as u32;
-            ops.extend(steps.iter().copied());
-            AggRecord { record, first_op, op_count: steps.len() as u32 }
-        })
-        .collect();
-    let frame = AggregateIn {
-        node,
-        via: via.map(|v| Edge { node: t.describe().find(v).unwrap(), port: 0 }),
-        slots: slots.iter().map(|s| s.as_deref()).collect(),
-        records,
-        ops,
-    };
-    let out = t.aggregate_frame(&weir_abi::encode(&frame).unwrap()).unwrap();
-    let out: AggregateOut<'_> = weir_abi::decode(&out).unwrap();
-    AggregateOutOwned {
-        updates: out.updates.iter().map(|u| (u.slot, u.value.to_vec())).collect(),
-        rejects: out.rejects.iter().map(|r| (r.record, r.reason.to_owned())).collect(),
-    }
+    let (updates, rejects) = crate::testing::aggregate(t, node, via, &slots, records);
+    AggregateOutOwned { updates, rejects: rejects.into_iter().map(|(record, _, reason)| (record, reason)).collect() }
 }
 
 struct AggregateOutOwned {

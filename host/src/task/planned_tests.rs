@@ -232,6 +232,19 @@ fn filtered_records_open_no_windows() {
     assert_eq!(h.stored(), sessions(&[("k", 2, 0), ("k", 4, 40)], 10));
 }
 
+/// Feeds `records` in batches of the sizes `cuts` gives (cycling), each committed.
+fn in_batches(h: &mut Harness, records: &[(&str, u64, i64)], cuts: &[usize]) {
+    let mut at = 0;
+    for cut in cuts.iter().cycle() {
+        if at >= records.len() {
+            break;
+        }
+        let end = (at + cut).min(records.len());
+        h.batch(&records[at..end]);
+        at = end;
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -245,13 +258,7 @@ proptest! {
         let keys = ["a", "b", "c"];
         let records: Vec<(&str, u64, i64)> = records.iter().map(|&(k, t)| (keys[k], 2, t)).collect();
         let mut h = Harness::new(WindowSpec::Session { gap_ms: 15, grace_ms: 10_000 }, false);
-        let mut at = 0;
-        for cut in cuts.iter().cycle() {
-            if at >= records.len() { break; }
-            let end = (at + cut).min(records.len());
-            h.batch(&records[at..end]);
-            at = end;
-        }
+        in_batches(&mut h, &records, &cuts);
         let want = sessions(&records, 15);
         prop_assert_eq!(h.stored(), want.clone());
         prop_assert_eq!(h.live_output(), want);
@@ -266,13 +273,7 @@ proptest! {
         let keys = ["a", "b"];
         let records: Vec<(&str, u64, i64)> = records.iter().map(|&(k, t)| (keys[k], 2, t)).collect();
         let mut h = Harness::new(WindowSpec::Sliding { difference_ms: 20, grace_ms: 10_000 }, false);
-        let mut at = 0;
-        for cut in cuts.iter().cycle() {
-            if at >= records.len() { break; }
-            let end = (at + cut).min(records.len());
-            h.batch(&records[at..end]);
-            at = end;
-        }
+        in_batches(&mut h, &records, &cuts);
         let want = sliding_windows(&records, 20);
         prop_assert_eq!(h.stored(), want.clone());
         prop_assert_eq!(h.live_output(), want);
