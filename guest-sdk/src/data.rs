@@ -10,6 +10,8 @@
 //! Aggregates and the values of tables are the plugin's own state: they are
 //! stored with postcard, a compact binary encoding (see [`crate::decode_state`]).
 
+use std::any::{Any, TypeId};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -20,7 +22,11 @@ pub trait Data: Serialize + DeserializeOwned + Clone + 'static {}
 impl<T: Serialize + DeserializeOwned + Clone + 'static> Data for T {}
 
 /// Writes a key or value by the text-or-JSON rule; `None` for JSON `null`.
-pub fn encode_text_or_json<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, String> {
+pub fn encode_text_or_json<T: Serialize + 'static>(value: &T) -> Result<Option<Vec<u8>>, String> {
+    // The common case, without a trip through JSON: a string is its bytes.
+    if let Some(text) = (value as &dyn Any).downcast_ref::<String>() {
+        return Ok(Some(text.as_bytes().to_vec()));
+    }
     let json = serde_json::to_vec(value).map_err(|e| format!("cannot encode as JSON: {e}"))?;
     match json.first() {
         Some(b'"') => {
@@ -33,7 +39,15 @@ pub fn encode_text_or_json<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, S
 }
 
 /// Reads a key or value by the text-or-JSON rule; no bytes read as JSON `null`.
-pub fn decode_text_or_json<T: DeserializeOwned>(bytes: Option<&[u8]>) -> Result<T, String> {
+pub fn decode_text_or_json<T: DeserializeOwned + 'static>(bytes: Option<&[u8]>) -> Result<T, String> {
+    // The common case, without a trip through JSON: a string is any UTF-8 text.
+    if TypeId::of::<T>() == TypeId::of::<String>()
+        && let Some(bytes) = bytes
+    {
+        let text = String::from_utf8(bytes.to_vec()).map_err(|e| format!("not UTF-8 text: {e}"))?;
+        let text: Box<dyn Any> = Box::new(text);
+        return text.downcast::<T>().map(|t| *t).map_err(|_| "internal: not a string".to_owned());
+    }
     let Some(bytes) = bytes else {
         return serde_json::from_slice(b"null").map_err(|e| format!("no bytes (a null) where {e}"));
     };
@@ -79,6 +93,12 @@ mod tests {
     }
 
     fn round_trip<T: Data + PartialEq + std::fmt::Debug>(value: T) -> Option<Vec<u8>> {
+        // The string fast path agrees with the JSON path.
+        if let Some(text) = (&value as &dyn Any).downcast_ref::<String>() {
+            let json = serde_json::to_vec(text).unwrap();
+            let unquoted: String = serde_json::from_slice(&json).unwrap();
+            assert_eq!(unquoted.as_bytes(), text.as_bytes());
+        }
         let bytes = encode_text_or_json(&value).unwrap();
         assert_eq!(decode_text_or_json::<T>(bytes.as_deref()).unwrap(), value);
         bytes

@@ -59,6 +59,14 @@ struct Sinks {
     caught: Vec<Item>,
     out: Vec<Out>,
     rejects: Vec<(u32, u32, String)>,
+    /// Buffers for operators' outputs, reused (a call allocates them once).
+    pool: Vec<Vec<(u32, Item)>>,
+}
+
+impl Sinks {
+    fn new(catch: Option<u32>) -> Self {
+        Self { catch, caught: Vec::new(), out: Vec::new(), rejects: Vec::new(), pool: Vec::new() }
+    }
 }
 
 impl Topology {
@@ -71,15 +79,21 @@ impl Topology {
         let Some((_, Run::Step(step))) = self.runs.get(node as usize) else {
             return Err(fatal(format!("internal: node #{node} is not a guest operator")));
         };
-        let mut produced = Vec::new();
+        let mut produced = sinks.pool.pop().unwrap_or_default();
         if let Err(reason) = step(item, &mut produced) {
             sinks.rejects.push((source, node, reason));
+            produced.clear();
+            sinks.pool.push(produced);
             return Ok(());
         }
-        for (port, item) in produced {
-            self.forward(Edge { node, port }, item, source, sinks)?;
+        let mut result = Ok(());
+        for (port, item) in produced.drain(..) {
+            if result.is_ok() {
+                result = self.forward(Edge { node, port }, item, source, sinks);
+            }
         }
-        Ok(())
+        sinks.pool.push(produced);
+        result
     }
 
     /// Sends `item`, an output of `from`, to every node reading it.
@@ -95,10 +109,10 @@ impl Topology {
                 .as_ref()
                 .ok_or_else(|| fatal(format!("internal: node #{} has no output", from.node)))
         };
-        let guests: Vec<u32> = consumers.iter().copied().filter(|&c| self.is_guest(c)).collect();
+        let guests = consumers.iter().filter(|&&c| self.is_guest(c)).count();
         let to_host = consumers.iter().any(|&c| !self.is_guest(c) && Some(c) != sinks.catch);
         let caught = sinks.catch.is_some_and(|c| consumers.contains(&c));
-        let copies = guests.len() + usize::from(to_host) + usize::from(caught);
+        let copies = guests + usize::from(to_host) + usize::from(caught);
         let mut item = Some(item);
         let mut next = |remaining: &mut usize| -> Result<Item, FrameError> {
             *remaining -= 1;
@@ -129,7 +143,7 @@ impl Topology {
         if caught {
             sinks.caught.push(next(&mut remaining)?);
         }
-        for g in guests {
+        for &g in consumers.iter().filter(|&&c| self.is_guest(c)) {
             let it = next(&mut remaining)?;
             self.push(g, it, source, sinks)?;
         }
@@ -146,20 +160,13 @@ impl Topology {
     /// Runs one `run` frame and returns the `RunOut` frame.
     pub fn run_frame(&self, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
         let input: RunIn<'_> = weir_abi::decode(frame).map_err(|e| bad("run frame", e))?;
-        let mut sinks = Sinks { catch: None, caught: Vec::new(), out: Vec::new(), rejects: Vec::new() };
+        let mut sinks = Sinks::new(None);
+        // Host outputs are read by guest operators only through here.
+        let guests = self.guests_of(input.from);
         for (i, rec) in input.records.iter().enumerate() {
             let i = i as u32;
             match self.decode(input.from, rec)? {
-                Ok(item) => {
-                    // Host outputs are read by guest operators only through here.
-                    let guests: Vec<u32> = self
-                        .consumers
-                        .get(input.from.node as usize)
-                        .and_then(|p| p.get(input.from.port as usize))
-                        .map(|c| c.iter().copied().filter(|&c| self.is_guest(c)).collect())
-                        .unwrap_or_default();
-                    self.push_all(&guests, input.from, item, i, &mut sinks)?;
-                }
+                Ok(item) => self.push_all(&guests, input.from, item, i, &mut sinks)?,
                 Err(reason) => sinks.rejects.push((i, first_guest(self, input.from), reason)),
             }
         }
@@ -189,6 +196,15 @@ impl Topology {
         weir_abi::encode(&out).map_err(|e| fatal(format!("encode result: {e}")))
     }
 
+    /// The guest operators reading host output `from`.
+    fn guests_of(&self, from: Edge) -> Vec<u32> {
+        self.consumers
+            .get(from.node as usize)
+            .and_then(|p| p.get(from.port as usize))
+            .map(|c| c.iter().copied().filter(|&c| self.is_guest(c)).collect())
+            .unwrap_or_default()
+    }
+
     fn push_all(
         &self,
         guests: &[u32],
@@ -216,11 +232,13 @@ impl Topology {
         let own_input = self.description.nodes.get(input.node as usize).and_then(|n| n.inputs.first().copied());
         let mut slots: Vec<Option<Obj>> = (0..input.slots.len()).map(|_| None).collect();
         let mut dirty = vec![false; input.slots.len()];
-        let mut sinks = Sinks { catch: Some(input.node), caught: Vec::new(), out: Vec::new(), rejects: Vec::new() };
+        let mut sinks = Sinks::new(Some(input.node));
+        let from = input.via.or(own_input).ok_or_else(|| bad("aggregation without input", input.node))?;
+        let guests = self.guests_of(from);
+        let mut reached: Vec<Item> = Vec::new();
 
         for (i, r) in input.records.iter().enumerate() {
             let i = i as u32;
-            let from = input.via.or(own_input).ok_or_else(|| bad("aggregation without input", input.node))?;
             let item = match self.decode(from, &r.record)? {
                 Ok(item) => item,
                 Err(reason) => {
@@ -229,20 +247,16 @@ impl Topology {
                     continue;
                 }
             };
-            let reached: Vec<Item> = if input.via.is_some() {
-                let guests: Vec<u32> = self.consumers[from.node as usize][from.port as usize]
-                    .iter()
-                    .copied()
-                    .filter(|&c| self.is_guest(c))
-                    .collect();
+            reached.clear();
+            if input.via.is_some() {
                 self.push_all(&guests, from, item, i, &mut sinks)?;
                 if !sinks.out.is_empty() {
                     return Err(fatal("internal: records left the fused operators towards another host operator"));
                 }
-                std::mem::take(&mut sinks.caught)
+                reached.append(&mut sinks.caught);
             } else {
-                vec![item]
-            };
+                reached.push(item);
+            }
             let first = r.first_op as usize;
             let ops = first
                 .checked_add(r.op_count as usize)
