@@ -15,13 +15,13 @@ use crate::topology::Edge;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rec<'a> {
     /// The key, if any.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
     pub key: Option<&'a [u8]>,
     /// The value (for a table update: the new row; `None` deletes it).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
     pub value: Option<&'a [u8]>,
     /// For a table update: the row it replaces, if any.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
     pub old: Option<&'a [u8]>,
     /// Event time in milliseconds since the epoch.
     pub timestamp: i64,
@@ -125,7 +125,7 @@ pub struct AggregateIn<'a> {
     /// record's steps. Unset, they are the aggregation's own input.
     pub via: Option<Edge>,
     /// Current value of each slot; `None` when it is new (the initializer's).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::opts")]
     pub slots: Vec<Option<&'a [u8]>>,
     /// The records, in order.
     #[serde(borrow)]
@@ -140,7 +140,7 @@ pub struct SlotValue<'a> {
     /// Index into [`AggregateIn::slots`].
     pub slot: u32,
     /// The new aggregate.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::one")]
     pub value: &'a [u8],
 }
 
@@ -159,12 +159,12 @@ pub struct AggregateOut<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSlot<'a> {
     /// The grouping key.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::one")]
     pub key: &'a [u8],
     /// Its window, for a windowed store.
     pub window: Option<Window>,
     /// The stored value.
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::one")]
     pub value: &'a [u8],
 }
 

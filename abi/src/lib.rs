@@ -5,6 +5,7 @@
 //! accumulators are borrowed from the frame. Both sides depend on this one crate, so
 //! the encoding cannot drift between them.
 
+mod bytes;
 pub mod calls;
 pub mod topology;
 
@@ -119,7 +120,7 @@ pub struct FinishOut<'a> {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct MigrateOut<'a> {
     /// Accumulators in the plugin's own state schema, parallel to [`FinishIn::slots`].
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "crate::bytes::opts")]
     pub accs: Vec<Option<&'a [u8]>>,
 }
 
