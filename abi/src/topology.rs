@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAME_LEN: usize = 100;
 /// Most nodes in one topology.
 pub const MAX_NODES: usize = 1024;
+/// Most edges in one topology (the graph checks walk every edge per node).
+pub const MAX_EDGES: usize = 4 * MAX_NODES;
+/// Most branches of one `split`.
+pub const MAX_BRANCHES: usize = 256;
 /// Most older state schemas a store may declare it migrates from.
 pub const MAX_MIGRATES_FROM: usize = 64;
 /// Largest window size, advance, gap or grace in milliseconds (~292 years), so
@@ -502,6 +506,10 @@ impl Topology {
         if self.nodes.len() > MAX_NODES {
             return Err(whole(format!("the topology has {} nodes; the limit is {MAX_NODES}", self.nodes.len())));
         }
+        let edges: usize = self.nodes.iter().map(|n| n.inputs.len()).sum();
+        if edges > MAX_EDGES {
+            return Err(whole(format!("the topology has {edges} edges; the limit is {MAX_EDGES}")));
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut stores: HashMap<&str, &str> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
@@ -556,6 +564,9 @@ impl Topology {
                     check_name("a topic name", topic).map_err(|r| at(node, r))?;
                 }
                 Op::Split { branches, .. } => {
+                    if branches.len() > MAX_BRANCHES {
+                        return Err(at(node, format!("{} branches; the limit is {MAX_BRANCHES}", branches.len())));
+                    }
                     for b in branches {
                         check_name("a branch name", b).map_err(|r| at(node, r))?;
                     }
@@ -839,6 +850,10 @@ impl Topology {
             crate::decode(bytes).map_err(|e| whole(format!("the topology does not decode: {e}")))?;
         if frame.nodes.len() > MAX_NODES {
             return Err(whole(format!("the topology has {} nodes; the limit is {MAX_NODES}", frame.nodes.len())));
+        }
+        let edges: usize = frame.nodes.iter().map(|n| n.inputs.len()).sum();
+        if edges > MAX_EDGES {
+            return Err(whole(format!("the topology has {edges} edges; the limit is {MAX_EDGES}")));
         }
         let mut nodes = Vec::with_capacity(frame.nodes.len());
         for (i, n) in frame.nodes.into_iter().enumerate() {

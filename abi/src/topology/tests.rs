@@ -211,3 +211,19 @@ fn wire_form_round_trips_and_names_unknown_operators() {
     assert_eq!(e.node.as_deref(), Some("from-the-future"));
     assert!(e.reason.contains("unknown operator"), "{e}");
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_the_graph_is_walked() {
+    let mut t = stock_stats();
+    t.nodes[5].op = Op::Merge;
+    t.nodes[5].inputs = vec![Edge { node: 4, port: 0 }; MAX_EDGES + 1];
+    assert!(refused(&t).reason.contains("edges; the limit is"));
+    let e = Topology::decode(&t.encode().unwrap()).unwrap_err();
+    assert!(e.reason.contains("edges; the limit is"), "{e}");
+    let mut t = stock_stats();
+    t.nodes[1].op =
+        Op::Split { branches: (0..=MAX_BRANCHES).map(|i| format!("b{i}")).collect(), default_branch: false };
+    let e = refused(&t);
+    assert_eq!(e.node.as_deref(), Some("asks"));
+    assert!(e.reason.contains("branches; the limit is 256"), "{e}");
+}
