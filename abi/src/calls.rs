@@ -29,6 +29,19 @@ pub struct Rec<'a> {
     pub window: Option<Window>,
 }
 
+/// The value of a record on a repartition topic that carries re-grouped table
+/// updates (the output of a table's `group_by`): the new row and the row it
+/// replaces, so the table aggregate downstream can add one and subtract the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeFrame<'a> {
+    /// The new row (`None`: the key's row leaves this group).
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
+    pub new: Option<&'a [u8]>,
+    /// The row it replaces (`None`: the key had no row in this group).
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
+    pub old: Option<&'a [u8]>,
+}
+
 /// `run`: a batch of records leaving host node output `from` towards the guest
 /// operators that read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +211,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn change_frames_round_trip(
+            new in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
+            old in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
+        ) {
+            let frame = ChangeFrame { new: new.as_deref(), old: old.as_deref() };
+            let bytes = crate::encode(&frame).unwrap();
+            prop_assert_eq!(crate::decode::<ChangeFrame<'_>>(&bytes).unwrap(), frame);
+        }
+
         #[test]
         fn aggregate_in_round_trips(
             records in proptest::collection::vec(rec(), 0..8),

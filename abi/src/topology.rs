@@ -40,6 +40,19 @@ pub const MAX_MIGRATES_FROM: usize = 64;
 /// that `start + size` cannot overflow.
 pub const MAX_WINDOW_MS: u64 = 1 << 53;
 
+/// The changelog topic of store `store` in application `app`:
+/// `<app>-<store>-changelog`.
+pub fn changelog_topic(app: &str, store: &str) -> String {
+    format!("{app}-{store}-changelog")
+}
+
+/// The internal topic of repartition node `node` in application `app`:
+/// `<app>-<node>-repartition`, or `<app>-<node>` when the node's name ends in
+/// `-repartition` already (as the SDK names them).
+pub fn repartition_topic(app: &str, node: &str) -> String {
+    if node.ends_with("-repartition") { format!("{app}-{node}") } else { format!("{app}-{node}-repartition") }
+}
+
 /// A reference to one output of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Edge {

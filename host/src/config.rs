@@ -320,7 +320,12 @@ impl RunConfig {
 
     /// The changelog topic of the store named `store`.
     pub fn changelog_topic(&self, store: &str) -> String {
-        format!("{}-{store}-changelog", self.application_id)
+        weir_abi::topology::changelog_topic(&self.application_id, store)
+    }
+
+    /// The internal topic of repartition node `node`.
+    pub fn repartition_topic(&self, node: &str) -> String {
+        weir_abi::topology::repartition_topic(&self.application_id, node)
     }
 
     /// The real topic of the plugin's logical topic `logical`; `only` is the

@@ -63,15 +63,22 @@ pub fn describe(cfg: &RunConfig, info: &PluginInfo) -> String {
         StateBackend::Memory => "in-memory",
     };
     let _ = writeln!(out, "\ntopics");
-    let _ = writeln!(out, "  source      {} → {}", info.shape.source.topic, topics.input);
+    for (source, real) in info.shape.sources.iter().zip(&topics.sources) {
+        let _ = writeln!(out, "  source      {} → {real}", source.topic);
+    }
     for (sink, real) in info.shape.sinks.iter().zip(&topics.sinks) {
         let _ = writeln!(out, "  sink        {} → {real}", sink.topic);
     }
-    if let (Some(w), Some(changelog)) = (info.shape.windowed(), &topics.changelog) {
-        let grace = cfg.grace_ms.unwrap_or(w.grace_ms);
-        let emit = cfg.emit.map_or_else(|| format!("{:?}", w.emit).to_lowercase(), |e| value_name(&e));
-        let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", w.store.name);
-        let _ = writeln!(out, "  windows     {}; in effect: grace {grace} ms, emit {emit}", w.spec);
+    for real in &topics.repartitions {
+        let _ = writeln!(out, "  repartition {real} (purged once read and committed)");
+    }
+    for ((_, a), changelog) in info.shape.aggregations().zip(topics.changelogs.iter().flatten()) {
+        let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", a.store.name);
+        if let Some(w) = a.window() {
+            let grace = cfg.grace_ms.unwrap_or(a.grace_ms);
+            let emit = cfg.emit.map_or_else(|| format!("{:?}", a.emit).to_lowercase(), |e| value_name(&e));
+            let _ = writeln!(out, "  windows     {w}; in effect: grace {grace} ms, emit {emit}");
+        }
     }
     let _ = writeln!(out, "  dead-letter {}", topics.dead_letter);
     let _ = writeln!(
@@ -126,8 +133,13 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
     let plugin = Pipeline::load_plugin(&cfg, &runtime)?;
     let topics = Topics::of(&cfg, &plugin.info().shape);
     // The mock cluster cannot create topics through the admin API.
-    for topic in
-        std::iter::once(&topics.input).chain(&topics.sinks).chain(&topics.changelog).chain([&topics.dead_letter])
+    for topic in topics
+        .sources
+        .iter()
+        .chain(&topics.sinks)
+        .chain(&topics.repartitions)
+        .chain(topics.changelogs.iter().flatten())
+        .chain([&topics.dead_letter])
     {
         cluster.create_topic(topic, partitions, 1)?;
     }
@@ -135,7 +147,7 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
     let mut pipeline = Pipeline::with_plugin(cfg.clone(), plugin, metrics.clone())?;
     let trades = GenConfig {
         bootstrap_servers: cfg.bootstrap_servers.clone(),
-        topic: topics.input.clone(),
+        topic: topics.input().to_owned(),
         partitions,
         count: 0,
         rate: args.rate,

@@ -174,7 +174,7 @@ impl Registry {
             name: name.to_owned(),
             plugin_name: info.name.clone(),
             plugin_version: info.version.clone(),
-            windowing: info.shape.windowed().and_then(|w| w.windowing).map(|w| (w.size_ms(), w.advance_ms())),
+            windowing: info.shape.aggregations().find_map(|(_, a)| a.windowing).map(|w| (w.size_ms(), w.advance_ms())),
             state_schema: info.state_schema,
             size: bytes.len(),
             artifact_sha256: sha256_hex(&artifact),

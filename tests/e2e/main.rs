@@ -17,5 +17,6 @@ mod sandbox;
 mod serve;
 mod state_evolution;
 mod stock_stats;
+mod top10;
 mod topologies;
 mod window_kinds;

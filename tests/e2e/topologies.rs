@@ -710,8 +710,8 @@ const DSL_NODES: [&str; 7] =
     ["trades", "validate", "is_ask", "windows", "to_stream-1", "render", "to-stockstats-output"];
 
 /// `weir describe` of stock-stats-dsl, as JSON (with the application id of a
-/// config file, and the default one) and as text; and of top10, which this host
-/// cannot run: refused, naming a node.
+/// config file, and the default one) and as text; and of top10, whose two
+/// sub-topologies meet at a repartition topic.
 #[test]
 fn describe_shows_the_topology() -> Result<()> {
     let wasm = plugin("stock-stats-dsl")?.display().to_string();
@@ -766,15 +766,19 @@ fn describe_shows_the_topology() -> Result<()> {
     }
     assert!(text.contains("weir-windows-changelog"), "the text does not name the changelog:\n{text}");
 
-    let out = describe(&["--plugin", &plugin("top10")?.display().to_string()])?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "describe of top10 should fail, it printed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let named =
-        ["by_day", "top10-repartition", "top10", "open-last"].iter().any(|n| stderr.contains(&format!("node `{n}`")));
-    assert!(named, "the refusal names no node of top10:\n{stderr}");
+    // top10: two sub-topologies, the second reading the repartition topic.
+    let out = describe(&["--plugin", &plugin("top10")?.display().to_string(), "--json"])?;
+    assert!(out.status.success(), "describe of top10 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let reads: Vec<&serde_json::Value> =
+        json["subtopologies"].as_array().context("subtopologies")?.iter().map(|s| &s["reads"]).collect();
+    assert_eq!(reads, [&serde_json::json!(["trades"]), &serde_json::json!(["weir-top10-repartition"])], "{json:#}");
+    let internal: Vec<&str> = json["internal_topics"]
+        .as_array()
+        .context("internal_topics")?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(internal, ["weir-open-last-changelog", "weir-top10-changelog", "weir-top10-repartition"]);
     Ok(())
 }

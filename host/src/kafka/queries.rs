@@ -1,6 +1,8 @@
 //! Kafka questions that may take long, asked on a thread of their own so the poll
 //! loop never waits for them: where a newly assigned task resumes (the group's
-//! committed offset and its metadata) and how far its changelog reaches.
+//! committed offset and its metadata) and how far its changelog reaches; and
+//! the purges of repartition topics (records before the committed offsets of
+//! the tasks reading them are deleted, as Kafka Streams does).
 //!
 //! The committed offsets are asked for with `require_stable` (a read_committed
 //! client), so while another producer's transaction holds offsets of a partition
@@ -17,12 +19,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::health::Health;
 use super::source::Reporting;
 use super::{KafkaIoError, is_coordinator_transient};
+use crate::task::TaskId;
 
 /// How long one attempt may take.
 const ATTEMPT: Duration = Duration::from_millis(1500);
@@ -32,8 +36,8 @@ const NOTE_EVERY: Duration = Duration::from_secs(5);
 /// Where a task resumes, as Kafka knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
-    /// The input partition.
-    pub partition: i32,
+    /// The task.
+    pub task: TaskId,
     /// Which request this answers (the caller's counter).
     pub epoch: u64,
     /// The group's committed offset, if any.
@@ -47,9 +51,21 @@ pub struct Resume {
     pub changelog_end: i64,
 }
 
+/// What a task's question is about.
+#[derive(Debug, Clone)]
+pub struct Question {
+    /// The task.
+    pub task: TaskId,
+    /// The topic its input partition is of.
+    pub input: String,
+    /// Its store's changelog, if it has a store.
+    pub changelog: Option<String>,
+}
+
 enum Request {
-    Resume { partition: i32, epoch: u64 },
-    Forget(i32),
+    Resume { question: Question, epoch: u64 },
+    Forget(TaskId),
+    Purge(TopicPartitionList),
 }
 
 /// The question thread of one pipeline.
@@ -62,16 +78,14 @@ pub struct Queries {
 struct Worker {
     offsets: BaseConsumer<Reporting>,
     ends: BaseConsumer<Reporting>,
-    input: String,
-    /// The changelog, if the task has a store.
-    changelog: Option<String>,
+    admin: AdminClient<Reporting>,
     health: Health,
 }
 
 impl Worker {
-    fn committed(&self, partition: i32) -> Result<(Option<i64>, String), String> {
+    fn committed(&self, input: &str, partition: i32) -> Result<(Option<i64>, String), String> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.input, partition);
+        tpl.add_partition(input, partition);
         let got = self.offsets.committed_offsets(tpl, ATTEMPT).map_err(|e| {
             if is_coordinator_transient(&e) {
                 format!("{e} (the group coordinator is moving, or another producer's transaction holds the offsets)")
@@ -79,20 +93,37 @@ impl Worker {
                 e.to_string()
             }
         })?;
-        let elem = got.find_partition(&self.input, partition).ok_or("no answer for the partition")?;
+        let elem = got.find_partition(input, partition).ok_or("no answer for the partition")?;
         if let Err(e) = elem.error() {
             return Err(e.to_string());
         }
         Ok((elem.offset().to_raw().filter(|o| *o >= 0), elem.metadata().to_owned()))
     }
 
-    fn answer(&self, partition: i32, epoch: u64) -> Result<Resume, String> {
-        let (committed, metadata) = self.committed(partition)?;
-        let (low, end) = match &self.changelog {
+    fn answer(&self, q: &Question, epoch: u64) -> Result<Resume, String> {
+        let partition = q.task.partition;
+        let (committed, metadata) = self.committed(&q.input, partition)?;
+        let (low, end) = match &q.changelog {
             Some(changelog) => self.ends.fetch_watermarks(changelog, partition, ATTEMPT).map_err(|e| e.to_string())?,
             None => (0, 0),
         };
-        Ok(Resume { partition, epoch, committed, metadata, changelog_low: low, changelog_end: end })
+        Ok(Resume { task: q.task, epoch, committed, metadata, changelog_low: low, changelog_end: end })
+    }
+
+    /// Deletes the records before `offsets`; a failure only delays it to the
+    /// next purge (the records are consumed either way).
+    fn purge(&self, offsets: &TopicPartitionList) {
+        let opts = AdminOptions::new().request_timeout(Some(ATTEMPT));
+        match futures_executor::block_on(self.admin.delete_records(offsets, &opts)) {
+            Ok(done) => {
+                for e in done.elements() {
+                    if let Err(error) = e.error() {
+                        tracing::debug!(pipeline = %self.health.pipeline(), topic = e.topic(), partition = e.partition(), %error, "purging a repartition topic");
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(pipeline = %self.health.pipeline(), %error, "purging repartition topics"),
+        }
     }
 }
 
@@ -102,8 +133,6 @@ impl Queries {
     pub fn start(
         base: &ClientConfig,
         group: &str,
-        input: &str,
-        changelog: Option<&str>,
         health: Health,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, KafkaIoError> {
@@ -117,13 +146,10 @@ impl Queries {
                 .create_with_context(Reporting::new(health.clone(), "queries"))
                 .map_err(|e| KafkaIoError::Setup(e.to_string()))
         };
-        let worker = Worker {
-            offsets: make(&offsets)?,
-            ends: make(&ends)?,
-            input: input.to_owned(),
-            changelog: changelog.map(str::to_owned),
-            health,
-        };
+        let admin = ends
+            .create_with_context(Reporting::new(health.clone(), "admin"))
+            .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
+        let worker = Worker { offsets: make(&offsets)?, ends: make(&ends)?, admin, health };
         let (tx, requests) = channel();
         let (answers, rx) = channel();
         let thread = std::thread::Builder::new()
@@ -133,17 +159,25 @@ impl Queries {
         Ok(Self { tx: Some(tx), rx, thread: Some(thread) })
     }
 
-    /// Asks where `partition` resumes; the answer carries `epoch`.
-    pub fn ask(&self, partition: i32, epoch: u64) {
+    /// Asks where `question`'s task resumes; the answer carries `epoch`.
+    pub fn ask(&self, question: Question, epoch: u64) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Request::Resume { partition, epoch });
+            let _ = tx.send(Request::Resume { question, epoch });
         }
     }
 
-    /// Stops asking about `partition`.
-    pub fn forget(&self, partition: i32) {
+    /// Stops asking about `task`.
+    pub fn forget(&self, task: TaskId) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Request::Forget(partition));
+            let _ = tx.send(Request::Forget(task));
+        }
+    }
+
+    /// Deletes the records of repartition topics before `offsets` (consumed
+    /// and committed).
+    pub fn purge(&self, offsets: TopicPartitionList) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Purge(offsets));
         }
     }
 
@@ -164,8 +198,8 @@ impl Drop for Queries {
 }
 
 fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, stop: Arc<AtomicBool>) {
-    // Partition → (epoch, asked since, last noted).
-    let mut open: BTreeMap<i32, (u64, Instant, Instant)> = BTreeMap::new();
+    // Task → (question, epoch, asked since, last noted).
+    let mut open: BTreeMap<TaskId, (Question, u64, Instant, Instant)> = BTreeMap::new();
     loop {
         let next = if open.is_empty() {
             requests.recv_timeout(Duration::from_millis(200))
@@ -176,13 +210,17 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
             })
         };
         match next {
-            Ok(Request::Resume { partition, epoch }) => {
+            Ok(Request::Resume { question, epoch }) => {
                 let now = Instant::now();
-                open.insert(partition, (epoch, now, now));
+                open.insert(question.task, (question, epoch, now, now));
                 continue;
             }
-            Ok(Request::Forget(partition)) => {
-                open.remove(&partition);
+            Ok(Request::Forget(task)) => {
+                open.remove(&task);
+                continue;
+            }
+            Ok(Request::Purge(offsets)) => {
+                worker.purge(&offsets);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -192,13 +230,13 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
             return;
         }
         let mut done = Vec::new();
-        for (&partition, (epoch, since, noted)) in open.iter_mut() {
-            match worker.answer(partition, *epoch) {
+        for (&task, (question, epoch, since, noted)) in open.iter_mut() {
+            match worker.answer(question, *epoch) {
                 Ok(resume) => {
                     if since.elapsed() >= NOTE_EVERY {
                         tracing::info!(
                             pipeline = %worker.health.pipeline(),
-                            partition,
+                            %task,
                             waited_ms = since.elapsed().as_millis() as u64,
                             "where the task resumes is known now"
                         );
@@ -206,14 +244,14 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
                     if answers.send(resume).is_err() {
                         return;
                     }
-                    done.push(partition);
+                    done.push(task);
                 }
                 Err(reason) => {
                     if noted.elapsed() >= NOTE_EVERY {
                         *noted = Instant::now();
                         tracing::warn!(
                             pipeline = %worker.health.pipeline(),
-                            partition,
+                            %task,
                             waited_ms = since.elapsed().as_millis() as u64,
                             %reason,
                             "waiting to learn where the task resumes (committed offsets and changelog end); asking again"
@@ -225,8 +263,8 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
                 return;
             }
         }
-        for partition in done {
-            open.remove(&partition);
+        for task in done {
+            open.remove(&task);
         }
         if !open.is_empty() {
             std::thread::sleep(Duration::from_millis(50));

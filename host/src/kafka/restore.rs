@@ -1,6 +1,6 @@
 //! Restores task stores from their changelog partitions without blocking the
-//! poll loop: one consumer reads every changelog partition being restored, and
-//! the pipeline drains it a little on each turn of its loop.
+//! poll loop: one consumer reads every changelog partition being restored (of
+//! every store), and the pipeline drains it a little on each turn of its loop.
 //!
 //! A restore reads from the store's checkpoint up to the end the partition had
 //! when the task's committed offsets were known, counting records of
@@ -24,6 +24,7 @@ use super::health::Health;
 use super::source::Reporting;
 use super::{KafkaIoError, set_default};
 use crate::state::Change;
+use crate::task::TaskId;
 
 /// Changes applied to a store per write batch, at most.
 const CHUNK_RECORDS: usize = 10_000;
@@ -32,8 +33,9 @@ const CHUNK_BYTES: usize = 8 << 20;
 /// How often a restore that waits is mentioned in the log.
 const NOTE_EVERY: Duration = Duration::from_secs(5);
 
-/// A partition being restored.
+/// A changelog partition being restored.
 struct Reading {
+    task: TaskId,
     end: i64,
     chunk: Vec<Change>,
     chunk_bytes: usize,
@@ -48,8 +50,8 @@ struct Reading {
 /// A restore that finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
-    /// The changelog partition (= the task's input partition).
-    pub partition: i32,
+    /// The task whose store it restored.
+    pub task: TaskId,
     /// Records applied.
     pub records: u64,
     /// How long it took.
@@ -60,15 +62,14 @@ pub struct Restored {
 pub struct Restorer {
     /// Always `Some` until dropped.
     consumer: Option<BaseConsumer<Reporting>>,
-    topic: String,
     health: Health,
-    reading: BTreeMap<i32, Reading>,
+    /// By changelog topic and partition (= the task's input partition).
+    reading: BTreeMap<(String, i32), Reading>,
 }
 
 impl Restorer {
-    /// A restorer for `topic`, reading committed records only if
-    /// `read_committed`.
-    pub fn new(base: &ClientConfig, topic: &str, read_committed: bool, health: Health) -> Result<Self, KafkaIoError> {
+    /// A restorer, reading committed records only if `read_committed`.
+    pub fn new(base: &ClientConfig, read_committed: bool, health: Health) -> Result<Self, KafkaIoError> {
         let mut config = base.clone();
         // A group id it never joins: assigned partitions, no membership.
         config.set("group.id", "weir-restore");
@@ -79,7 +80,7 @@ impl Restorer {
         let consumer: BaseConsumer<Reporting> = config
             .create_with_context(Reporting::new(health.clone(), "restore"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-        Ok(Self { consumer: Some(consumer), topic: topic.to_owned(), health, reading: BTreeMap::new() })
+        Ok(Self { consumer: Some(consumer), health, reading: BTreeMap::new() })
     }
 
     fn consumer(&self) -> Result<&BaseConsumer<Reporting>, KafkaIoError> {
@@ -91,20 +92,23 @@ impl Restorer {
         self.reading.is_empty()
     }
 
-    /// Starts reading `partition` at `from` until every committed record before
-    /// `end` was read. Returns false if there is nothing to read.
-    pub fn start(&mut self, partition: i32, from: i64, end: i64) -> Result<bool, KafkaIoError> {
-        self.cancel(partition);
+    /// Starts reading `task`'s partition of `changelog` at `from` until every
+    /// committed record before `end` was read. Returns false if there is
+    /// nothing to read.
+    pub fn start(&mut self, task: TaskId, changelog: &str, from: i64, end: i64) -> Result<bool, KafkaIoError> {
+        self.cancel(task);
         if from >= end {
             return Ok(false);
         }
+        let partition = task.partition;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
+        tpl.add_partition_offset(changelog, partition, Offset::Offset(from))?;
         self.consumer()?.incremental_assign(&tpl)?;
         let now = Instant::now();
         self.reading.insert(
-            partition,
+            (changelog.to_owned(), partition),
             Reading {
+                task,
                 end,
                 chunk: Vec::new(),
                 chunk_bytes: 0,
@@ -118,25 +122,25 @@ impl Restorer {
         Ok(true)
     }
 
-    /// Stops reading `partition`; what was not written yet is dropped (the
+    /// Stops restoring `task`; what was not written yet is dropped (the
     /// store's checkpoint says where to go on next time).
-    pub fn cancel(&mut self, partition: i32) {
-        if self.reading.remove(&partition).is_some() {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&self.topic, partition);
-            if let Err(e) = self.consumer().and_then(|c| c.incremental_unassign(&tpl).map_err(KafkaIoError::from)) {
-                tracing::warn!(pipeline = %self.health.pipeline(), partition, error = %e, "unassigning a restore");
-            }
+    pub fn cancel(&mut self, task: TaskId) {
+        let Some(at) = self.reading.iter().find(|(_, r)| r.task == task).map(|(at, _)| at.clone()) else { return };
+        self.reading.remove(&at);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&at.0, at.1);
+        if let Err(e) = self.consumer().and_then(|c| c.incremental_unassign(&tpl).map_err(KafkaIoError::from)) {
+            tracing::warn!(pipeline = %self.health.pipeline(), %task, error = %e, "unassigning a restore");
         }
     }
 
     /// Reads what has arrived for at most `budget`, handing changes to `apply`
-    /// (partition, changes, the changelog offset after them) in batches, and
-    /// returns the partitions that are now complete (already unassigned).
+    /// (task, changes, the changelog offset after them) in batches, and
+    /// returns the restores that are now complete (already unassigned).
     pub fn poll(
         &mut self,
         budget: Duration,
-        mut apply: impl FnMut(i32, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+        mut apply: impl FnMut(TaskId, Vec<Change>, i64) -> Result<(), KafkaIoError>,
     ) -> Result<Vec<Restored>, KafkaIoError> {
         if self.reading.is_empty() {
             return Ok(Vec::new());
@@ -151,8 +155,8 @@ impl Restorer {
             match consumer.poll(wait) {
                 None => break,
                 Some(Ok(msg)) => {
-                    let partition = msg.partition();
-                    let Some(reading) = self.reading.get_mut(&partition) else { continue };
+                    let at = (msg.topic().to_owned(), msg.partition());
+                    let Some(reading) = self.reading.get_mut(&at) else { continue };
                     reading.records += 1;
                     reading.next = Some(msg.offset() + 1);
                     reading.progressed = Instant::now();
@@ -163,7 +167,7 @@ impl Restorer {
                     }
                     if reading.chunk.len() >= CHUNK_RECORDS || reading.chunk_bytes >= CHUNK_BYTES {
                         reading.chunk_bytes = 0;
-                        apply(partition, std::mem::take(&mut reading.chunk), msg.offset() + 1)?;
+                        apply(reading.task, std::mem::take(&mut reading.chunk), msg.offset() + 1)?;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -180,25 +184,26 @@ impl Restorer {
     /// unassign them.
     fn finished(
         &mut self,
-        mut apply: impl FnMut(i32, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+        mut apply: impl FnMut(TaskId, Vec<Change>, i64) -> Result<(), KafkaIoError>,
     ) -> Result<Vec<Restored>, KafkaIoError> {
         let positions = self.consumer()?.position()?;
         let mut done = Vec::new();
-        for (&partition, reading) in &mut self.reading {
+        for ((topic, partition), reading) in &mut self.reading {
+            let partition = *partition;
             let position = positions
-                .find_partition(&self.topic, partition)
+                .find_partition(topic, partition)
                 .and_then(|e| e.offset().to_raw())
                 .filter(|o| *o >= 0)
                 .into_iter()
                 .chain(reading.next)
                 .max();
             if position.is_some_and(|p| p >= reading.end) {
-                done.push(partition);
+                done.push((topic.clone(), partition));
             } else if reading.progressed.elapsed() >= NOTE_EVERY && reading.noted.elapsed() >= NOTE_EVERY {
                 reading.noted = Instant::now();
                 tracing::warn!(
                     pipeline = %self.health.pipeline(),
-                    changelog = %self.topic,
+                    changelog = %topic,
                     partition,
                     at = ?position,
                     end = reading.end,
@@ -210,15 +215,15 @@ impl Restorer {
             }
         }
         let mut restored = Vec::with_capacity(done.len());
-        for partition in done {
-            let Some(mut reading) = self.reading.remove(&partition) else { continue };
+        for at in done {
+            let Some(mut reading) = self.reading.remove(&at) else { continue };
             if let Some(next) = reading.next {
-                apply(partition, std::mem::take(&mut reading.chunk), next)?;
+                apply(reading.task, std::mem::take(&mut reading.chunk), next)?;
             }
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&self.topic, partition);
+            tpl.add_partition(&at.0, at.1);
             self.consumer()?.incremental_unassign(&tpl)?;
-            restored.push(Restored { partition, records: reading.records, took: reading.started.elapsed() });
+            restored.push(Restored { task: reading.task, records: reading.records, took: reading.started.elapsed() });
         }
         Ok(restored)
     }

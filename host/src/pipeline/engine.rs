@@ -29,14 +29,15 @@ use super::{CRASH_ENV, PipelineError};
 use crate::config::{EmitMode, RunConfig};
 use crate::faults;
 use crate::kafka::KafkaIoError;
-use crate::kafka::queries::{Queries, Resume};
+use crate::kafka::queries::{Queries, Question, Resume};
 use crate::kafka::restore::Restorer;
 use crate::kafka::sink::{OutRecord, Sink};
 use crate::kafka::source::{RebalanceHandler, SourceContext};
 use crate::metrics::Metrics;
 use crate::runtime::Worker;
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
-use crate::task::{CommitMetadata, Dest, Env, Kind, Outbox, Policy, Task, TaskError};
+use crate::task::{CommitMetadata, Dest, Env, Kind, Outbox, Policy, Task, TaskError, TaskId};
+use crate::topology::Input;
 use weir_abi::topology::Emit;
 
 /// The consumer of a session.
@@ -51,12 +52,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Topics a pipeline reads and writes.
 #[derive(Debug, Clone)]
 pub struct Topics {
-    /// The input topic.
-    pub input: String,
+    /// The sources' topics, in the order of the topology's sources.
+    pub sources: Vec<String>,
     /// The sinks' topics, in the order of the topology's sinks.
     pub sinks: Vec<String>,
-    /// The store's changelog, if the topology has a store.
-    pub changelog: Option<String>,
+    /// The repartition topics, in the order of the topology's repartitions.
+    pub repartitions: Vec<String>,
+    /// Per sub-topology: the topic its tasks read.
+    pub inputs: Vec<String>,
+    /// Per sub-topology: its store's changelog, if it has a store.
+    pub changelogs: Vec<Option<String>>,
     /// Dead letters.
     pub dead_letter: String,
 }
@@ -64,13 +69,40 @@ pub struct Topics {
 impl Topics {
     /// The real topics of `shape` under `cfg`'s mapping.
     pub fn of(cfg: &RunConfig, shape: &crate::topology::Shape) -> Self {
+        let only_source = (shape.sources.len() == 1).then_some(&cfg.input_topic);
         let only_sink = (shape.sinks.len() == 1).then_some(&cfg.output_topic);
+        let sources: Vec<String> = shape.sources.iter().map(|s| cfg.topic(&s.topic, only_source)).collect();
+        let repartitions: Vec<String> = shape.repartitions.iter().map(|r| cfg.repartition_topic(&r.name)).collect();
+        let inputs = shape
+            .subs
+            .iter()
+            .map(|sub| match sub.input {
+                Input::Source(i) => sources.get(i).cloned().unwrap_or_default(),
+                Input::Repartition(i) => repartitions.get(i).cloned().unwrap_or_default(),
+            })
+            .collect();
         Self {
-            input: cfg.topic(&shape.source.topic, Some(&cfg.input_topic)),
             sinks: shape.sinks.iter().map(|s| cfg.topic(&s.topic, only_sink)).collect(),
-            changelog: shape.store().map(|s| cfg.changelog_topic(&s.name)),
+            changelogs: shape
+                .subs
+                .iter()
+                .map(|sub| sub.aggregation().map(|a| cfg.changelog_topic(&a.store.name)))
+                .collect(),
+            sources,
+            repartitions,
+            inputs,
             dead_letter: cfg.dead_letter_topic(),
         }
+    }
+
+    /// The first source's topic (the pipeline's input, for one-source topologies).
+    pub fn input(&self) -> &str {
+        self.sources.first().map_or("", String::as_str)
+    }
+
+    /// The sub-topology whose tasks read `topic`.
+    pub fn sub_reading(&self, topic: &str) -> Option<usize> {
+        self.inputs.iter().position(|t| t == topic)
     }
 }
 
@@ -98,9 +130,9 @@ pub(super) struct Engine {
     pub(super) versions: Versions,
     pub(super) control: Receiver<ControlCommand>,
     pub(super) metrics: Metrics,
-    tasks: BTreeMap<i32, Task>,
-    restoring: BTreeMap<i32, Restoring>,
-    suspended: BTreeMap<i32, Box<dyn Store>>,
+    tasks: BTreeMap<TaskId, Task>,
+    restoring: BTreeMap<TaskId, Restoring>,
+    suspended: BTreeMap<TaskId, Box<dyn Store>>,
     outbox: Outbox,
     restorer: Restorer,
     queries: Queries,
@@ -116,7 +148,12 @@ pub(super) struct Engine {
     /// When the producer was last asked to get ready.
     readied_at: Option<Instant>,
     crash_after_flush: Option<u64>,
+    /// When repartition topics were last purged.
+    purged_at: Instant,
 }
+
+/// How often consumed records of repartition topics are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
 
 /// The parts an engine is made of.
 pub(super) struct Parts {
@@ -161,6 +198,7 @@ impl Engine {
             next_commit_at: Instant::now(),
             readied_at: None,
             crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
+            purged_at: Instant::now(),
         }
     }
 
@@ -169,40 +207,56 @@ impl Engine {
         (self.versions, self.control)
     }
 
-    fn policy(&self) -> Policy {
-        let declared = self.versions.info().shape.windowed().map_or(EmitMode::Updates, |w| match w.emit {
+    /// How sub-topology `sub`'s tasks treat failures and emit: the configured
+    /// emit mode overrides a windowed aggregation's own.
+    fn policy(&self, sub: usize) -> Policy {
+        let aggregation = self.versions.info().shape.subs.get(sub).and_then(|s| s.aggregation());
+        let declared = aggregation.map_or(EmitMode::Updates, |a| match a.emit {
             Emit::Updates => EmitMode::Updates,
             Emit::Final => EmitMode::Final,
         });
+        let windowed = aggregation.is_some_and(|a| a.window().is_some());
         Policy {
             retries: self.cfg.limits.retries,
             probation: self.versions.probation,
             on_failure: self.cfg.limits.on_failure,
-            emit: self.cfg.emit.unwrap_or(declared),
+            emit: if windowed { self.cfg.emit.unwrap_or(declared) } else { declared },
         }
     }
 
-    /// The grace period: the configured one, or the aggregation's own.
-    fn grace_ms(&self) -> u64 {
-        self.cfg.grace_ms.or_else(|| self.versions.info().shape.windowed().map(|w| w.grace_ms)).unwrap_or(0)
+    /// Sub-topology `sub`'s grace period: the configured one, or its windowed
+    /// aggregation's own.
+    fn grace_ms(&self, sub: usize) -> u64 {
+        let aggregation = self.versions.info().shape.subs.get(sub).and_then(|s| s.aggregation());
+        match aggregation {
+            Some(a) if a.window().is_some() => self.cfg.grace_ms.unwrap_or(a.grace_ms),
+            _ => 0,
+        }
     }
 
-    /// Buffers a polled record for its task, if the partition's task runs.
+    /// The task reading `partition` of `topic`.
+    fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        self.topics.sub_reading(topic).map(|sub| TaskId { sub, partition })
+    }
+
+    /// Buffers a polled record for its task, if the task runs.
     pub(super) fn accept(
         &mut self,
+        topic: &str,
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         ts: Option<i64>,
     ) {
-        match self.tasks.get_mut(&partition) {
+        let task = self.task_of(topic, partition).and_then(|id| self.tasks.get_mut(&id));
+        match task {
             Some(task) => {
                 if !task.accept(offset, key, value, ts) {
                     self.metrics.duplicates_skipped.inc();
                 }
             }
-            None => tracing::trace!(partition, "record for a partition whose task does not run (yet)"),
+            None => tracing::trace!(topic, partition, "record for a task that does not run (yet)"),
         }
     }
 
@@ -218,16 +272,16 @@ impl Engine {
 
     /// Runs every task's buffered records through the plugin.
     pub(super) fn process_pending(&mut self) -> Result<(), TaskError> {
-        let policy = self.policy();
+        let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let info = self.versions.worker.plugin().shared_info();
-        for task in self.tasks.values_mut() {
+        for (id, task) in self.tasks.iter_mut() {
             let mut env = Env {
                 info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
-                input_topic: &self.topics.input,
-                policy,
+                input_topic: &self.topics.inputs[id.sub],
+                policy: policies[id.sub],
             };
             task.process_pending(&mut env)?;
         }
@@ -285,22 +339,22 @@ impl Engine {
 
     fn try_commit(&mut self, consumer: &Source) -> Result<(), PipelineError> {
         self.process_pending()?;
-        let policy = self.policy();
+        let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let mut prepared = Vec::with_capacity(self.tasks.len());
         let mut offsets = TopicPartitionList::new();
         let info = self.versions.worker.plugin().shared_info();
-        for task in self.tasks.values_mut() {
+        for (id, task) in self.tasks.iter_mut() {
             let mut env = Env {
                 info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
-                input_topic: &self.topics.input,
-                policy,
+                input_topic: &self.topics.inputs[id.sub],
+                policy: policies[id.sub],
             };
-            prepared.push((task.partition(), task.prepare_commit(&mut env)?));
+            prepared.push((*id, task.prepare_commit(&mut env)?));
             if let Some(next) = task.next_offset() {
-                let mut elem = offsets.add_partition(&self.topics.input, task.partition());
+                let mut elem = offsets.add_partition(&self.topics.inputs[id.sub], task.partition());
                 elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
                 elem.set_metadata(task.commit_metadata());
             }
@@ -321,27 +375,44 @@ impl Engine {
         }
         let changelog_offsets = self.sink.take_changelog_offsets();
         let mut stale = Vec::new();
-        for (partition, commit) in prepared {
-            let Some(task) = self.tasks.get_mut(&partition) else { continue };
-            let next = self
-                .topics
-                .changelog
+        for (id, commit) in prepared {
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            let next = self.topics.changelogs[id.sub]
                 .as_ref()
-                .and_then(|c| changelog_offsets.get(&(c.clone(), partition)))
+                .and_then(|c| changelog_offsets.get(&(c.clone(), id.partition)))
                 .map(|o| o + 1);
             if let Err(e) = task.complete_commit(commit, next) {
                 // Kafka has the commit; the store does not: bring it up to date
                 // from the changelog before the task goes on.
-                tracing::warn!(partition, error = %e, "store write after a commit failed; restoring the task");
-                stale.push(partition);
+                tracing::warn!(task = %id, error = %e, "store write after a commit failed; restoring the task");
+                stale.push(id);
             }
         }
         self.metrics.commits.inc();
         self.versions.committed();
-        for partition in stale {
-            self.restore_again(partition, consumer);
+        for id in stale {
+            self.restore_again(id, consumer);
+        }
+        if !self.topics.repartitions.is_empty() && self.purged_at.elapsed() >= PURGE_EVERY {
+            self.purged_at = Instant::now();
+            self.purge(&offsets);
         }
         Ok(())
+    }
+
+    /// Deletes what tasks consumed and committed of repartition topics.
+    fn purge(&self, committed: &TopicPartitionList) {
+        let mut purge = TopicPartitionList::new();
+        for e in committed.elements() {
+            if self.topics.repartitions.iter().any(|r| r == e.topic())
+                && let Offset::Offset(o) = e.offset()
+            {
+                let _ = purge.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+            }
+        }
+        if purge.count() > 0 {
+            self.queries.purge(purge);
+        }
     }
 
     /// Sends the outbox into the current transaction.
@@ -352,12 +423,20 @@ impl Engine {
                 Dest::Sink(i) => {
                     self.topics.sinks.get(i).ok_or_else(|| KafkaIoError::Setup(format!("no sink #{i}")))?
                 }
-                Dest::Changelog => {
-                    self.topics.changelog.as_ref().ok_or_else(|| KafkaIoError::Setup("no changelog".into()))?
-                }
+                Dest::Repartition(i) => self
+                    .topics
+                    .repartitions
+                    .get(i)
+                    .ok_or_else(|| KafkaIoError::Setup(format!("no repartition topic #{i}")))?,
+                Dest::Changelog(sub) => self
+                    .topics
+                    .changelogs
+                    .get(sub)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| KafkaIoError::Setup(format!("sub-topology {sub} has no changelog")))?,
                 Dest::DeadLetter => &self.topics.dead_letter,
             };
-            if out.dest == Dest::Changelog && !changelog_seen {
+            if matches!(out.dest, Dest::Changelog(_)) && !changelog_seen {
                 changelog_seen = true;
                 if faults::hit("changelog") {
                     return Err(KafkaIoError::Abortable("injected failure (changelog)".into()));
@@ -406,9 +485,9 @@ impl Engine {
         }
         if uncertain {
             tracing::warn!("the last commit's outcome is unknown: every task restores from what Kafka has");
-            let partitions: Vec<i32> = self.tasks.keys().copied().collect();
-            for partition in partitions {
-                self.restore_again(partition, consumer);
+            let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+            for id in ids {
+                self.restore_again(id, consumer);
             }
         } else {
             self.rewind_all(consumer);
@@ -433,35 +512,37 @@ impl Engine {
     /// Rewinds every running task to its last commit and seeks the consumer back.
     fn rewind_all(&mut self, consumer: &Source) {
         let mut lost = Vec::new();
-        for task in self.tasks.values_mut() {
+        for (id, task) in self.tasks.iter_mut() {
             task.rewind();
-            if let Err(e) = seek(consumer, &self.topics.input, task.partition(), task.committed_offset()) {
-                tracing::warn!(partition = task.partition(), error = %e, "seek back failed; restoring the task");
-                lost.push(task.partition());
+            if let Err(e) = seek(consumer, &self.topics.inputs[id.sub], id.partition, task.committed_offset()) {
+                tracing::warn!(task = %id, error = %e, "seek back failed; restoring the task");
+                lost.push(*id);
             }
         }
-        for partition in lost {
-            self.restore_again(partition, consumer);
+        for id in lost {
+            self.restore_again(id, consumer);
         }
     }
 
     /// Takes a running task back to restoring: its store is brought up to date
     /// from the changelog and it resumes where Kafka says.
-    fn restore_again(&mut self, partition: i32, consumer: &Source) {
-        if let Some(mut task) = self.tasks.remove(&partition) {
+    fn restore_again(&mut self, id: TaskId, consumer: &Source) {
+        if let Some(mut task) = self.tasks.remove(&id) {
             task.rewind();
-            self.begin_restore(partition, task.into_store(), consumer);
+            self.begin_restore(id, task.into_store(), consumer);
         }
     }
 
-    fn begin_restore(&mut self, partition: i32, store: Box<dyn Store>, consumer: &Source) {
-        if let Err(e) = consumer.pause(&partition_list(&self.topics.input, partition)) {
-            tracing::warn!(partition, error = %e, "pausing a restoring partition");
+    fn begin_restore(&mut self, id: TaskId, store: Box<dyn Store>, consumer: &Source) {
+        let input = self.topics.inputs[id.sub].clone();
+        if let Err(e) = consumer.pause(&partition_list(&input, id.partition)) {
+            tracing::warn!(task = %id, error = %e, "pausing a restoring partition");
         }
         self.epoch += 1;
-        self.queries.ask(partition, self.epoch);
+        let changelog = self.topics.changelogs[id.sub].clone();
+        self.queries.ask(Question { task: id, input, changelog }, self.epoch);
         self.restoring
-            .insert(partition, Restoring { store, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
+            .insert(id, Restoring { store, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
         self.update_gauges();
     }
 
@@ -483,15 +564,15 @@ impl Engine {
         }
         let mut ready = Vec::new();
         for answer in self.queries.answers() {
-            if let Some(partition) = self.start_reading(answer)? {
-                ready.push(partition);
+            if let Some(id) = self.start_reading(answer)? {
+                ready.push(id);
             }
         }
         let restoring = &mut self.restoring;
         let metrics = &self.metrics;
-        let finished = self.restorer.poll(budget, |partition, changes, next| {
+        let finished = self.restorer.poll(budget, |id, changes, next| {
             metrics.restored_records.inc_by(changes.len() as u64);
-            match restoring.get_mut(&partition) {
+            match restoring.get_mut(&id) {
                 Some(r) => {
                     r.store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
                 }
@@ -499,31 +580,31 @@ impl Engine {
             }
         })?;
         for done in finished {
-            if let Some(r) = self.restoring.get_mut(&done.partition)
+            if let Some(r) = self.restoring.get_mut(&done.task)
                 && let Phase::Reading { committed, meta } = r.phase
             {
                 r.phase = Phase::Seeking { committed, meta, records: done.records };
-                ready.push(done.partition);
+                ready.push(done.task);
             }
         }
         // Tasks restored earlier whose seek failed are tried again.
         ready.extend(self.restoring.iter().filter(|(_, r)| matches!(r.phase, Phase::Seeking { .. })).map(|(p, _)| *p));
         ready.sort_unstable();
         ready.dedup();
-        for partition in ready {
-            self.run_restored(partition, consumer)?;
+        for id in ready {
+            self.run_restored(id, consumer)?;
         }
         Ok(())
     }
 
     /// Knowing where `answer`'s task resumes, starts reading its changelog.
     /// Returns the partition if there is nothing to read.
-    fn start_reading(&mut self, answer: Resume) -> Result<Option<i32>, PipelineError> {
-        let Some(r) = self.restoring.get_mut(&answer.partition) else { return Ok(None) };
+    fn start_reading(&mut self, answer: Resume) -> Result<Option<TaskId>, PipelineError> {
+        let Some(r) = self.restoring.get_mut(&answer.task) else { return Ok(None) };
         if !matches!(r.phase, Phase::Asking { epoch } if epoch == answer.epoch) {
             return Ok(None);
         }
-        let partition = answer.partition;
+        let id = answer.task;
         let checkpoint = r.store.checkpoint().map_err(TaskError::from)?;
         let from = match checkpoint {
             Some(c) if c >= answer.changelog_low && c <= answer.changelog_end => c,
@@ -532,7 +613,7 @@ impl Engine {
                 // The store does not match the changelog (it was cut, or made
                 // again): start over from the changelog alone.
                 tracing::warn!(
-                    partition,
+                    task = %id,
                     checkpoint = ?other,
                     low = answer.changelog_low,
                     end = answer.changelog_end,
@@ -543,9 +624,12 @@ impl Engine {
             }
         };
         let meta = CommitMetadata::parse(&answer.metadata);
-        let reading = self.restorer.start(partition, from, answer.changelog_end)?;
+        let reading = match &self.topics.changelogs[id.sub] {
+            Some(changelog) => self.restorer.start(id, changelog, from, answer.changelog_end)?,
+            None => false,
+        };
         tracing::info!(
-            partition,
+            task = %id,
             committed = ?answer.committed,
             checkpoint = ?checkpoint,
             changelog_end = answer.changelog_end,
@@ -554,84 +638,92 @@ impl Engine {
         let committed = answer.committed;
         r.phase =
             if reading { Phase::Reading { committed, meta } } else { Phase::Seeking { committed, meta, records: 0 } };
-        Ok((!reading).then_some(partition))
+        Ok((!reading).then_some(id))
     }
 
     /// A restored task starts running at its committed offset.
-    fn run_restored(&mut self, partition: i32, consumer: &Source) -> Result<(), PipelineError> {
-        let Some(r) = self.restoring.get(&partition) else { return Ok(()) };
+    fn run_restored(&mut self, id: TaskId, consumer: &Source) -> Result<(), PipelineError> {
+        let Some(r) = self.restoring.get(&id) else { return Ok(()) };
         let Phase::Seeking { committed, meta, records } = r.phase else { return Ok(()) };
-        if let Err(e) = seek(consumer, &self.topics.input, partition, committed) {
-            tracing::debug!(partition, error = %e, "seek not possible yet; trying again");
+        let input = &self.topics.inputs[id.sub];
+        if let Err(e) = seek(consumer, input, id.partition, committed) {
+            tracing::debug!(task = %id, error = %e, "seek not possible yet; trying again");
             return Ok(());
         }
-        if let Err(e) = consumer.resume(&partition_list(&self.topics.input, partition)) {
-            tracing::debug!(partition, error = %e, "resume not possible yet; trying again");
+        if let Err(e) = consumer.resume(&partition_list(input, id.partition)) {
+            tracing::debug!(task = %id, error = %e, "resume not possible yet; trying again");
             return Ok(());
         }
-        let Some(r) = self.restoring.remove(&partition) else { return Ok(()) };
+        let Some(r) = self.restoring.remove(&id) else { return Ok(()) };
+        let info = self.versions.info();
+        let sub = info.shape.subs.get(id.sub).ok_or_else(|| TaskError::Frame(format!("no sub-topology {id}")))?;
         // Offsets committed before schemas were recorded are in the plugin's.
-        let schema = meta.schema.unwrap_or(self.versions.info().state_schema);
-        let grace = self.grace_ms();
-        let kind = Kind::of(self.versions.info().shape.windowed().map(|w| w.spec), grace)
-            .map_err(|e| TaskError::Frame(format!("windows: {e}")))?;
-        let task = Task::new(partition, kind, grace, r.store, committed, meta.stream_time, schema);
+        let schema = meta.schema.unwrap_or(sub.aggregation().map_or(0, |a| a.store.schema));
+        let grace = self.grace_ms(id.sub);
+        let kind = Kind::of(&sub.stage, grace).map_err(|e| TaskError::Frame(format!("windows: {e}")))?;
+        let task = Task::new(id, kind, grace, r.store, committed, meta.stream_time, schema);
         tracing::info!(
-            partition,
+            task = %id,
             offset = ?committed,
             stream_time = ?meta.stream_time,
             restored = records,
             took_ms = r.since.elapsed().as_millis() as u64,
             "task assigned"
         );
-        self.tasks.insert(partition, task);
+        self.tasks.insert(id, task);
         self.update_gauges();
-        if let Some(what) = self.align_state(Some(partition))? {
-            tracing::info!(version = %self.versions.active, partition, "state of a newly assigned partition: {what}");
+        if let Some(what) = self.align_state(Some(id))? {
+            tracing::info!(version = %self.versions.active, task = %id, "state of a newly assigned task: {what}");
         }
         Ok(())
     }
 
-    fn open_store(&self, partition: i32) -> Result<Box<dyn Store>, PipelineError> {
-        Ok(match &self.rocks {
-            Some(options) => {
+    /// The store of task `id`: RocksDB in `<state dir>/<application>/<store>-<partition>`
+    /// if configured and its sub-topology has an aggregation; in memory otherwise.
+    fn open_store(&self, id: TaskId) -> Result<Box<dyn Store>, PipelineError> {
+        let info = self.versions.info();
+        let store = info.shape.subs.get(id.sub).and_then(|s| s.aggregation()).map(|a| a.store.name.as_str());
+        Ok(match (&self.rocks, store) {
+            (Some(options), Some(store)) => {
                 let dir: PathBuf =
-                    self.cfg.state.dir.join(&self.cfg.application_id).join(format!("windows-{partition}"));
+                    self.cfg.state.dir.join(&self.cfg.application_id).join(format!("{store}-{}", id.partition));
                 Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
             }
-            None => Box::new(MemoryStore::default()),
+            _ => Box::new(MemoryStore::default()),
         })
     }
 
     /// Brings the tasks' state (every task's, or one partition's) to the running
     /// plugin's schema — or drops it, if the version was activated with
     /// `reset_state`. Returns what it did, if anything, for the swap history.
-    pub(super) fn align_state(&mut self, only: Option<i32>) -> Result<Option<String>, PipelineError> {
+    pub(super) fn align_state(&mut self, only: Option<TaskId>) -> Result<Option<String>, PipelineError> {
         let info = self.versions.info().clone();
         let label = self.versions.active.clone();
         let reset = self.versions.reset_state;
         let (mut windows, mut from) = (0usize, std::collections::BTreeSet::new());
-        for task in self.tasks.values_mut() {
-            if only.is_some_and(|p| p != task.partition()) {
+        for (id, task) in self.tasks.iter_mut() {
+            if only.is_some_and(|o| o != *id) {
                 continue;
             }
+            let Some(stage) = info.shape.subs.get(id.sub).and_then(|s| s.aggregation()) else { continue };
+            let store = &stage.store;
             let stored = task.state_schema();
-            if !reset && stored == info.state_schema {
+            if !reset && stored == store.schema {
                 continue;
             }
-            if !reset && !info.reads_state(stored) {
+            if !reset && !info.reads_state(&store.name, stored) {
                 return Err(PipelineError::Swap(SwapError::StateSchema {
                     label,
-                    schema: info.state_schema,
-                    migrates_from: info.migrates_from,
+                    store: store.name.clone(),
+                    schema: store.schema,
+                    migrates_from: store.migrates_from.clone(),
                     stored,
                 }));
             }
-            from.insert(stored);
+            from.insert((store.name.clone(), stored, store.schema));
             let max_bytes = self.cfg.state.uncommitted_mb << 20;
-            let node = info.shape.windowed().map_or(0, |w| w.node);
             windows +=
-                task.evolve(&mut self.versions.worker, node, &self.metrics, info.state_schema, reset, max_bytes)?;
+                task.evolve(&mut self.versions.worker, stage.node, &self.metrics, store.schema, reset, max_bytes)?;
         }
         if from.is_empty() {
             return Ok(None);
@@ -639,7 +731,11 @@ impl Engine {
         let what = if reset {
             format!("reset: {windows} stored windows dropped")
         } else {
-            format!("migrated {windows} stored windows from state schema {from:?} to {}", info.state_schema)
+            let stores: Vec<String> = from
+                .iter()
+                .map(|(store, stored, to)| format!("`{store}` from state schema {stored} to {to}"))
+                .collect();
+            format!("migrated {windows} stored windows: {}", stores.join(", "))
         };
         tracing::info!(version = %label, "{what}");
         Ok(Some(what))
@@ -693,8 +789,12 @@ impl Engine {
     /// if it can read the state as last committed; otherwise keep it and let its
     /// failures be contained like any version's.
     fn roll_back_after(&mut self, error: &PipelineError) -> Result<(), PipelineError> {
+        let info = self.versions.info();
         let readable = self.versions.previous.as_ref().is_some_and(|(_, previous)| {
-            self.tasks.values().all(|t| previous.info().reads_state(t.committed_state_schema()))
+            self.tasks.iter().all(|(id, t)| match info.shape.subs.get(id.sub).and_then(|s| s.aggregation()) {
+                Some(a) => previous.info().reads_state(&a.store.name, t.committed_state_schema()),
+                None => true,
+            })
         });
         if !readable {
             self.versions.probation = false;
@@ -732,14 +832,14 @@ impl Engine {
     pub(super) fn abandon_all(&mut self) {
         self.outbox.clear();
         let _ = self.sink.abort();
-        for (partition, mut task) in std::mem::take(&mut self.tasks) {
+        for (id, mut task) in std::mem::take(&mut self.tasks) {
             task.rewind();
-            self.suspended.insert(partition, task.into_store());
+            self.suspended.insert(id, task.into_store());
         }
-        for (partition, r) in std::mem::take(&mut self.restoring) {
-            self.restorer.cancel(partition);
-            self.queries.forget(partition);
-            self.suspended.insert(partition, r.store);
+        for (id, r) in std::mem::take(&mut self.restoring) {
+            self.restorer.cancel(id);
+            self.queries.forget(id);
+            self.suspended.insert(id, r.store);
         }
         self.update_gauges();
     }
@@ -765,42 +865,43 @@ impl RebalanceHandler for Engine {
             tracing::error!(error = %e, "commit before revocation failed");
             self.fatal.get_or_insert(e);
         }
-        for elem in partitions.elements_for_topic(&self.topics.input) {
-            let partition = elem.partition();
-            if let Some(mut task) = self.tasks.remove(&partition) {
+        for elem in partitions.elements() {
+            let Some(id) = self.task_of(elem.topic(), elem.partition()) else { continue };
+            if let Some(mut task) = self.tasks.remove(&id) {
                 task.rewind();
-                self.suspended.insert(partition, task.into_store());
-            } else if let Some(r) = self.restoring.remove(&partition) {
-                self.restorer.cancel(partition);
-                self.queries.forget(partition);
-                self.suspended.insert(partition, r.store);
+                self.suspended.insert(id, task.into_store());
+            } else if let Some(r) = self.restoring.remove(&id) {
+                self.restorer.cancel(id);
+                self.queries.forget(id);
+                self.suspended.insert(id, r.store);
             }
         }
         self.update_gauges();
     }
 
     fn assign(&mut self, consumer: &Source, partitions: &TopicPartitionList) {
-        let assigned: Vec<i32> =
-            partitions.elements_for_topic(&self.topics.input).iter().map(|e| e.partition()).collect();
-        for &partition in &assigned {
-            if self.tasks.contains_key(&partition) || self.restoring.contains_key(&partition) {
+        let assigned: Vec<TaskId> =
+            partitions.elements().iter().filter_map(|e| self.task_of(e.topic(), e.partition())).collect();
+        for &id in &assigned {
+            if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
             }
-            let store = match self.suspended.remove(&partition) {
+            let store = match self.suspended.remove(&id) {
                 Some(store) => store,
-                None => match self.open_store(partition) {
+                None => match self.open_store(id) {
                     Ok(store) => store,
                     Err(e) => {
-                        tracing::error!(partition, error = %e, "opening the task's store failed");
+                        tracing::error!(task = %id, error = %e, "opening the task's store failed");
                         self.fatal.get_or_insert(e);
                         continue;
                     }
                 },
             };
-            self.begin_restore(partition, store, consumer);
+            self.begin_restore(id, store, consumer);
         }
-        // Stores of partitions that went elsewhere are closed.
+        // Stores of tasks that went elsewhere are closed.
         self.suspended.clear();
-        tracing::info!(partitions = ?assigned, "partitions assigned; restoring their tasks");
+        let tasks: Vec<String> = assigned.iter().map(ToString::to_string).collect();
+        tracing::info!(?tasks, "partitions assigned; restoring their tasks");
     }
 }

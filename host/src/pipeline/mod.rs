@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::runtime::{GuestError, LoadError, Plugin, Runtime};
 use crate::state::RocksOptions;
 use crate::task::TaskError;
+use crate::topology::Input;
 
 /// Why a pipeline stopped.
 #[derive(Debug, Error)]
@@ -193,9 +194,10 @@ impl Pipeline {
         let topics = Topics::of(&cfg, &info.shape);
         tracing::info!(
             plugin = %plugin.label(),
-            input = %topics.input,
+            sources = ?topics.sources,
             sinks = ?topics.sinks,
-            window = ?info.shape.windowed().map(|w| w.spec),
+            repartitions = ?topics.repartitions,
+            sub_topologies = info.shape.subs.len(),
             "plugin loaded"
         );
         let versions = Versions::new(plugin);
@@ -254,38 +256,62 @@ impl Pipeline {
         let cfg = &self.cfg;
         let mut base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
         let Some((versions, _)) = &self.versions else { return Err(PipelineError::Poisoned) };
-        let topics = Topics::of(cfg, &versions.info().shape);
-        let partitions = partition_count(&base, &topics.input, SETUP_TIMEOUT)?
-            .ok_or_else(|| KafkaIoError::Topic { topic: topics.input.clone(), reason: "does not exist".into() })?;
-        let spec = |name: &str, configs: Vec<(String, String)>, exact| TopicSpec {
+        let shape = versions.info().shape.clone();
+        let topics = Topics::of(cfg, &shape);
+        if let Some(twice) = topics.inputs.iter().enumerate().find(|(i, t)| topics.inputs[..*i].contains(t)) {
+            return Err(KafkaIoError::Topic {
+                topic: twice.1.clone(),
+                reason: "two sub-topologies would read it; map their sources to different topics".into(),
+            }
+            .into());
+        }
+        let mut source_partitions = Vec::with_capacity(topics.sources.len());
+        for topic in &topics.sources {
+            let count = partition_count(&base, topic, SETUP_TIMEOUT)?
+                .ok_or_else(|| KafkaIoError::Topic { topic: topic.clone(), reason: "does not exist".into() })?;
+            source_partitions.push(count);
+        }
+        let partitions = source_partitions.iter().copied().max().unwrap_or(1);
+        let spec = |name: &str, partitions: i32, configs: Vec<(String, String)>, exact| TopicSpec {
             name: name.to_owned(),
             partitions,
             replication: cfg.replication_factor,
             configs,
             exact_partitions: exact,
         };
-        let mut wanted: Vec<TopicSpec> = topics.sinks.iter().map(|t| spec(t, vec![], false)).collect();
-        if let Some(changelog) = &topics.changelog {
-            wanted.push(spec(changelog, vec![("cleanup.policy".into(), "compact".into())], true));
+        let mut wanted: Vec<TopicSpec> = topics.sinks.iter().map(|t| spec(t, partitions, vec![], false)).collect();
+        // Repartition topics keep records until the tasks reading them commit
+        // past them; then the records are deleted (purged), as Kafka Streams does.
+        let repartition_partitions: Vec<i32> =
+            shape.repartitions.iter().map(|r| r.partitions.map_or(partitions, |p| p as i32)).collect();
+        for (topic, &count) in topics.repartitions.iter().zip(&repartition_partitions) {
+            let configs = vec![
+                ("cleanup.policy".into(), "delete".into()),
+                ("retention.ms".into(), "-1".into()),
+                ("segment.bytes".into(), (50 << 20).to_string()),
+            ];
+            wanted.push(spec(topic, count, configs, true));
         }
-        wanted.push(spec(&topics.dead_letter, vec![], false));
+        for (sub, changelog) in shape.subs.iter().zip(&topics.changelogs) {
+            let Some(changelog) = changelog else { continue };
+            // A store's changelog has a partition per task: as many as its input.
+            let count = match sub.input {
+                Input::Source(i) => source_partitions[i],
+                Input::Repartition(i) => repartition_partitions[i],
+            };
+            wanted.push(spec(changelog, count, vec![("cleanup.policy".into(), "compact".into())], true));
+        }
+        wanted.push(spec(&topics.dead_letter, partitions, vec![], false));
         ensure_topics(&base, &wanted, SETUP_TIMEOUT)?;
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
-        let queries = Queries::start(
-            &base,
-            &cfg.application_id,
-            &topics.input,
-            topics.changelog.as_deref(),
-            self.health.clone(),
-            stop.clone(),
-        )?;
-        let restorer =
-            Restorer::new(&base, topics.changelog.as_deref().unwrap_or_default(), exactly_once, self.health.clone())?;
+        let queries = Queries::start(&base, &cfg.application_id, self.health.clone(), stop.clone())?;
+        let restorer = Restorer::new(&base, exactly_once, self.health.clone())?;
         let mut producer = base.clone();
         producer.set("compression.type", cfg.compression.as_str());
+        let changelogs: Vec<String> = topics.changelogs.iter().flatten().cloned().collect();
         let mut sink = Sink::new(
             producer,
-            topics.changelog.as_slice(),
+            &changelogs,
             exactly_once.then_some(self.member.as_str()),
             self.health.clone(),
             stop.clone(),
@@ -337,9 +363,9 @@ impl Pipeline {
         consumer_config: &rdkafka::ClientConfig,
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
-        let input = Self::engine(engine)?.topics.input.clone();
-        let subscribe =
-            || source::subscribe(consumer_config, SourceContext::new(engine, self.health.clone()), &[input.as_str()]);
+        let inputs = Self::engine(engine)?.topics.inputs.clone();
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let subscribe = || source::subscribe(consumer_config, SourceContext::new(engine, self.health.clone()), &inputs);
         let mut consumer = subscribe()?;
         let result = self.poll_loop(engine, &mut consumer, &subscribe, stop);
         let mut stopped_cleanly = result.is_ok();
@@ -420,6 +446,7 @@ impl Pipeline {
                     Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
                 };
                 Self::engine(engine)?.accept(
+                    message.topic(),
                     message.partition(),
                     message.offset(),
                     message.key(),
@@ -487,12 +514,15 @@ impl Pipeline {
 /// waits for it).
 pub fn preflight(cfg: &RunConfig, plugin: &Plugin) -> Result<(), PipelineError> {
     let base = base_config(&cfg.bootstrap_servers, &cfg.kafka);
-    let input = Topics::of(cfg, &plugin.info().shape).input;
-    match partition_count(&base, &input, SETUP_TIMEOUT) {
-        Ok(Some(_)) | Err(KafkaIoError::Unreachable(_)) => Ok(()),
-        Ok(None) => Err(KafkaIoError::Topic { topic: input, reason: "does not exist".into() }.into()),
-        Err(e) => Err(e.into()),
+    for input in Topics::of(cfg, &plugin.info().shape).sources {
+        match partition_count(&base, &input, SETUP_TIMEOUT) {
+            Ok(Some(_)) => {}
+            Err(KafkaIoError::Unreachable(_)) => return Ok(()),
+            Ok(None) => return Err(KafkaIoError::Topic { topic: input, reason: "does not exist".into() }.into()),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
 /// Sleeps for `duration`, waking early when `stop` is set.

@@ -40,13 +40,15 @@ pub enum SwapError {
     },
     /// The new version cannot read the pipeline's state.
     #[error(
-        "version {label} has state schema {schema} and migrates from {migrates_from:?}, but the pipeline's \
-         state is in schema {stored}: use a version that migrates from {stored}, or activate with \
+        "version {label} has state schema {schema} for store `{store}` and migrates from {migrates_from:?}, but \
+         the pipeline's state is in schema {stored}: use a version that migrates from {stored}, or activate with \
          reset_state to drop the stored windows"
     )]
     StateSchema {
         /// The version.
         label: String,
+        /// The store.
+        store: String,
         /// Its state schema.
         schema: u32,
         /// What it migrates from.
@@ -127,17 +129,25 @@ fn incompatibility(
 ) -> Option<SwapError> {
     let real = |s: &crate::topology::Shape| {
         let t = Topics::of(cfg, s);
-        (t.input, t.sinks)
+        (t.sources, t.sinks)
     };
     if let Some(difference) = new.shape.swap_difference(&old.shape, real) {
         let reason = format!("{difference}; that is a new pipeline (a new application id), not a swap");
         return Some(SwapError::Incompatible { label: label.to_owned(), reason });
     }
-    (!reset_state && !new.reads_state(old.state_schema)).then(|| SwapError::StateSchema {
-        label: label.to_owned(),
-        schema: new.state_schema,
-        migrates_from: new.migrates_from.clone(),
-        stored: old.state_schema,
+    if reset_state {
+        return None;
+    }
+    // Each store, found by name (the shapes matched), must read what is stored.
+    old.shape.aggregations().find(|(_, o)| !new.reads_state(&o.store.name, o.store.schema)).map(|(_, o)| {
+        let store = new.shape.store(&o.store.name);
+        SwapError::StateSchema {
+            label: label.to_owned(),
+            store: o.store.name.clone(),
+            schema: store.map_or(0, |s| s.schema),
+            migrates_from: store.map(|s| s.migrates_from.clone()).unwrap_or_default(),
+            stored: o.store.schema,
+        }
     })
 }
 

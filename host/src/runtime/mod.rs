@@ -216,9 +216,10 @@ pub struct PluginInfo {
     pub topology: Topology,
     /// What the host runs of it.
     pub shape: Shape,
-    /// Its store's encoding version (0 without a store).
+    /// Its first store's encoding version (0 without a store); each store
+    /// declares its own (see [`PluginInfo::reads_state`]).
     pub state_schema: u32,
-    /// Older state schemas its `migrate` converts from.
+    /// Older state schemas its first store's `migrate` converts from.
     pub migrates_from: Vec<u32>,
 }
 
@@ -226,10 +227,11 @@ impl PluginInfo {
     /// Filled in by `describe` right after.
     fn placeholder() -> Self {
         let shape = Shape {
-            source: crate::topology::Endpoint { node: 0, topic: String::new() },
+            sources: Vec::new(),
             sinks: Vec::new(),
-            sink_at: Default::default(),
-            stage: crate::topology::Stage::Stateless,
+            repartitions: Vec::new(),
+            exits: Default::default(),
+            subs: Vec::new(),
         };
         Self {
             name: String::new(),
@@ -245,14 +247,17 @@ impl PluginInfo {
     /// host can run the topology.
     pub fn of(name: String, version: String, topology: Topology) -> Result<Self, TopologyError> {
         let shape = shape(&topology)?;
-        let (state_schema, migrates_from) =
-            shape.store().map_or((0, Vec::new()), |s| (s.schema, s.migrates_from.clone()));
+        let (state_schema, migrates_from) = shape
+            .aggregations()
+            .next()
+            .map_or((0, Vec::new()), |(_, a)| (a.store.schema, a.store.migrates_from.clone()));
         Ok(Self { name, version, topology, shape, state_schema, migrates_from })
     }
 
-    /// Whether this plugin can take over state stored under `schema`.
-    pub fn reads_state(&self, schema: u32) -> bool {
-        schema == self.state_schema || self.migrates_from.contains(&schema)
+    /// Whether this plugin's store `store` can take over state stored under
+    /// `schema`.
+    pub fn reads_state(&self, store: &str, schema: u32) -> bool {
+        self.shape.store(store).is_some_and(|s| schema == s.schema || s.migrates_from.contains(&schema))
     }
 }
 

@@ -20,10 +20,11 @@ use std::ops::Range;
 
 use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, SlotOp};
 
-use super::{Env, Pending, Task, TaskError, frame_err, span_bytes};
+use super::{Env, Kind, Pending, TABLE_ROW, Task, TaskError, frame_err, span_bytes};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 use crate::state::window_key;
+use weir_abi::calls::ChangeFrame;
 
 /// State built up by the chunks of one batch.
 struct BatchState {
@@ -82,12 +83,21 @@ fn host(reason: impl Into<String>) -> Reject {
 impl Task {
     pub(super) fn process_records(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let mut excluded = vec![false; pending.len()];
+        let (windowed, changes) = match self.kind {
+            Kind::Table { changes } => (false, changes),
+            _ => (true, false),
+        };
         // Records the host itself cannot use never reach the plugin.
         for (i, record) in pending.iter().enumerate() {
             let reason = if record.key.is_none() {
-                Some("record has no key; windowed aggregations group by key")
-            } else if record.timestamp.is_none_or(|t| t < 0) {
+                Some("record has no key; aggregations group by key")
+            } else if windowed && record.timestamp.is_none_or(|t| t < 0) {
                 Some("record has no usable event time (timestamp missing or negative)")
+            } else if changes
+                && weir_abi::decode::<ChangeFrame<'_>>(span_bytes(&self.arena, record.value).unwrap_or_default())
+                    .is_err()
+            {
+                Some("record on a repartition topic of table updates is not a change frame (old and new row)")
             } else {
                 None
             };
@@ -251,10 +261,12 @@ impl Task {
         let mut record_index: Vec<usize> = Vec::new();
         let mut ops: Vec<SlotOp> = Vec::new();
         let (mut late_records, mut late_updates) = (0u64, 0u64);
-        let super::Kind::Time(windowing) = self.kind else {
-            return Err(TaskError::Frame("internal: a stateless task has no windows".into()));
+        let (windowing, changes) = match self.kind {
+            Kind::Time(windowing) => (Some(windowing), false),
+            Kind::Table { changes } => (None, changes),
+            _ => return Err(TaskError::Frame("internal: these records are not folded by batch".into())),
         };
-        let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
+        let stage = self.aggregation(env)?;
         let mut frame_bytes = 0usize;
         let mut key_buf = Vec::new();
         // The slots and references of the record being added, until it fits.
@@ -267,18 +279,33 @@ impl Task {
                 end = i + 1;
                 continue;
             }
-            let (Some(key), Some(ts)) = (span_bytes(&self.arena, record.key), record.timestamp) else {
+            let ts = match (record.timestamp, windowing) {
+                (Some(ts), _) => Some(ts),
+                // A table needs no event time.
+                (None, None) => Some(stream_time.unwrap_or(0)),
+                (None, Some(_)) => None,
+            };
+            let (Some(key), Some(ts)) = (span_bytes(&self.arena, record.key), ts) else {
                 end = i + 1;
                 continue;
             };
             let value = span_bytes(&self.arena, record.value);
+            // Re-grouped table updates: the old row is subtracted, the new one added.
+            let (value, old) = match changes {
+                true => match value.map(weir_abi::decode::<ChangeFrame<'_>>) {
+                    Some(Ok(c)) => (c.new, c.old),
+                    _ => (None, None),
+                },
+                false => (value, None),
+            };
             let now = stream_time.map_or(ts, |st| st.max(ts));
             let close = now.saturating_sub(self.grace_ms);
             new_slots.clear();
             record_refs.clear();
-            let mut cost = key.len() + value.map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
+            let mut cost = key.len() + value.map_or(0, <[u8]>::len) + old.map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
             let (mut late, mut any_window) = (0u64, false);
-            for window in windowing.windows_for(ts) {
+            let windows = windowing.map(|w| w.windows_for(ts)).into_iter().flatten();
+            for window in windows.chain(windowing.is_none().then_some(TABLE_ROW)) {
                 any_window = true;
                 if window.end <= close {
                     late += 1;
@@ -321,11 +348,19 @@ impl Task {
                 late_records += 1;
             }
             let first_op = ops.len() as u32;
-            ops.extend(record_refs.iter().map(|&slot| SlotOp::Add(slot)));
+            if changes {
+                // One slot: subtract the old row (if any), then add the new one.
+                for &slot in &record_refs {
+                    ops.extend(old.map(|_| SlotOp::Subtract(slot)));
+                    ops.extend(value.map(|_| SlotOp::Add(slot)));
+                }
+            } else {
+                ops.extend(record_refs.iter().map(|&slot| SlotOp::Add(slot)));
+            }
             records.push(AggRecord {
-                record: Rec { key: Some(key), value, old: None, timestamp: ts, window: None },
+                record: Rec { key: Some(key), value, old, timestamp: ts, window: None },
                 first_op,
-                op_count: record_refs.len() as u32,
+                op_count: ops.len() as u32 - first_op,
             });
             record_index.push(i);
             end = i + 1;

@@ -1,5 +1,6 @@
-//! A task: one input partition with its own store, stream time and uncommitted
-//! window updates.
+//! A task: one partition of the topic a sub-topology reads, with the store of
+//! its aggregation (if any), stream time and uncommitted updates. Tasks are
+//! named by [`TaskId`], (sub-topology, partition), as Kafka Streams names them.
 //!
 //! Records are buffered per task and handed to the plugin in chunks (`batch`):
 //! the task assigns each record to its windows (dropping windows already closed by
@@ -30,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 use weir_abi::calls::{MigrateIn, Rec, RunIn, RunOut, StoredSlot};
+use weir_abi::topology::Edge;
 use weir_abi::{MigrateOut, Window};
 
 use crate::config::{EmitMode, FailurePolicy};
@@ -37,10 +39,26 @@ use crate::faults;
 use crate::metrics::Metrics;
 use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, PluginInfo, clip};
 use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound};
+use crate::topology::{Aggregation, Exit, Folds, Stage};
 use crate::window::{KeyWindows, Planner, SessionPlanner, SlidingPlanner, WindowError, Windowing};
 use batch::Reject;
 pub use outbox::{Dest, Out, Outbox};
 use weir_abi::topology::WindowSpec;
+
+/// Which task: (sub-topology, partition of the topic it reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId {
+    /// The sub-topology, by index into the shape's sub-topologies.
+    pub sub: usize,
+    /// The partition of the sub-topology's input topic.
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.sub, self.partition)
+    }
+}
 
 /// A task failure.
 #[derive(Debug, Error)]
@@ -153,6 +171,12 @@ pub enum Kind {
     Time(Windowing),
     /// Sliding or session windows, planned per key from the windows that exist.
     Planned(PlannedKind),
+    /// One row per key: a table. With `changes`, the records are re-grouped
+    /// table updates whose old row is subtracted and new row added.
+    Table {
+        /// Whether the records are [`weir_abi::calls::ChangeFrame`]s.
+        changes: bool,
+    },
 }
 
 /// A sliding or session aggregation.
@@ -165,8 +189,16 @@ pub struct PlannedKind {
 }
 
 impl Kind {
-    /// The kind of an aggregation over `spec` with grace `grace_ms`.
-    pub fn of(spec: Option<WindowSpec>, grace_ms: u64) -> Result<Self, WindowError> {
+    /// The kind of what `stage` folds into, with grace `grace_ms`.
+    pub fn of(stage: &Stage, grace_ms: u64) -> Result<Self, WindowError> {
+        let spec = match stage {
+            Stage::Stateless => None,
+            Stage::Aggregate(a) => match a.folds {
+                Folds::Windows(w) => Some(w),
+                Folds::Table => return Ok(Kind::Table { changes: false }),
+                Folds::Changes => return Ok(Kind::Table { changes: true }),
+            },
+        };
         Ok(match spec {
             None => Kind::Stateless,
             Some(WindowSpec::Tumbling { size_ms, .. }) => Kind::Time(Windowing::tumbling(size_ms)?),
@@ -212,9 +244,15 @@ fn split_meta(stored: &[u8]) -> Option<(i64, &[u8])> {
     Some((i64::from_be_bytes(ts.try_into().ok()?), acc))
 }
 
+/// The store key of a table row: the window-store layout with a window that
+/// never closes or expires, so tables and windows share one key space and code.
+pub const TABLE_ROW: Window = Window { start: i64::MIN, end: i64::MAX };
+
 /// One input partition's processing state.
 pub struct Task {
     partition: i32,
+    /// The sub-topology it runs.
+    sub: usize,
     /// What records are folded into.
     kind: Kind,
     grace_ms: i64,
@@ -256,7 +294,7 @@ impl Task {
     /// A task over `store` (written in state schema `schema`), resuming at
     /// `committed_offset` with `stream_time`.
     pub fn new(
-        partition: i32,
+        id: TaskId,
         kind: Kind,
         grace_ms: u64,
         store: Box<dyn Store>,
@@ -265,7 +303,8 @@ impl Task {
         schema: u32,
     ) -> Self {
         Self {
-            partition,
+            partition: id.partition,
+            sub: id.sub,
             kind,
             grace_ms: grace_ms as i64,
             index: None,
@@ -291,6 +330,21 @@ impl Task {
     /// The input partition.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// Which task it is.
+    pub fn id(&self) -> TaskId {
+        TaskId { sub: self.sub, partition: self.partition }
+    }
+
+    /// Its sub-topology's aggregation in the running version.
+    fn aggregation<'i>(&self, env: &Env<'i>) -> Result<&'i Aggregation, TaskError> {
+        env.info
+            .shape
+            .subs
+            .get(self.sub)
+            .and_then(|s| s.aggregation())
+            .ok_or_else(|| TaskError::Frame(format!("internal: sub-topology {} has no aggregation", self.sub)))
     }
 
     /// The offset to commit (after the last processed record), if any.
@@ -506,6 +560,7 @@ impl Task {
             Kind::Time(_) => self.process_records(env, &pending),
             Kind::Planned(_) => self.process_planned(env, &pending),
             Kind::Stateless => self.process_stateless(env, &pending),
+            Kind::Table { .. } => self.process_records(env, &pending),
         };
         self.arena.clear();
         result
@@ -515,6 +570,8 @@ impl Task {
     /// returns the store changes to apply once the transaction has committed.
     /// The caller rewinds the task if anything in the commit fails.
     pub fn prepare_commit(&mut self, env: &mut Env<'_>) -> Result<PreparedCommit, TaskError> {
+        // A table's rows never close: it emits updates.
+        let emit = if matches!(self.kind, Kind::Table { .. }) { EmitMode::Updates } else { env.policy.emit };
         let (close_extra, expire_extra) = self.kind.extras();
         let close = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(close_extra));
         let expire = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(expire_extra));
@@ -527,7 +584,7 @@ impl Task {
         let mut closed_in_store: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut expired_in_store: Vec<Vec<u8>> = Vec::new();
         if let (Some(close), Some(expire)) = (close, expire) {
-            if env.policy.emit == EmitMode::Final && self.closed_before < close.saturating_add(1) {
+            if emit == EmitMode::Final && self.closed_before < close.saturating_add(1) {
                 let from =
                     if self.closed_before == i64::MIN { Vec::new() } else { window_end_bound(self.closed_before) };
                 for key in self.store.keys_between(&from, &window_end_bound(close.saturating_add(1)))? {
@@ -563,7 +620,7 @@ impl Task {
         self.dirty_bytes = 0;
         // What to render: every changed window (a removed one as a deletion), or
         // only windows that closed.
-        let render: Vec<(&[u8], Option<&[u8]>)> = match env.policy.emit {
+        let render: Vec<(&[u8], Option<&[u8]>)> = match emit {
             EmitMode::Updates => dirty
                 .iter()
                 .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
@@ -576,7 +633,15 @@ impl Task {
                 .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
                 .collect(),
         };
-        self.render(env, &render)?;
+        if !render.is_empty() {
+            let stage = self.aggregation(env)?;
+            if let Some(from) = stage.render_from {
+                // A group_by downstream takes the row the update replaces out of
+                // its group: the committed one (final results replace nothing).
+                let with_old = stage.render_old && emit == EmitMode::Updates;
+                self.render(env, &render, from, with_old)?;
+            }
+        }
 
         // One change per key; later sources win: conversions, then expiry, then
         // this commit's updates and removals.
@@ -591,7 +656,7 @@ impl Task {
         }
         for (key, value) in &changes {
             env.outbox.push(Out {
-                dest: Dest::Changelog,
+                dest: Dest::Changelog(self.sub),
                 partition: Some(self.partition),
                 key: Some(key.clone()),
                 value: value.clone(),
@@ -607,7 +672,13 @@ impl Task {
     /// keeps failing on (or renders too large) has its result dead-lettered with
     /// the reason, or stops the pipeline, as configured; on probation the failure
     /// is returned at once.
-    fn render(&mut self, env: &mut Env<'_>, slots: &[(&[u8], Option<&[u8]>)]) -> Result<(), TaskError> {
+    fn render(
+        &mut self,
+        env: &mut Env<'_>,
+        slots: &[(&[u8], Option<&[u8]>)],
+        from: Edge,
+        with_old: bool,
+    ) -> Result<(), TaskError> {
         let budget = env.guest.max_frame_bytes();
         let mut at = 0;
         while at < slots.len() {
@@ -620,14 +691,20 @@ impl Task {
                 }
                 end += 1;
             }
-            self.render_chunk(env, &slots[at..end])?;
+            self.render_chunk(env, &slots[at..end], from, with_old)?;
             at = end;
         }
         Ok(())
     }
 
-    fn render_chunk(&mut self, env: &mut Env<'_>, slots: &[(&[u8], Option<&[u8]>)]) -> Result<(), TaskError> {
-        let mut last = match self.finish_call(env, slots)? {
+    fn render_chunk(
+        &mut self,
+        env: &mut Env<'_>,
+        slots: &[(&[u8], Option<&[u8]>)],
+        from: Edge,
+        with_old: bool,
+    ) -> Result<(), TaskError> {
+        let mut last = match self.finish_call(env, slots, from, with_old)? {
             Ok(rendered) => return self.emit_rendered(env, rendered),
             Err(e) => e,
         };
@@ -640,7 +717,7 @@ impl Task {
         let retries = if matches!(last, GuestError::Oversized { .. }) { 0 } else { env.policy.retries };
         for _ in 0..retries {
             env.guest.renew();
-            match self.finish_call(env, slots)? {
+            match self.finish_call(env, slots, from, with_old)? {
                 Ok(rendered) => return self.emit_rendered(env, rendered),
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
@@ -654,7 +731,7 @@ impl Task {
         }
         // Window by window: only the windows that fail alone are given up.
         for slot in slots {
-            match self.finish_call(env, std::slice::from_ref(slot))? {
+            match self.finish_call(env, std::slice::from_ref(slot), from, with_old)? {
                 Ok(rendered) => self.emit_rendered(env, rendered)?,
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
@@ -674,17 +751,26 @@ impl Task {
         &mut self,
         env: &mut Env<'_>,
         slots: &[(&[u8], Option<&[u8]>)],
+        from: Edge,
+        with_old: bool,
     ) -> Result<Result<Rendered, GuestError>, TaskError> {
-        let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
+        // The committed rows the updates replace (the store holds the last commit).
+        let olds: Vec<Option<Vec<u8>>> = match with_old {
+            true => slots.iter().map(|(key, _)| self.current(key)).collect::<Result<_, _>>()?,
+            false => Vec::new(),
+        };
+        let table = matches!(self.kind, Kind::Table { .. });
         let mut records = Vec::with_capacity(slots.len());
-        for (key, stored) in slots {
+        for (i, (key, stored)) in slots.iter().enumerate() {
             let (window, record_key) =
                 split_window_key(key).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
-            let timestamp = self.stream_time.unwrap_or(window.start);
+            let timestamp = self.stream_time.unwrap_or(if table { 0 } else { window.start });
             let value = stored.map(|v| self.acc_of(v)).transpose()?;
-            records.push(Rec { key: Some(record_key), value, old: None, timestamp, window: Some(window) });
+            let old = olds.get(i).and_then(Option::as_deref).map(|v| self.acc_of(v)).transpose()?;
+            let window = (!table).then_some(window);
+            records.push(Rec { key: Some(record_key), value, old, timestamp, window });
         }
-        let frame = weir_abi::encode(&RunIn { from: stage.render_from, records }).map_err(frame_err)?;
+        let frame = weir_abi::encode(&RunIn { from, records }).map_err(frame_err)?;
         env.metrics.guest_calls.inc();
         let answer = match faults::hit("render") {
             true => Err(GuestError::Plugin("injected failure (render)".into())),
@@ -703,21 +789,9 @@ impl Task {
     }
 
     fn emit_rendered(&mut self, env: &mut Env<'_>, rendered: Rendered) -> Result<(), TaskError> {
-        for (_, sink, key, value, window) in rendered.records {
-            // A windowed row names its window, so a deletion (a session merged
-            // away) says which row it deletes.
-            let headers = window.map_or_else(Vec::new, |w| {
-                vec![("weir.window.start", w.start.to_string()), ("weir.window.end", w.end.to_string())]
-            });
-            env.outbox.push(Out {
-                dest: Dest::Sink(sink),
-                partition: None,
-                key,
-                value,
-                timestamp: self.stream_time,
-                headers,
-            });
-            env.metrics.records_out.inc();
+        for r in rendered.records {
+            let out = exit_record(env, r.exit, r.key, r.value, r.old.as_deref(), self.stream_time, r.window)?;
+            env.outbox.push(out);
         }
         Ok(())
     }
@@ -800,8 +874,49 @@ fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
     Ok(())
 }
 
-/// A rendered record: the slot it came from, its sink, key, value and window.
-type RenderedRecord = (usize, usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Window>);
+/// A rendered record: where it goes, key, value, the row it replaces and its window.
+struct RenderedRecord {
+    exit: Exit,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    old: Option<Vec<u8>>,
+    window: Option<Window>,
+}
+
+/// The record to write for one that left the guest towards `exit`: to a sink
+/// (a windowed row names its window in headers, so a deletion — a session
+/// merged away — says which row it deletes), or to a repartition topic (a
+/// re-grouped table update carries its old row with the new one).
+fn exit_record(
+    env: &Env<'_>,
+    exit: Exit,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    old: Option<&[u8]>,
+    timestamp: Option<i64>,
+    window: Option<Window>,
+) -> Result<Out, TaskError> {
+    Ok(match exit {
+        Exit::Sink(sink) => {
+            env.metrics.records_out.inc();
+            let headers = window.map_or_else(Vec::new, |w| {
+                vec![("weir.window.start", w.start.to_string()), ("weir.window.end", w.end.to_string())]
+            });
+            Out { dest: Dest::Sink(sink), partition: None, key, value, timestamp, headers }
+        }
+        Exit::Repartition(r) => {
+            let changes = env.info.shape.repartitions.get(r).is_some_and(|r| r.changes);
+            let value = match changes {
+                true => Some(
+                    weir_abi::encode(&weir_abi::calls::ChangeFrame { new: value.as_deref(), old })
+                        .map_err(frame_err)?,
+                ),
+                false => value,
+            };
+            Out { dest: Dest::Repartition(r), partition: None, key, value, timestamp, headers: Vec::new() }
+        }
+    })
+}
 
 /// What a `run` call rendered, per record reaching a sink.
 struct Rendered {
@@ -833,23 +948,26 @@ fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Re
         if e.source as usize >= inputs {
             return Ok(Err(GuestError::BadFrame(format!("a record from input {} of {inputs}", e.source))));
         }
-        let sinks = env.info.shape.sinks_of(e.node, e.port);
-        if sinks.is_empty() {
-            return Ok(Err(GuestError::BadFrame(format!("a record leaving node #{} towards no sink", e.node))));
+        let exits = env.info.shape.exits_of(e.node, e.port);
+        if exits.is_empty() {
+            return Ok(Err(GuestError::BadFrame(format!(
+                "a record leaving node #{} towards no host operator",
+                e.node
+            ))));
         }
         if let Some(v) = e.record.value
             && v.len() > limit
         {
             return Ok(Err(GuestError::Oversized { size: v.len(), limit }));
         }
-        for &sink in sinks {
-            records.push((
-                e.source as usize,
-                sink,
-                e.record.key.map(<[u8]>::to_vec),
-                e.record.value.map(<[u8]>::to_vec),
-                e.record.window,
-            ));
+        for &exit in exits {
+            records.push(RenderedRecord {
+                exit,
+                key: e.record.key.map(<[u8]>::to_vec),
+                value: e.record.value.map(<[u8]>::to_vec),
+                old: e.record.old.map(<[u8]>::to_vec),
+                window: e.record.window,
+            });
         }
     }
     Ok(Ok(Rendered { records }))
@@ -904,3 +1022,6 @@ mod tests;
 
 #[cfg(test)]
 mod planned_tests;
+
+#[cfg(test)]
+mod table_tests;

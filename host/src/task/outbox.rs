@@ -1,5 +1,5 @@
-//! The outbox: the records a task wants written — results, changelog records and
-//! dead letters — collected in order until the pipeline drains them into one
+//! The outbox: the records a task wants written — results, records for the
+//! next sub-topology (repartition topics), changelog records and dead letters — collected in order until the pipeline drains them into one
 //! transaction at commit. A task never talks to Kafka itself, so a transaction is
 //! open only while a commit sends, and a task's behaviour can be tested without a
 //! broker.
@@ -9,8 +9,10 @@
 pub enum Dest {
     /// A sink of the topology, by index.
     Sink(usize),
-    /// The task's changelog partition.
-    Changelog,
+    /// A repartition topic of the topology, by index (partitioned by key).
+    Repartition(usize),
+    /// The changelog of the store of sub-topology `.0`, at the task's partition.
+    Changelog(usize),
     /// The dead-letter topic.
     DeadLetter,
 }

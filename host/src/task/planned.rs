@@ -72,7 +72,7 @@ const CHUNK: usize = 512;
 
 impl Task {
     pub(super) fn process_planned(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
-        let stage = env.info.shape.windowed().ok_or_else(|| TaskError::Frame("internal: no aggregation".into()))?;
+        let stage = self.aggregation(env)?;
         let (node, via) = (stage.node, stage.via);
         self.ensure_index()?;
         let mut excluded = vec![false; pending.len()];

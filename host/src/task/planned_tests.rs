@@ -12,7 +12,7 @@ use super::*;
 use crate::state::MemoryStore;
 
 /// A topology's SDK build as the task's guest.
-struct Native(Built);
+pub(super) struct Native(pub(super) Built);
 
 impl Guest for Native {
     fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
@@ -72,9 +72,17 @@ impl Harness {
     fn new(windows: WindowSpec, filtered: bool) -> Self {
         let built = counting(windows, filtered);
         let info = PluginInfo::of("counting".into(), "1".into(), built.describe().clone()).unwrap();
-        let kind = Kind::of(Some(windows), windows.grace_ms()).unwrap();
+        let kind = Kind::of(&info.shape.subs[0].stage, windows.grace_ms()).unwrap();
         Self {
-            task: Task::new(0, kind, windows.grace_ms(), Box::new(MemoryStore::default()), None, None, 1),
+            task: Task::new(
+                TaskId { sub: 0, partition: 0 },
+                kind,
+                windows.grace_ms(),
+                Box::new(MemoryStore::default()),
+                None,
+                None,
+                1,
+            ),
             guest: Native(built),
             info,
             outbox: Outbox::default(),
@@ -109,7 +117,15 @@ impl Harness {
         }
         let mut task = std::mem::replace(
             &mut self.task,
-            Task::new(0, Kind::Stateless, 0, Box::new(MemoryStore::default()), None, None, 1),
+            Task::new(
+                TaskId { sub: 0, partition: 0 },
+                Kind::Stateless,
+                0,
+                Box::new(MemoryStore::default()),
+                None,
+                None,
+                1,
+            ),
         );
         task.process_pending(&mut self.env()).unwrap();
         let prepared = task.prepare_commit(&mut self.env()).unwrap();

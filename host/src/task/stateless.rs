@@ -1,5 +1,5 @@
 //! Running records through guest operators with one `run` call per chunk: for a
-//! stateless topology from the source to the sinks, and for a sliding or session
+//! stateless sub-topology from its input to sinks and repartition topics, and for a sliding or session
 //! aggregation from the source to the aggregation (whose windows depend on which
 //! records reach it, so the operators before it run first).
 //!
@@ -13,7 +13,7 @@ use weir_abi::calls::{Rec, RunIn, RunOut};
 use weir_abi::topology::Edge;
 
 use super::batch::Reject;
-use super::{Dest, Env, MAX_FANOUT, Out, Pending, Task, TaskError, frame_err, span_bytes};
+use super::{Env, MAX_FANOUT, Pending, Task, TaskError, exit_record, frame_err, span_bytes};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 
@@ -28,13 +28,14 @@ pub(super) struct Emitted {
     pub port: u32,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    pub old: Option<Vec<u8>>,
 }
 
 /// Where the records of a `run` call must go.
 #[derive(Clone, Copy)]
 pub(super) enum Target {
-    /// The topology's sinks.
-    Sinks,
+    /// Sinks and repartition topics.
+    Exits,
     /// The aggregation node.
     Node(u32),
 }
@@ -47,19 +48,28 @@ struct Answer {
 
 impl Task {
     pub(super) fn process_stateless(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
-        let from = env.info.shape.source_edge();
-        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Sinks)?;
+        let from = env
+            .info
+            .shape
+            .subs
+            .get(self.sub)
+            .map(|s| s.entry)
+            .ok_or_else(|| TaskError::Frame(format!("internal: no sub-topology {}", self.sub)))?;
+        // (Records the input hands to a sink directly come back from the guest
+        // too, as leaving the input node.)
+        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Exits)?;
         for e in emitted {
-            for &sink in env.info.shape.sinks_of(e.node, e.port) {
-                env.outbox.push(Out {
-                    dest: Dest::Sink(sink),
-                    partition: None,
-                    key: e.key.clone(),
-                    value: e.value.clone(),
-                    timestamp: pending[e.source].timestamp,
-                    headers: Vec::new(),
-                });
-                env.metrics.records_out.inc();
+            for &exit in env.info.shape.exits_of(e.node, e.port) {
+                let out = exit_record(
+                    env,
+                    exit,
+                    e.key.clone(),
+                    e.value.clone(),
+                    e.old.as_deref(),
+                    pending[e.source].timestamp,
+                    None,
+                )?;
+                env.outbox.push(out);
             }
         }
         // Records an operator refused do not move stream time.
@@ -230,7 +240,7 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
             return Err(GuestError::BadFrame(format!("a record from input {} of {inputs}", e.source)));
         }
         let reaches = match target {
-            Target::Sinks => !env.info.shape.sinks_of(e.node, e.port).is_empty(),
+            Target::Exits => !env.info.shape.exits_of(e.node, e.port).is_empty(),
             Target::Node(node) => env.info.topology.consumers(e.node).any(|(c, port)| c == node && port == e.port),
         };
         if !reaches {
@@ -251,6 +261,7 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
             port: e.port,
             key: e.record.key.map(<[u8]>::to_vec),
             value: e.record.value.map(<[u8]>::to_vec),
+            old: e.record.old.map(<[u8]>::to_vec),
         });
     }
     let mut rejects = Vec::with_capacity(out.rejects.len());

@@ -176,7 +176,15 @@ fn policy() -> Policy {
 
 fn task() -> Task {
     let windowing = Windowing::tumbling(1_000).unwrap();
-    Task::new(0, Kind::Time(windowing), 0, Box::new(MemoryStore::default()), None, None, 1)
+    Task::new(
+        TaskId { sub: 0, partition: 0 },
+        Kind::Time(windowing),
+        0,
+        Box::new(MemoryStore::default()),
+        None,
+        None,
+        1,
+    )
 }
 
 struct Run {
@@ -353,7 +361,7 @@ fn a_window_that_fails_to_render_is_dead_lettered_and_the_rest_commits() {
     assert_eq!(reasons[1].0, "huge");
     assert!(reasons[1].2.contains("the limit is 1024 bytes"), "{reasons:?}");
     // Their state is kept: the changelog carries every window.
-    assert_eq!(run.of(Dest::Changelog).len(), 4);
+    assert_eq!(run.of(Dest::Changelog(0)).len(), 4);
     run.task.complete_commit(prepared, Some(4)).unwrap();
     assert!(!run.task.has_progress());
 }

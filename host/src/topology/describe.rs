@@ -3,11 +3,15 @@
 //! into wasm, the stores with their changelogs, and the internal topics.
 
 use serde_json::{Value, json};
-use weir_abi::topology::{Node, Op, Topology, TopologyError};
+use weir_abi::topology::{Node, Op, Topology, TopologyError, changelog_topic, repartition_topic};
 
-/// Names of the internal topics of application `app` (`<app>` when unknown).
+/// Names of the internal topics of application `app` (`<application-id>` when unknown).
 fn internal(app: Option<&str>, name: &str, suffix: &str) -> String {
-    format!("{}-{name}-{suffix}", app.unwrap_or("<application-id>"))
+    let app = app.unwrap_or("<application-id>");
+    match suffix {
+        "repartition" => repartition_topic(app, name),
+        _ => changelog_topic(app, name),
+    }
 }
 
 fn details(node: &Node, app: Option<&str>) -> String {

@@ -2,21 +2,28 @@
 //! graph `describe` returned, checked when the plugin is loaded (so a topology the
 //! host cannot run is refused at upload, never at the first record).
 //!
-//! This version runs topologies of **one sub-topology** with **one source** and
-//! at most **one windowed aggregation** (tumbling, hopping, sliding or session):
+//! The graph is cut at repartition topics into **sub-topologies**; tasks are
+//! (sub-topology, partition of the topic it reads). This version runs
+//! sub-topologies that read **one topic** (a source or a repartition topic) and
+//! hold at most **one aggregation**:
 //!
 //! ```text
-//! source → [guest operators] → sinks                                      (stateless)
-//! source → [guest operators] → windowed aggregate → to_stream → [guest operators] → sinks
+//! input → [guest operators] → sinks / repartitions                          (stateless)
+//! input → [guest operators] → aggregate → to_stream → [guest operators] → sinks / repartitions
+//! input → [guest operators] → aggregate → table group_by → repartition       (re-grouped table)
+//! repartition → table aggregate → to_stream → [guest operators] → sinks / repartitions
 //! ```
 //!
-//! The guest operators before the aggregation run in the same call that folds
-//! records into it (they keep keys and timestamps, so the host plans windows from
-//! the source record); those after it render the rows the aggregation emits at a
-//! commit. (Sliding and session windows depend on which records reach them, so
-//! the operators before them run in a call of their own first.) Repartitions and
-//! tables are described and validated by the model (`weir_abi::topology`) but
-//! refused here, with the node named, until the host runs them.
+//! An aggregation is windowed (tumbling, hopping, sliding, session) or not (a
+//! table: latest aggregate per key), or a table aggregate folding re-grouped
+//! table updates with an adder and a subtractor. The guest operators before an
+//! aggregation run in the same call that folds records into it (they keep keys
+//! and timestamps, so the host plans windows from the input record); those after
+//! it render the rows the aggregation emits at a commit. (Sliding and session
+//! windows depend on which records reach them, so the operators before them run
+//! in a call of their own first.) Two inputs in one sub-topology (merging two
+//! topics, or joins) come with the next version, as do operators that lead both
+//! into an aggregation and elsewhere; each is refused with the node named.
 
 pub mod describe;
 
@@ -35,102 +42,198 @@ pub struct Endpoint {
     pub topic: String,
 }
 
-/// The aggregation of a one-stage topology.
+/// A repartition node: written by one sub-topology, read by another.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowedStage {
+pub struct Repartition {
+    /// The node.
+    pub node: u32,
+    /// Its name (its topic is named after it).
+    pub name: String,
+    /// Its partition count, if the plugin set one.
+    pub partitions: Option<u32>,
+    /// Whether it carries re-grouped table updates (each value a
+    /// [`weir_abi::calls::ChangeFrame`]) rather than plain records.
+    pub changes: bool,
+}
+
+/// Where records leaving the guest go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A sink, by index into [`Shape::sinks`].
+    Sink(usize),
+    /// A repartition topic, by index into [`Shape::repartitions`].
+    Repartition(usize),
+}
+
+/// What an aggregation folds into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folds {
+    /// Windows of a keyed stream.
+    Windows(WindowSpec),
+    /// One row per key of a keyed stream (a table).
+    Table,
+    /// One row per key, from re-grouped table updates: the old row subtracted,
+    /// the new one added.
+    Changes,
+}
+
+/// The aggregation of a sub-topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregation {
     /// The aggregation node.
     pub node: u32,
     /// Its store (name, schema, migrations).
     pub store: StoreSpec,
-    /// The windows as declared.
-    pub spec: WindowSpec,
-    /// Tumbling or hopping windows, ready to assign records (none for sliding
-    /// and session windows, which are planned per key).
+    /// What it folds into.
+    pub folds: Folds,
+    /// Tumbling or hopping windows, ready to assign records (none for the
+    /// others, which are planned per key or are tables).
     pub windowing: Option<Windowing>,
-    /// Grace period as declared.
+    /// Grace period as declared (0 for tables).
     pub grace_ms: u64,
     /// When rows are emitted.
     pub emit: Emit,
-    /// Where the records folded into it come from: the source output, through
-    /// guest operators (`via`), or directly.
+    /// Where the records folded into it come from: the input, through guest
+    /// operators (`via`), or directly.
     pub via: Option<Edge>,
-    /// The output of `to_stream` the emitted rows leave through.
-    pub render_from: Edge,
+    /// The output the emitted rows leave through (a `to_stream`, or the
+    /// aggregation itself when a table `group_by` reads it); `None` if nothing
+    /// reads it.
+    pub render_from: Option<Edge>,
+    /// Whether rendered rows carry the row they replace (a table `group_by`
+    /// reads them and must take the old row out of its group).
+    pub render_old: bool,
 }
 
-/// What runs between the source and the sinks.
+impl Aggregation {
+    /// The windows, if it is windowed.
+    pub fn window(&self) -> Option<WindowSpec> {
+        match self.folds {
+            Folds::Windows(w) => Some(w),
+            Folds::Table | Folds::Changes => None,
+        }
+    }
+}
+
+/// What runs in a sub-topology after its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
     /// Guest operators only.
     Stateless,
-    /// One windowed aggregation.
-    Windowed(WindowedStage),
+    /// One aggregation.
+    Aggregate(Aggregation),
+}
+
+/// The topic a sub-topology reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A source, by index into [`Shape::sources`].
+    Source(usize),
+    /// A repartition topic, by index into [`Shape::repartitions`].
+    Repartition(usize),
+}
+
+/// One sub-topology as the host runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sub {
+    /// What its tasks read.
+    pub input: Input,
+    /// The output records enter the guest from (the input node's).
+    pub entry: Edge,
+    /// What runs after the input.
+    pub stage: Stage,
+}
+
+impl Sub {
+    /// The aggregation, if any.
+    pub fn aggregation(&self) -> Option<&Aggregation> {
+        match &self.stage {
+            Stage::Aggregate(a) => Some(a),
+            Stage::Stateless => None,
+        }
+    }
 }
 
 /// The plan the host runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
-    /// The source.
-    pub source: Endpoint,
+    /// The sources, in node order.
+    pub sources: Vec<Endpoint>,
     /// The sinks, in node order; a record's sink is an index into this.
     pub sinks: Vec<Endpoint>,
-    /// Which sinks read each node output.
-    pub sink_at: BTreeMap<(u32, u32), Vec<usize>>,
-    /// What runs in between.
-    pub stage: Stage,
+    /// The repartition topics, in node order.
+    pub repartitions: Vec<Repartition>,
+    /// Where records leaving each node output go.
+    pub exits: BTreeMap<(u32, u32), Vec<Exit>>,
+    /// The sub-topologies, in the order [`Topology::subtopologies`] gives.
+    pub subs: Vec<Sub>,
 }
 
 impl Shape {
-    /// The aggregation, if any.
-    pub fn windowed(&self) -> Option<&WindowedStage> {
-        match &self.stage {
-            Stage::Windowed(w) => Some(w),
-            Stage::Stateless => None,
-        }
+    /// Where a record leaving `node`'s output `port` goes.
+    pub fn exits_of(&self, node: u32, port: u32) -> &[Exit] {
+        self.exits.get(&(node, port)).map_or(&[], Vec::as_slice)
     }
 
-    /// The store, if any.
-    pub fn store(&self) -> Option<&StoreSpec> {
-        self.windowed().map(|w| &w.store)
+    /// Every aggregation, with its sub-topology's index.
+    pub fn aggregations(&self) -> impl Iterator<Item = (usize, &Aggregation)> {
+        self.subs.iter().enumerate().filter_map(|(i, s)| s.aggregation().map(|a| (i, a)))
     }
 
-    /// The source output records enter the guest from (stateless stage).
-    pub fn source_edge(&self) -> Edge {
-        Edge { node: self.source.node, port: 0 }
-    }
-
-    /// The sinks a record leaving `node`'s output `port` goes to.
-    pub fn sinks_of(&self, node: u32, port: u32) -> &[usize] {
-        self.sink_at.get(&(node, port)).map_or(&[], Vec::as_slice)
+    /// The store named `name`.
+    pub fn store(&self, name: &str) -> Option<&StoreSpec> {
+        self.aggregations().map(|(_, a)| &a.store).find(|s| s.name == name)
     }
 
     /// What keeps this version from taking over from `old` at a transaction
-    /// boundary: a different stateful shape (stores and their windows, found by
-    /// name) or other topics — as the pipeline maps them (`real` gives a shape's
-    /// source topic and sink topics), so two builds naming their topics
-    /// differently can still swap. Stateless steps may differ freely.
-    pub fn swap_difference(&self, old: &Shape, real: impl Fn(&Shape) -> (String, Vec<String>)) -> Option<String> {
-        let ((source, sinks), (old_source, old_sinks)) = (real(self), real(old));
-        if source != old_source {
-            return Some(format!("it reads `{source}` where the running version reads `{old_source}`"));
+    /// boundary: other topics — as the pipeline maps them (`real` gives a
+    /// shape's source topics and sink topics), so two builds naming their topics
+    /// differently can still swap — or another stateful shape: other stores
+    /// (found by name), windows or repartition topics. Stateless steps may
+    /// differ freely.
+    pub fn swap_difference(&self, old: &Shape, real: impl Fn(&Shape) -> (Vec<String>, Vec<String>)) -> Option<String> {
+        let ((sources, sinks), (old_sources, old_sinks)) = (real(self), real(old));
+        if sources != old_sources {
+            return Some(format!("it reads {sources:?} where the running version reads {old_sources:?}"));
         }
         if sinks != old_sinks {
             return Some(format!("it writes {sinks:?} where the running version writes {old_sinks:?}"));
         }
-        match (self.windowed(), old.windowed()) {
-            (None, None) => None,
-            (Some(w), None) => Some(format!("it adds the aggregation `{}` to a pipeline that has none", w.store.name)),
-            (None, Some(o)) => Some(format!("it drops the aggregation `{}`", o.store.name)),
-            (Some(w), Some(o)) if w.store.name != o.store.name => Some(format!(
-                "its aggregation is named `{}` where the running one is `{}`: stores are found by name",
-                w.store.name, o.store.name
-            )),
-            (Some(w), Some(o)) if w.spec != o.spec => Some(format!(
-                "the windows of `{}` are {} where the running version's are {}",
-                w.store.name, w.spec, o.spec
-            )),
-            _ => None,
+        let names = |s: &Shape| s.repartitions.iter().map(|r| (r.name.clone(), r.partitions)).collect::<Vec<_>>();
+        if names(self) != names(old) {
+            return Some(format!(
+                "its repartition topics are {:?} where the running version's are {:?}",
+                names(self).into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                names(old).into_iter().map(|(n, _)| n).collect::<Vec<_>>()
+            ));
         }
+        for (_, o) in old.aggregations() {
+            let Some((_, a)) = self.aggregations().find(|(_, a)| a.store.name == o.store.name) else {
+                return Some(format!("it drops the aggregation `{}` (stores are found by their names)", o.store.name));
+            };
+            if a.folds != o.folds {
+                let what = |f: Folds| match f {
+                    Folds::Windows(w) => format!("windows {w}"),
+                    Folds::Table => "a table".to_owned(),
+                    Folds::Changes => "a table of re-grouped updates".to_owned(),
+                };
+                return Some(format!(
+                    "`{}` folds into {} where the running version's folds into {}",
+                    a.store.name,
+                    what(a.folds),
+                    what(o.folds)
+                ));
+            }
+        }
+        if let Some((_, a)) =
+            self.aggregations().find(|(_, a)| !old.aggregations().any(|(_, o)| o.store.name == a.store.name))
+        {
+            return Some(format!(
+                "it adds the aggregation `{}`, which the running version does not have",
+                a.store.name
+            ));
+        }
+        None
     }
 }
 
@@ -139,121 +242,202 @@ fn refuse(t: &Topology, node: u32, reason: impl Into<String>) -> TopologyError {
     TopologyError { node: Some(t.node(node).name.clone()), reason: reason.into() }
 }
 
+const LATER: &str = "this version of Weir runs sub-topologies that read one topic and hold at most one \
+                     aggregation, whose operators before it lead nowhere else";
+
 /// Derives the shape of a validated topology, or says (naming the node) what
 /// this host cannot run yet.
 pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
     t.validate()?;
-    let later = "this version of Weir runs topologies of one sub-topology with at most one windowed aggregation; \
-                 repartitions and tables run in the next";
-    for (i, n) in t.nodes.iter().enumerate() {
-        let unsupported = match &n.op {
-            Op::Repartition { .. } | Op::TableGroupBy | Op::TableAggregate { .. } => true,
-            Op::Aggregate { window, .. } => window.is_none(),
-            _ => false,
-        };
-        if unsupported {
-            return Err(refuse(t, i as u32, format!("a {}: {later}", n.op.kind())));
-        }
-    }
-    let sources: Vec<u32> = (0..t.nodes.len() as u32).filter(|&i| matches!(t.node(i).op, Op::Source { .. })).collect();
-    let source = match sources.as_slice() {
-        [one] => *one,
-        [_, second, ..] => return Err(refuse(t, *second, format!("a second source: {later}"))),
-        [] => return Err(TopologyError { node: None, reason: "the topology reads no topic".into() }),
-    };
-    let aggregates: Vec<u32> =
-        (0..t.nodes.len() as u32).filter(|&i| matches!(t.node(i).op, Op::Aggregate { .. })).collect();
-    if let [_, second, ..] = aggregates.as_slice() {
-        return Err(refuse(t, *second, format!("a second aggregation: {later}")));
-    }
     let segments = t.segments()?;
     let segment_of = |node: u32| segments.iter().find(|s| s.nodes.contains(&node));
-    let mut sinks = Vec::new();
-    let mut sink_at: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
+    let (mut sources, mut sinks, mut repartitions) = (Vec::new(), Vec::new(), Vec::new());
+    let flows = t.flows()?;
     for (i, n) in t.nodes.iter().enumerate() {
-        if let Op::Sink { topic } = &n.op {
-            let input = n.inputs[0];
-            let from = t.node(input.node);
-            if !(from.op.is_guest() || input.node == source) {
-                return Err(refuse(t, i as u32, format!("a sink fed by a {}: {later}", from.op.kind())));
-            }
-            sink_at.entry((input.node, input.port)).or_default().push(sinks.len());
-            sinks.push(Endpoint { node: i as u32, topic: topic.clone() });
-        }
-    }
-    let stage = match aggregates.first() {
-        None => Stage::Stateless,
-        Some(&agg) => {
-            let node = t.node(agg);
-            let Op::Aggregate { store, window: Some(spec), emit, .. } = &node.op else {
-                return Err(refuse(t, agg, later));
-            };
-            let input = node.inputs[0];
-            let via = if input.node == source {
-                None
-            } else {
-                // The guest operators before the aggregation must lead nowhere else.
-                let seg = segment_of(input.node).ok_or_else(|| refuse(t, agg, later))?;
-                if seg.exits != [agg] || seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != source))
-                {
+        match &n.op {
+            Op::Source { topic } => sources.push(Endpoint { node: i as u32, topic: topic.clone() }),
+            Op::Sink { topic } => sinks.push(Endpoint { node: i as u32, topic: topic.clone() }),
+            Op::Repartition { partitions } => {
+                let input = n.inputs[0];
+                if !t.node(input.node).op.is_guest() {
                     return Err(refuse(
                         t,
-                        agg,
-                        format!(
-                            "the operators before it also lead elsewhere ({}): {later}",
-                            seg.exits.iter().map(|&e| format!("`{}`", t.node(e).name)).collect::<Vec<_>>().join(", ")
-                        ),
+                        i as u32,
+                        format!("a repartition fed by a {}: {LATER}", t.node(input.node).op.kind()),
                     ));
                 }
-                Some(Edge { node: source, port: 0 })
-            };
-            let to_stream: Vec<u32> = t.consumers(agg).map(|(c, _)| c).collect();
-            let render = match to_stream.as_slice() {
-                [one] if matches!(t.node(*one).op, Op::ToStream) => *one,
-                _ => return Err(refuse(t, agg, format!("the aggregation must be read by one to_stream: {later}"))),
-            };
-            for (c, _) in t.consumers(render) {
-                if !t.node(c).op.is_guest() {
-                    return Err(refuse(t, c, format!("reads to_stream directly: {later}")));
+                repartitions.push(Repartition {
+                    node: i as u32,
+                    name: n.name.clone(),
+                    partitions: *partitions,
+                    changes: flows[input.node as usize] == weir_abi::topology::Flow::Changes,
+                });
+            }
+            _ => {}
+        }
+    }
+    if sources.is_empty() {
+        return Err(TopologyError { node: None, reason: "the topology reads no topic".into() });
+    }
+    let mut exits: BTreeMap<(u32, u32), Vec<Exit>> = BTreeMap::new();
+    for (i, sink) in sinks.iter().enumerate() {
+        let input = t.node(sink.node).inputs[0];
+        exits.entry((input.node, input.port)).or_default().push(Exit::Sink(i));
+    }
+    for (i, r) in repartitions.iter().enumerate() {
+        let input = t.node(r.node).inputs[0];
+        exits.entry((input.node, input.port)).or_default().push(Exit::Repartition(i));
+    }
+    let mut subs = Vec::new();
+    for part in t.subtopologies()? {
+        let mut inputs: Vec<u32> = part.sources.iter().chain(&part.reads_repartitions).copied().collect();
+        inputs.sort_unstable();
+        let input_node = match inputs.as_slice() {
+            [one] => *one,
+            [_, second, ..] => return Err(refuse(t, *second, format!("a second input of one sub-topology: {LATER}"))),
+            [] => {
+                let first = part.nodes.first().copied().unwrap_or(0);
+                return Err(refuse(t, first, "no topic feeds this part of the topology"));
+            }
+        };
+        let input = match sources.iter().position(|s| s.node == input_node) {
+            Some(i) => Input::Source(i),
+            None => Input::Repartition(repartitions.iter().position(|r| r.node == input_node).unwrap_or(0)),
+        };
+        let entry = Edge { node: input_node, port: 0 };
+        // The sub-topology's nodes, except the repartitions it writes (host exits).
+        let own = |n: u32| part.nodes.contains(&n) && !part.writes_repartitions.contains(&n);
+        let aggregates: Vec<u32> = part
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&n| matches!(t.node(n).op, Op::Aggregate { .. } | Op::TableAggregate { .. }))
+            .collect();
+        if let [_, second, ..] = aggregates.as_slice() {
+            return Err(refuse(t, *second, format!("a second aggregation in one sub-topology: {LATER}")));
+        }
+        let stage = match aggregates.first() {
+            None => {
+                // Guest segments lead from the input to sinks and repartitions.
+                for &n in part.nodes.iter().filter(|&&n| own(n)) {
+                    let node = t.node(n);
+                    if !(node.op.is_guest() || n == input_node || matches!(node.op, Op::Sink { .. })) {
+                        return Err(refuse(t, n, format!("a {}: {LATER}", node.op.kind())));
+                    }
                 }
-                let seg = segment_of(c).ok_or_else(|| refuse(t, c, later))?;
-                if let Some(&bad) = seg.exits.iter().find(|&&e| !matches!(t.node(e).op, Op::Sink { .. })) {
-                    return Err(refuse(t, bad, format!("is fed by the operators after an aggregation: {later}")));
+                Stage::Stateless
+            }
+            Some(&agg) => Stage::Aggregate(aggregation(t, agg, input_node, &segment_of)?),
+        };
+        // Every guest segment must start at the input or the aggregation's
+        // rendered output, and end at sinks, repartitions or the aggregation.
+        for seg in segments.iter().filter(|s| s.nodes.iter().any(|&n| own(n))) {
+            let render = match &stage {
+                Stage::Aggregate(a) => a.render_from,
+                Stage::Stateless => None,
+            };
+            for &e in &seg.entries {
+                if let Some(bad) = t.node(e).inputs.iter().find(|i| Some(**i) != render && **i != entry) {
+                    return Err(refuse(
+                        t,
+                        e,
+                        format!("reads `{}` together with other host operators: {LATER}", t.node(bad.node).name),
+                    ));
                 }
             }
-            let windowing = match *spec {
-                WindowSpec::Tumbling { size_ms, .. } => Some(Windowing::tumbling(size_ms)),
-                WindowSpec::Hopping { size_ms, advance_ms, .. } => Some(Windowing::hopping(size_ms, advance_ms)),
-                WindowSpec::Sliding { .. } | WindowSpec::Session { .. } => None,
+            let agg = match &stage {
+                Stage::Aggregate(a) => Some(a.node),
+                Stage::Stateless => None,
+            };
+            if let Some(&bad) = seg
+                .exits
+                .iter()
+                .find(|&&x| !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }) && Some(x) != agg)
+            {
+                return Err(refuse(t, bad, format!("is fed by guest operators: {LATER}")));
             }
-            .transpose()
-            .map_err(|e| refuse(t, agg, e.to_string()))?;
-            let grace_ms = spec.grace_ms();
-            Stage::Windowed(WindowedStage {
-                node: agg,
-                store: store.clone(),
-                spec: *spec,
-                windowing,
-                grace_ms,
-                emit: *emit,
-                via,
-                render_from: Edge { node: render, port: 0 },
-            })
+        }
+        subs.push(Sub { input, entry, stage });
+    }
+    Ok(Shape { sources, sinks, repartitions, exits, subs })
+}
+
+/// The aggregation `agg` of a sub-topology reading `input`.
+fn aggregation<'s>(
+    t: &Topology,
+    agg: u32,
+    input: u32,
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Aggregation, TopologyError> {
+    let node = t.node(agg);
+    let (store, folds, emit) = match &node.op {
+        Op::Aggregate { store, window: Some(spec), emit, .. } => (store, Folds::Windows(*spec), *emit),
+        Op::Aggregate { store, window: None, .. } => (store, Folds::Table, Emit::Updates),
+        Op::TableAggregate { store, .. } => (store, Folds::Changes, Emit::Updates),
+        _ => return Err(refuse(t, agg, "internal: not an aggregation")),
+    };
+    let from = node.inputs[0];
+    let via = if from.node == input {
+        None
+    } else {
+        if folds == Folds::Changes {
+            return Err(refuse(t, agg, format!("a table aggregate reads its repartition topic directly: {LATER}")));
+        }
+        // The guest operators before the aggregation must lead nowhere else.
+        let seg = segment_of(from.node).ok_or_else(|| refuse(t, agg, LATER))?;
+        if seg.exits != [agg] || seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
+            return Err(refuse(
+                t,
+                agg,
+                format!(
+                    "the operators before it also lead elsewhere ({}): {LATER}",
+                    seg.exits.iter().map(|&e| format!("`{}`", t.node(e).name)).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Some(Edge { node: input, port: 0 })
+    };
+    // The input leads only into the aggregation (directly or through `via`).
+    if let Some((other, _)) = t.consumers(input).find(|&(c, _)| {
+        let into_agg = c == agg || segment_of(c).is_some_and(|s| s.exits == [agg]);
+        !into_agg
+    }) {
+        return Err(refuse(t, other, format!("reads the input of a sub-topology with an aggregation: {LATER}")));
+    }
+    let readers: Vec<u32> = t.consumers(agg).map(|(c, _)| c).collect();
+    let (render_from, render_old) = match readers.as_slice() {
+        [] => (None, false),
+        [one] if matches!(t.node(*one).op, Op::ToStream) => (Some(Edge { node: *one, port: 0 }), false),
+        [one] if matches!(t.node(*one).op, Op::TableGroupBy) => (Some(Edge { node: agg, port: 0 }), true),
+        _ => {
+            return Err(refuse(
+                t,
+                agg,
+                format!("an aggregation must be read by one to_stream or one group_by: {LATER}"),
+            ));
         }
     };
-    if matches!(stage, Stage::Stateless) {
-        // Every guest segment must start at the source and end at sinks.
-        for seg in &segments {
-            if let Some(&bad) = seg.exits.iter().find(|&&e| !matches!(t.node(e).op, Op::Sink { .. })) {
-                return Err(refuse(t, bad, later));
+    if let Some(Edge { node: r, .. }) = render_from.filter(|_| !render_old) {
+        for (c, _) in t.consumers(r) {
+            if !t.node(c).op.is_guest() {
+                return Err(refuse(t, c, format!("reads to_stream directly: {LATER}")));
             }
         }
     }
-    let topic = match &t.node(source).op {
-        Op::Source { topic } => topic.clone(),
-        _ => String::new(),
+    let windowing = match folds {
+        Folds::Windows(WindowSpec::Tumbling { size_ms, .. }) => Some(Windowing::tumbling(size_ms)),
+        Folds::Windows(WindowSpec::Hopping { size_ms, advance_ms, .. }) => {
+            Some(Windowing::hopping(size_ms, advance_ms))
+        }
+        _ => None,
+    }
+    .transpose()
+    .map_err(|e| refuse(t, agg, e.to_string()))?;
+    let grace_ms = match folds {
+        Folds::Windows(w) => w.grace_ms(),
+        _ => 0,
     };
-    Ok(Shape { source: Endpoint { node: source, topic }, sinks, sink_at, stage })
+    Ok(Aggregation { node: agg, store: store.clone(), folds, windowing, grace_ms, emit, via, render_from, render_old })
 }
 
 #[cfg(test)]

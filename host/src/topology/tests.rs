@@ -29,16 +29,17 @@ const HOPPING: WindowSpec = WindowSpec::Hopping { size_ms: 5_000, advance_ms: 1_
 #[test]
 fn a_one_stage_topology_fuses_the_steps_before_its_aggregation() {
     let s = shape(&one_stage(HOPPING)).unwrap();
-    let w = s.windowed().unwrap();
-    assert_eq!((w.node, w.via, w.render_from), (2, Some(Edge { node: 0, port: 0 }), Edge { node: 3, port: 0 }));
+    let w = s.subs[0].aggregation().unwrap();
+    assert_eq!((w.node, w.via, w.render_from), (2, Some(Edge { node: 0, port: 0 }), Some(Edge { node: 3, port: 0 })));
     assert_eq!((w.grace_ms, w.emit, w.store.name.as_str()), (2_000, Emit::Updates, "windows"));
-    assert_eq!(s.sinks_of(4, 0), &[0]);
+    assert_eq!(s.exits_of(4, 0), &[Exit::Sink(0)]);
     assert_eq!(s.sinks[0].topic, "out");
 }
 
 #[test]
 fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
     assert!(shape(&one_stage(WindowSpec::Session { gap_ms: 10, grace_ms: 0 })).is_ok());
+    // A table (an aggregation without windows) runs.
     let mut t = one_stage(HOPPING);
     t.nodes[2].op = Op::Aggregate {
         store: StoreSpec { name: "windows".into(), schema: 1, migrates_from: vec![], changelog: true },
@@ -46,9 +47,13 @@ fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
         window: None,
         emit: Emit::Updates,
     };
+    assert_eq!(shape(&t).unwrap().subs[0].aggregation().unwrap().folds, Folds::Table);
+    // Operators before an aggregation that also lead elsewhere do not, yet.
+    let mut t = one_stage(HOPPING);
+    t.nodes.push(node("side", &[1], Op::Sink { topic: "side".into() }));
     let e = shape(&t).unwrap_err();
     assert_eq!(e.node.as_deref(), Some("windows"));
-    assert!(e.reason.contains("tables run in the next"), "{e}");
+    assert!(e.reason.contains("also lead elsewhere"), "{e}");
     // A second aggregation.
     let mut t = one_stage(HOPPING);
     t.nodes.push(node("again", &[1], aggregate(HOPPING)));
@@ -62,8 +67,8 @@ fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
     assert!(e.node.is_some(), "{e}");
 }
 
-fn logical(s: &Shape) -> (String, Vec<String>) {
-    (s.source.topic.clone(), s.sinks.iter().map(|e| e.topic.clone()).collect())
+fn logical(s: &Shape) -> (Vec<String>, Vec<String>) {
+    (s.sources.iter().map(|e| e.topic.clone()).collect(), s.sinks.iter().map(|e| e.topic.clone()).collect())
 }
 
 #[test]
@@ -81,13 +86,13 @@ fn swaps_keep_stores_windows_and_topics() {
     // Other windows are not.
     let other = shape(&one_stage(WindowSpec::Tumbling { size_ms: 5_000, grace_ms: 0 })).unwrap();
     let why = other.swap_difference(&old, logical).unwrap();
-    assert!(why.contains("windows of `windows`"), "{why}");
+    assert!(why.contains("`windows` folds into windows tumbling"), "{why}");
     // Another sink is not, unless the pipeline maps it to the same topic.
     let mut t = one_stage(HOPPING);
     t.nodes[5].op = Op::Sink { topic: "elsewhere".into() };
     let moved = shape(&t).unwrap();
     assert!(moved.swap_difference(&old, logical).unwrap().contains("elsewhere"));
-    let mapped = |s: &Shape| (s.source.topic.clone(), vec!["real-out".to_owned(); s.sinks.len()]);
+    let mapped = |s: &Shape| (logical(s).0, vec!["real-out".to_owned(); s.sinks.len()]);
     assert_eq!(moved.swap_difference(&old, mapped), None);
 }
 
@@ -102,8 +107,8 @@ fn stateless_topologies_run_from_the_source_to_sinks() {
         ],
     };
     let s = shape(&t).unwrap();
-    assert_eq!(s.stage, Stage::Stateless);
-    assert_eq!((s.sinks_of(1, 0), s.sinks_of(0, 0)), (&[0][..], &[1][..]));
+    assert_eq!(s.subs[0].stage, Stage::Stateless);
+    assert_eq!((s.exits_of(1, 0), s.exits_of(0, 0)), (&[Exit::Sink(0)][..], &[Exit::Sink(1)][..]));
 }
 
 #[test]
@@ -116,4 +121,68 @@ fn descriptions_name_segments_stores_and_internal_topics() {
     assert_eq!(json["stores"][0]["changelog"], "app-windows-changelog");
     assert_eq!(json["segments"][1]["nodes"][0], "render");
     assert_eq!(json["subtopologies"][0]["reads"][0], "trades");
+}
+
+/// `trades → asks → open (tumbling) → by_day (group_by) → top-repartition → top
+/// (table aggregate) → rows → render → out`: the seed's top-N shape.
+fn two_stage() -> Topology {
+    let store = |name: &str| StoreSpec { name: name.into(), schema: 1, migrates_from: vec![], changelog: true };
+    Topology {
+        nodes: vec![
+            node("trades", &[], Op::Source { topic: "trades".into() }),
+            node("asks", &[0], Op::Filter),
+            node(
+                "open",
+                &[1],
+                Op::Aggregate {
+                    store: store("open"),
+                    fold: Fold::Aggregate,
+                    window: Some(WindowSpec::Tumbling { size_ms: 1_000, grace_ms: 0 }),
+                    emit: Emit::Updates,
+                },
+            ),
+            node("by_day", &[2], Op::TableGroupBy),
+            node("top-repartition", &[3], Op::Repartition { partitions: Some(1) }),
+            node("top", &[4], Op::TableAggregate { store: store("top"), fold: Fold::Aggregate }),
+            node("rows", &[5], Op::ToStream),
+            node("render", &[6], Op::MapValues),
+            node("out", &[7], Op::Sink { topic: "out".into() }),
+        ],
+    }
+}
+
+#[test]
+fn a_regrouped_table_runs_as_two_subtopologies_through_a_repartition() {
+    let s = shape(&two_stage()).unwrap();
+    assert_eq!(s.subs.len(), 2);
+    assert_eq!(
+        s.repartitions,
+        [Repartition { node: 4, name: "top-repartition".into(), partitions: Some(1), changes: true }]
+    );
+    let (first, second) = (s.subs[0].aggregation().unwrap(), s.subs[1].aggregation().unwrap());
+    assert_eq!((s.subs[0].input, s.subs[1].input), (Input::Source(0), Input::Repartition(0)));
+    // The windows' rows go to the group_by with the rows they replace.
+    assert_eq!((first.render_from, first.render_old), (Some(Edge { node: 2, port: 0 }), true));
+    assert_eq!(s.exits_of(3, 0), &[Exit::Repartition(0)]);
+    assert_eq!((second.folds, second.via, second.render_old), (Folds::Changes, None, false));
+    assert_eq!(s.exits_of(7, 0), &[Exit::Sink(0)]);
+    // A swap may not change what the repartition topic carries or its stores.
+    let mut t = two_stage();
+    t.nodes[4].op = Op::Repartition { partitions: Some(2) };
+    assert!(shape(&t).unwrap().swap_difference(&s, logical).unwrap().contains("repartition"));
+    let mut t = two_stage();
+    t.nodes[1].op = Op::Peek;
+    assert_eq!(shape(&t).unwrap().swap_difference(&s, logical), None);
+}
+
+#[test]
+fn two_inputs_in_one_subtopology_are_refused_naming_the_second() {
+    let mut t = two_stage();
+    t.nodes.push(node("more", &[], Op::Source { topic: "more".into() }));
+    t.nodes.push(node("both", &[], Op::Merge));
+    t.nodes[10].inputs = vec![Edge { node: 7, port: 0 }, Edge { node: 9, port: 0 }];
+    t.nodes.push(node("to-both", &[10], Op::Sink { topic: "both".into() }));
+    let e = shape(&t).unwrap_err();
+    assert_eq!(e.node.as_deref(), Some("more"), "{e}");
+    assert!(e.reason.contains("second input"), "{e}");
 }
