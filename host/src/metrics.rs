@@ -13,10 +13,14 @@ use prometheus_client::registry::Registry;
 /// Counters of one pipeline. Cheap to clone; clones share values.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    /// Records read from the input topic.
+    /// Records read from the source topics.
     pub records_in: Counter,
-    /// Records written to the output topic.
+    /// Records written to the sink topics.
     pub records_out: Counter,
+    /// Records written to repartition topics (for the next sub-topology).
+    pub repartition_out: Counter,
+    /// Records read from repartition topics.
+    pub repartition_in: Counter,
     /// Records sent to the dead-letter topic.
     pub dead_letters: Counter,
     /// Records that fell into no open window (later than the grace period).
@@ -62,15 +66,17 @@ pub struct HostMetrics {
 type Labels = Vec<(String, String)>;
 
 /// How many counters a pipeline has.
-const COUNTERS: usize = 14;
+const COUNTERS: usize = 16;
 /// How many gauges a pipeline has.
 const GAUGES: usize = 3;
 
 impl Metrics {
     fn counters(&self) -> [(&'static str, &'static str, &Counter); COUNTERS] {
         [
-            ("records_in", "Records read from the input topic", &self.records_in),
-            ("records_out", "Records written to the output topic", &self.records_out),
+            ("records_in", "Records read from the source topics", &self.records_in),
+            ("records_out", "Records written to the sink topics", &self.records_out),
+            ("repartition_out", "Records written to repartition topics", &self.repartition_out),
+            ("repartition_in", "Records read from repartition topics", &self.repartition_in),
             ("dead_letters", "Records sent to the dead-letter topic", &self.dead_letters),
             ("late_records", "Records later than the grace period of every window", &self.late_records),
             ("late_window_updates", "Window updates dropped because the window had closed", &self.late_window_updates),

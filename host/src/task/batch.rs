@@ -141,7 +141,7 @@ impl Task {
             self.dirty.insert(key, acc);
         }
         self.stream_time = state.stream_time;
-        env.metrics.records_in.inc_by(state.records);
+        self.count_in(env, state.records);
         env.metrics.late_records.inc_by(state.late_records);
         env.metrics.late_window_updates.inc_by(state.late_updates);
         if let Some(last) = pending.last() {

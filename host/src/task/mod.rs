@@ -337,6 +337,14 @@ impl Task {
         TaskId { sub: self.sub, partition: self.partition }
     }
 
+    /// Counts `n` records read: from a source or from a repartition topic.
+    fn count_in(&self, env: &Env<'_>, n: u64) {
+        match env.info.shape.subs.get(self.sub).map(|s| s.input) {
+            Some(crate::topology::Input::Repartition(_)) => env.metrics.repartition_in.inc_by(n),
+            _ => env.metrics.records_in.inc_by(n),
+        };
+    }
+
     /// Its sub-topology's aggregation in the running version.
     fn aggregation<'i>(&self, env: &Env<'i>) -> Result<&'i Aggregation, TaskError> {
         env.info
@@ -905,6 +913,7 @@ fn exit_record(
             Out { dest: Dest::Sink(sink), partition: None, key, value, timestamp, headers }
         }
         Exit::Repartition(r) => {
+            env.metrics.repartition_out.inc();
             let changes = env.info.shape.repartitions.get(r).is_some_and(|r| r.changes);
             let value = match changes {
                 true => Some(

@@ -186,7 +186,7 @@ impl Task {
             batch.stream_time = Some(batch.stream_time.map_or(st, |b| b.max(st)));
         }
         self.stream_time = batch.stream_time;
-        env.metrics.records_in.inc_by(pending.len() as u64);
+        self.count_in(env, pending.len() as u64);
         env.metrics.late_records.inc_by(batch.late_records);
         env.metrics.late_window_updates.inc_by(batch.skipped);
         if let Some(last) = pending.last() {

@@ -78,7 +78,7 @@ impl Task {
                 self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
             }
         }
-        env.metrics.records_in.inc_by(pending.len() as u64);
+        self.count_in(env, pending.len() as u64);
         if let Some(last) = pending.last() {
             self.next_offset = Some(last.offset + 1);
         }
