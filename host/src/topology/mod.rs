@@ -207,9 +207,15 @@ impl Shape {
                 names(old).into_iter().map(|(n, _)| n).collect::<Vec<_>>()
             ));
         }
-        for (_, o) in old.aggregations() {
+        for (sub, o) in old.aggregations() {
             let Some((_, a)) = self.aggregations().find(|(_, a)| a.store.name == o.store.name) else {
-                return Some(format!("it drops the aggregation `{}` (stores are found by their names)", o.store.name));
+                return Some(match self.subs.get(sub).and_then(Sub::aggregation) {
+                    Some(a) => format!(
+                        "its aggregation is named `{}` where the running one is `{}`: stores are found by name",
+                        a.store.name, o.store.name
+                    ),
+                    None => format!("it drops the aggregation `{}` (stores are found by name)", o.store.name),
+                });
             };
             if a.folds != o.folds {
                 let what = |f: Folds| match f {

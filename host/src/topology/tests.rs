@@ -87,6 +87,13 @@ fn swaps_keep_stores_windows_and_topics() {
     let other = shape(&one_stage(WindowSpec::Tumbling { size_ms: 5_000, grace_ms: 0 })).unwrap();
     let why = other.swap_difference(&old, logical).unwrap();
     assert!(why.contains("`windows` folds into windows tumbling"), "{why}");
+    // A renamed store is not: stores are found by name.
+    let mut t = one_stage(HOPPING);
+    if let Op::Aggregate { store, .. } = &mut t.nodes[2].op {
+        store.name = "daily".into();
+    }
+    let why = shape(&t).unwrap().swap_difference(&old, logical).unwrap();
+    assert!(why.contains("named `daily` where the running one is `windows`"), "{why}");
     // Another sink is not, unless the pipeline maps it to the same topic.
     let mut t = one_stage(HOPPING);
     t.nodes[5].op = Op::Sink { topic: "elsewhere".into() };
