@@ -647,7 +647,7 @@ impl Task {
                 // A group_by downstream takes the row the update replaces out of
                 // its group: the committed one (final results replace nothing).
                 let with_old = stage.render_old && emit == EmitMode::Updates;
-                self.render(env, &render, from, with_old)?;
+                self.render(env, &render, Render { from, with_old })?;
             }
         }
 
@@ -680,13 +680,7 @@ impl Task {
     /// keeps failing on (or renders too large) has its result dead-lettered with
     /// the reason, or stops the pipeline, as configured; on probation the failure
     /// is returned at once.
-    fn render(
-        &mut self,
-        env: &mut Env<'_>,
-        slots: &[(&[u8], Option<&[u8]>)],
-        from: Edge,
-        with_old: bool,
-    ) -> Result<(), TaskError> {
+    fn render(&mut self, env: &mut Env<'_>, slots: &[(&[u8], Option<&[u8]>)], how: Render) -> Result<(), TaskError> {
         let budget = env.guest.max_frame_bytes();
         let mut at = 0;
         while at < slots.len() {
@@ -699,7 +693,7 @@ impl Task {
                 }
                 end += 1;
             }
-            self.render_chunk(env, &slots[at..end], from, with_old)?;
+            self.render_chunk(env, &slots[at..end], how)?;
             at = end;
         }
         Ok(())
@@ -709,10 +703,9 @@ impl Task {
         &mut self,
         env: &mut Env<'_>,
         slots: &[(&[u8], Option<&[u8]>)],
-        from: Edge,
-        with_old: bool,
+        how: Render,
     ) -> Result<(), TaskError> {
-        let mut last = match self.finish_call(env, slots, from, with_old)? {
+        let mut last = match self.finish_call(env, slots, how)? {
             Ok(rendered) => return self.emit_rendered(env, rendered),
             Err(e) => e,
         };
@@ -725,7 +718,7 @@ impl Task {
         let retries = if matches!(last, GuestError::Oversized { .. }) { 0 } else { env.policy.retries };
         for _ in 0..retries {
             env.guest.renew();
-            match self.finish_call(env, slots, from, with_old)? {
+            match self.finish_call(env, slots, how)? {
                 Ok(rendered) => return self.emit_rendered(env, rendered),
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
@@ -739,7 +732,7 @@ impl Task {
         }
         // Window by window: only the windows that fail alone are given up.
         for slot in slots {
-            match self.finish_call(env, std::slice::from_ref(slot), from, with_old)? {
+            match self.finish_call(env, std::slice::from_ref(slot), how)? {
                 Ok(rendered) => self.emit_rendered(env, rendered)?,
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
@@ -759,8 +752,7 @@ impl Task {
         &mut self,
         env: &mut Env<'_>,
         slots: &[(&[u8], Option<&[u8]>)],
-        from: Edge,
-        with_old: bool,
+        Render { from, with_old }: Render,
     ) -> Result<Result<Rendered, GuestError>, TaskError> {
         // The committed rows the updates replace (the store holds the last commit).
         let olds: Vec<Option<Vec<u8>>> = match with_old {
@@ -880,6 +872,14 @@ fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
         return Err(GuestError::Oversized { size: value.len(), limit });
     }
     Ok(())
+}
+
+/// How a commit renders an aggregation's rows: from which output, and whether
+/// each carries the committed row it replaces.
+#[derive(Debug, Clone, Copy)]
+struct Render {
+    from: Edge,
+    with_old: bool,
 }
 
 /// A rendered record: where it goes, key, value, the row it replaces and its window.
