@@ -239,6 +239,19 @@ impl Shape {
                 a.store.name
             ));
         }
+        // Tasks are (sub-topology, partition): each sub-topology keeps its place,
+        // its input and its store (sources and repartitions compare equal above,
+        // so their indices name the same topics).
+        let subs = |s: &Shape| -> Vec<(Input, Option<String>)> {
+            s.subs.iter().map(|sub| (sub.input, sub.aggregation().map(|a| a.store.name.clone()))).collect()
+        };
+        if subs(self) != subs(old) {
+            return Some(format!(
+                "its sub-topologies (input, store) are {:?} where the running version's are {:?}",
+                subs(self),
+                subs(old)
+            ));
+        }
         None
     }
 }

@@ -180,6 +180,10 @@ fn a_regrouped_table_runs_as_two_subtopologies_through_a_repartition() {
     let mut t = two_stage();
     t.nodes[1].op = Op::Peek;
     assert_eq!(shape(&t).unwrap().swap_difference(&s, logical), None);
+    // Sub-topologies keep their places: tasks are (sub-topology, partition).
+    let mut swapped = s.clone();
+    swapped.subs.swap(0, 1);
+    assert!(swapped.swap_difference(&s, logical).unwrap().contains("sub-topologies"));
 }
 
 #[test]
