@@ -177,7 +177,7 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .set("fetch.queue.backoff.ms", "0");
+        .set("fetch.queue.backoff.ms", weir::kafka::source::FETCH_QUEUE_BACKOFF_MS);
     let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[input])?;
     let mut next = [None::<i64>; PARTITIONS as usize];

@@ -76,7 +76,7 @@ impl Restorer {
         config.set("enable.auto.commit", "false");
         config.set("enable.partition.eof", "false");
         config.set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" });
-        set_default(&mut config, "fetch.queue.backoff.ms", "0");
+        set_default(&mut config, "fetch.queue.backoff.ms", super::source::FETCH_QUEUE_BACKOFF_MS);
         let consumer: BaseConsumer<Reporting> = config
             .create_with_context(Reporting::new(health.clone(), "restore"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
