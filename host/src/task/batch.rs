@@ -25,9 +25,12 @@ use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 use crate::state::window_key;
 use weir_abi::calls::ChangeFrame;
+use weir_abi::topology::Edge;
 
 /// State built up by the chunks of one batch.
 struct BatchState {
+    /// Where the records enter the guest (see `AggregateIn::via`).
+    via: Option<Edge>,
     stream_time: Option<i64>,
     updates: HashMap<Vec<u8>, Vec<u8>>,
     late_records: u64,
@@ -82,6 +85,19 @@ fn host(reason: impl Into<String>) -> Reject {
 
 impl Task {
     pub(super) fn process_records(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
+        let via = self.aggregation(env)?.via;
+        let folded = self.fold(env, pending, via)?;
+        self.count_in(env, folded);
+        if let Some(last) = pending.last() {
+            self.next_offset = Some(last.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Folds `pending` into the aggregation (through the guest operators from
+    /// `via`, if any), dead-lettering what cannot be; moves stream time. Returns
+    /// how many records went into the plugin.
+    pub(super) fn fold(&mut self, env: &mut Env<'_>, pending: &[Pending], via: Option<Edge>) -> Result<u64, TaskError> {
         let mut excluded = vec![false; pending.len()];
         let (windowed, changes) = match self.kind {
             Kind::Table { changes } => (false, changes),
@@ -107,6 +123,7 @@ impl Task {
             }
         }
         let mut state = BatchState {
+            via,
             stream_time: self.stream_time,
             updates: HashMap::new(),
             late_records: 0,
@@ -141,13 +158,9 @@ impl Task {
             self.dirty.insert(key, acc);
         }
         self.stream_time = state.stream_time;
-        self.count_in(env, state.records);
         env.metrics.late_records.inc_by(state.late_records);
         env.metrics.late_window_updates.inc_by(state.late_updates);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
-        Ok(())
+        Ok(state.records)
     }
 
     pub(super) fn exclude(
@@ -298,7 +311,7 @@ impl Task {
                 },
                 false => (value, None),
             };
-            let now = stream_time.map_or(ts, |st| st.max(ts));
+            let now = stream_time.map_or(ts, |st| st.max(ts)).max(record.floor);
             let close = now.saturating_sub(self.grace_ms);
             new_slots.clear();
             record_refs.clear();
@@ -372,7 +385,7 @@ impl Task {
 
         let frame = AggregateIn {
             node: stage.node,
-            via: stage.via,
+            via: state.via,
             slots: slot_values.iter().map(|v| v.as_deref()).collect(),
             records,
             ops,

@@ -161,6 +161,9 @@ struct Pending {
     value: Option<Span>,
     timestamp: Option<i64>,
     offset: i64,
+    /// For a record guest operators made from an input record: the task's
+    /// stream time once that input was read (stream time never goes below it).
+    floor: i64,
 }
 
 /// What a task folds records into.
@@ -541,7 +544,7 @@ impl Task {
         }
         let key = self.push_bytes(key);
         let value = self.push_bytes(value);
-        self.pending.push(Pending { key, value, timestamp, offset });
+        self.pending.push(Pending { key, value, timestamp, offset, floor: i64::MIN });
         true
     }
 
@@ -564,11 +567,12 @@ impl Task {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let split = env.info.shape.subs.get(self.sub).and_then(|s| s.aggregation()).is_some_and(|a| a.split);
         let result = match self.kind {
-            Kind::Time(_) => self.process_records(env, &pending),
+            Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, &pending),
+            Kind::Time(_) | Kind::Table { .. } => self.process_records(env, &pending),
             Kind::Planned(_) => self.process_planned(env, &pending),
             Kind::Stateless => self.process_stateless(env, &pending),
-            Kind::Table { .. } => self.process_records(env, &pending),
         };
         self.arena.clear();
         result
@@ -1034,3 +1038,6 @@ mod planned_tests;
 
 #[cfg(test)]
 mod table_tests;
+
+#[cfg(test)]
+mod split_tests;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, SlotOp as Step};
 
 use super::batch::Reject;
-use super::stateless::Target;
+use super::stateless::{Reached, Target};
 use super::{Env, Kind, Pending, Task, TaskError, frame_err, span_bytes, split_meta, with_meta};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
@@ -35,9 +35,6 @@ struct Arrival {
     timestamp: i64,
     stream_time: i64,
 }
-
-/// A record reaching the aggregation: its input's index, key and value.
-type Reached = (usize, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What the chunks of one batch changed so far.
 #[derive(Default)]
@@ -73,7 +70,7 @@ const CHUNK: usize = 512;
 impl Task {
     pub(super) fn process_planned(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let stage = self.aggregation(env)?;
-        let (node, via) = (stage.node, stage.via);
+        let (node, via, split) = (stage.node, stage.via, stage.split);
         self.ensure_index()?;
         let mut excluded = vec![false; pending.len()];
         for (i, p) in pending.iter().enumerate() {
@@ -93,6 +90,14 @@ impl Task {
         let index_of: Vec<usize> = (0..pending.len()).filter(|&i| !excluded[i]).collect();
         // What reaches the aggregation, with the input it came from.
         let reached: Vec<Reached> = match via {
+            // The input also leads to sinks or repartition topics.
+            _ if split => {
+                let (reached, refused, _) = self.split_off(env, &usable, node)?;
+                for (i, refused) in refused.into_iter().enumerate() {
+                    excluded[index_of[i]] |= refused;
+                }
+                reached.into_iter().map(|(source, key, value)| (index_of[source], key, value)).collect()
+            }
             Some(from) => {
                 let (emitted, refused) = self.through_guest(env, &usable, from, Target::Node(node))?;
                 for (i, refused) in refused.into_iter().enumerate() {

@@ -1,5 +1,8 @@
 //! Running records through guest operators with one `run` call per chunk: for a
-//! stateless sub-topology from its input to sinks and repartition topics, and for a sliding or session
+//! stateless sub-topology from its input to sinks and repartition topics; for an
+//! aggregation whose input (or the operators before it) also leads to sinks or
+//! repartition topics, first through every operator reading the input, then the
+//! records that reached the aggregation are folded; and for a sliding or session
 //! aggregation from the source to the aggregation (whose windows depend on which
 //! records reach it, so the operators before it run first).
 //!
@@ -38,7 +41,16 @@ pub(super) enum Target {
     Exits,
     /// The aggregation node.
     Node(u32),
+    /// Sinks and repartition topics, or the aggregation node.
+    Split(u32),
 }
+
+/// A record that reached an aggregation: the input it came from, key, value.
+pub(super) type Reached = (usize, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What [`Task::split_off`] gives: the records that reached the aggregation,
+/// which inputs were dead-lettered, and the stream time after each input.
+pub(super) type SplitOff = (Vec<Reached>, Vec<bool>, Vec<i64>);
 
 /// What one chunk gave: records that left, and refusals.
 struct Answer {
@@ -48,16 +60,47 @@ struct Answer {
 
 impl Task {
     pub(super) fn process_stateless(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
-        let from = env
-            .info
+        let from = self.entry(env)?;
+        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Exits)?;
+        self.write_direct(env, pending, from)?;
+        self.write_exits(env, pending, &emitted)?;
+        // Records an operator refused do not move stream time.
+        for (p, _) in pending.iter().zip(&excluded).filter(|(_, x)| !**x) {
+            if let Some(ts) = p.timestamp {
+                self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
+            }
+        }
+        self.count_in(env, pending.len() as u64);
+        if let Some(last) = pending.last() {
+            self.next_offset = Some(last.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// The output of the sub-topology's input node.
+    fn entry(&self, env: &Env<'_>) -> Result<Edge, TaskError> {
+        env.info
             .shape
             .subs
             .get(self.sub)
             .map(|s| s.entry)
-            .ok_or_else(|| TaskError::Frame(format!("internal: no sub-topology {}", self.sub)))?;
-        // (Records the input hands to a sink directly come back from the guest
-        // too, as leaving the input node.)
-        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Exits)?;
+            .ok_or_else(|| TaskError::Frame(format!("internal: no sub-topology {}", self.sub)))
+    }
+
+    /// Writes the input records to the sinks that read the input node directly.
+    fn write_direct(&mut self, env: &mut Env<'_>, pending: &[Pending], from: Edge) -> Result<(), TaskError> {
+        for &exit in env.info.shape.exits_of(from.node, from.port) {
+            for p in pending {
+                let key = span_bytes(&self.arena, p.key).map(<[u8]>::to_vec);
+                let value = span_bytes(&self.arena, p.value).map(<[u8]>::to_vec);
+                env.outbox.push(exit_record(env, exit, key, value, None, p.timestamp, None)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the records that left the guest towards sinks and repartitions.
+    fn write_exits(&self, env: &mut Env<'_>, pending: &[Pending], emitted: &[Emitted]) -> Result<(), TaskError> {
         for e in emitted {
             for &exit in env.info.shape.exits_of(e.node, e.port) {
                 let out = exit_record(
@@ -72,11 +115,88 @@ impl Task {
                 env.outbox.push(out);
             }
         }
-        // Records an operator refused do not move stream time.
-        for (p, _) in pending.iter().zip(&excluded).filter(|(_, x)| !**x) {
-            if let Some(ts) = p.timestamp {
-                self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
-            }
+        Ok(())
+    }
+
+    /// Runs `pending` through every guest operator reading the sub-topology's
+    /// input, writing what reaches sinks and repartition topics. Returns what
+    /// reaches aggregation `agg` — every input record if `agg` reads the input
+    /// itself —, which inputs were dead-lettered, and the stream time after each
+    /// input (every record read moves it, except one dead-lettered).
+    pub(super) fn split_off(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        agg: u32,
+    ) -> Result<SplitOff, TaskError> {
+        let from = self.entry(env)?;
+        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Split(agg))?;
+        self.write_direct(env, pending, from)?;
+        self.write_exits(env, pending, &emitted)?;
+        let reads_input = env.info.topology.nodes.get(agg as usize).is_some_and(|n| n.inputs.contains(&from));
+        let reached: Vec<Reached> = if reads_input {
+            pending
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        i,
+                        span_bytes(&self.arena, p.key).map(<[u8]>::to_vec),
+                        span_bytes(&self.arena, p.value).map(<[u8]>::to_vec),
+                    )
+                })
+                .collect()
+        } else {
+            let into_agg =
+                |e: &Emitted| env.info.topology.consumers(e.node).any(|(c, port)| c == agg && port == e.port);
+            emitted.into_iter().filter(|e| into_agg(e)).map(|e| (e.source, e.key, e.value)).collect()
+        };
+        let mut seen = self.stream_time.unwrap_or(i64::MIN);
+        let stream_times = pending
+            .iter()
+            .zip(&excluded)
+            .map(|(p, x)| {
+                if !x {
+                    seen = seen.max(p.timestamp.unwrap_or(i64::MIN));
+                }
+                seen
+            })
+            .collect();
+        Ok((reached, excluded, stream_times))
+    }
+
+    /// An aggregation whose input also leads elsewhere: the operators reading
+    /// the input run first ([`Task::split_off`]), then what reached the
+    /// aggregation is folded, each record no earlier in stream time than the
+    /// input it came from.
+    pub(super) fn process_split(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
+        let agg = self.aggregation(env)?.node;
+        let (reached, _, stream_times) = self.split_off(env, pending, agg)?;
+        let mut arena = Vec::new();
+        let mut derived = Vec::with_capacity(reached.len());
+        let span = |bytes: Option<Vec<u8>>, arena: &mut Vec<u8>| {
+            bytes.map(|b| {
+                let start = arena.len() as u32;
+                arena.extend_from_slice(&b);
+                super::Span { start, len: b.len() as u32 }
+            })
+        };
+        for (source, key, value) in reached {
+            let input = &pending[source];
+            derived.push(Pending {
+                key: span(key, &mut arena),
+                value: span(value, &mut arena),
+                timestamp: input.timestamp,
+                offset: input.offset,
+                floor: stream_times[source],
+            });
+        }
+        let input_arena = std::mem::replace(&mut self.arena, arena);
+        let folded = self.fold(env, &derived, None);
+        self.arena = input_arena;
+        folded?;
+        if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
+            self.stream_time = Some(self.stream_time.map_or(st, |s| s.max(st)));
         }
         self.count_in(env, pending.len() as u64);
         if let Some(last) = pending.last() {
@@ -242,6 +362,10 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
         let reaches = match target {
             Target::Exits => !env.info.shape.exits_of(e.node, e.port).is_empty(),
             Target::Node(node) => env.info.topology.consumers(e.node).any(|(c, port)| c == node && port == e.port),
+            Target::Split(node) => {
+                !env.info.shape.exits_of(e.node, e.port).is_empty()
+                    || env.info.topology.consumers(e.node).any(|(c, port)| c == node && port == e.port)
+            }
         };
         if !reaches {
             return Err(GuestError::BadFrame(format!(

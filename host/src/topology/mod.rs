@@ -21,9 +21,10 @@
 //! and timestamps, so the host plans windows from the input record); those after
 //! it render the rows the aggregation emits at a commit. (Sliding and session
 //! windows depend on which records reach them, so the operators before them run
-//! in a call of their own first.) Two inputs in one sub-topology (merging two
-//! topics, or joins) come with the next version, as do operators that lead both
-//! into an aggregation and elsewhere; each is refused with the node named.
+//! in a call of their own first, as do operators that lead both into the
+//! aggregation and to sinks or repartition topics.) Two inputs in one
+//! sub-topology (merging two topics, or joins) come with the next version; they
+//! are refused with the node named.
 
 pub mod describe;
 
@@ -96,6 +97,11 @@ pub struct Aggregation {
     /// Where the records folded into it come from: the input, through guest
     /// operators (`via`), or directly.
     pub via: Option<Edge>,
+    /// Whether the input (or the guest operators before the aggregation) also
+    /// lead elsewhere — to sinks or repartition topics. Then those operators run
+    /// in a call of their own first, and the records reaching the aggregation
+    /// are folded afterwards (`via` is `None`).
+    pub split: bool,
     /// The output the emitted rows leave through (a `to_stream`, or the
     /// aggregation itself when a table `group_by` reads it); `None` if nothing
     /// reads it.
@@ -262,7 +268,7 @@ fn refuse(t: &Topology, node: u32, reason: impl Into<String>) -> TopologyError {
 }
 
 const LATER: &str = "this version of Weir runs sub-topologies that read one topic and hold at most one \
-                     aggregation, whose operators before it lead nowhere else";
+                     aggregation";
 
 /// Derives the shape of a validated topology, or says (naming the node) what
 /// this host cannot run yet.
@@ -396,33 +402,47 @@ fn aggregation<'s>(
         _ => return Err(refuse(t, agg, "internal: not an aggregation")),
     };
     let from = node.inputs[0];
-    let via = if from.node == input {
-        None
-    } else {
-        if folds == Folds::Changes {
-            return Err(refuse(t, agg, format!("a table aggregate reads its repartition topic directly: {LATER}")));
+    if from.node != input && folds == Folds::Changes {
+        return Err(refuse(t, agg, format!("a table aggregate reads its repartition topic directly: {LATER}")));
+    }
+    if from.node != input && !t.node(from.node).op.is_guest() {
+        return Err(refuse(t, agg, format!("an aggregation fed by a {}: {LATER}", t.node(from.node).op.kind())));
+    }
+    // Everything the input leads to: the aggregation, sinks, repartitions, or
+    // guest operators that lead only to those.
+    let mut split = false;
+    for (c, _) in t.consumers(input) {
+        let reader = t.node(c);
+        if c == agg || matches!(reader.op, Op::Sink { .. }) {
+            split |= c != agg;
+            continue;
         }
-        // The guest operators before the aggregation must lead nowhere else.
-        let seg = segment_of(from.node).ok_or_else(|| refuse(t, agg, LATER))?;
-        if seg.exits != [agg] || seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
+        let seg = segment_of(c).filter(|_| reader.op.is_guest()).ok_or_else(|| {
+            refuse(
+                t,
+                c,
+                format!("a {} reading the input of a sub-topology with an aggregation: {LATER}", reader.op.kind()),
+            )
+        })?;
+        if let Some(&bad) =
+            seg.exits.iter().find(|&&x| x != agg && !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }))
+        {
+            return Err(refuse(t, bad, format!("is fed by the operators before an aggregation: {LATER}")));
+        }
+        if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
             return Err(refuse(
                 t,
-                agg,
-                format!(
-                    "the operators before it also lead elsewhere ({}): {LATER}",
-                    seg.exits.iter().map(|&e| format!("`{}`", t.node(e).name)).collect::<Vec<_>>().join(", ")
-                ),
+                c,
+                format!("the operators before an aggregation read another host operator: {LATER}"),
             ));
         }
-        Some(Edge { node: input, port: 0 })
-    };
-    // The input leads only into the aggregation (directly or through `via`).
-    if let Some((other, _)) = t.consumers(input).find(|&(c, _)| {
-        let into_agg = c == agg || segment_of(c).is_some_and(|s| s.exits == [agg]);
-        !into_agg
-    }) {
-        return Err(refuse(t, other, format!("reads the input of a sub-topology with an aggregation: {LATER}")));
+        split |= seg.exits != [agg];
     }
+    if split && folds == Folds::Changes {
+        return Err(refuse(t, agg, format!("a table aggregate's repartition topic also leads elsewhere: {LATER}")));
+    }
+    // Fused: the operators before the aggregation run in the call that folds.
+    let via = (from.node != input && !split).then_some(Edge { node: input, port: 0 });
     let readers: Vec<u32> = t.consumers(agg).map(|(c, _)| c).collect();
     let (render_from, render_old) = match readers.as_slice() {
         [] => (None, false),
@@ -456,7 +476,18 @@ fn aggregation<'s>(
         Folds::Windows(w) => w.grace_ms(),
         _ => 0,
     };
-    Ok(Aggregation { node: agg, store: store.clone(), folds, windowing, grace_ms, emit, via, render_from, render_old })
+    Ok(Aggregation {
+        node: agg,
+        store: store.clone(),
+        folds,
+        windowing,
+        grace_ms,
+        emit,
+        via,
+        split,
+        render_from,
+        render_old,
+    })
 }
 
 #[cfg(test)]

@@ -48,12 +48,22 @@ fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
         emit: Emit::Updates,
     };
     assert_eq!(shape(&t).unwrap().subs[0].aggregation().unwrap().folds, Folds::Table);
-    // Operators before an aggregation that also lead elsewhere do not, yet.
+    // Operators before an aggregation that also lead elsewhere run in a call of
+    // their own first; so does an input that also feeds a sink directly.
     let mut t = one_stage(HOPPING);
     t.nodes.push(node("side", &[1], Op::Sink { topic: "side".into() }));
-    let e = shape(&t).unwrap_err();
-    assert_eq!(e.node.as_deref(), Some("windows"));
-    assert!(e.reason.contains("also lead elsewhere"), "{e}");
+    let s = shape(&t).unwrap();
+    let a = s.subs[0].aggregation().unwrap();
+    assert!(a.split && a.via.is_none(), "{a:?}");
+    assert_eq!(s.exits_of(1, 0), &[Exit::Sink(1)]);
+    let mut t = one_stage(HOPPING);
+    t.nodes.push(node("copy", &[0], Op::Sink { topic: "copy".into() }));
+    assert!(shape(&t).unwrap().subs[0].aggregation().unwrap().split);
+    assert!(!shape(&one_stage(HOPPING)).unwrap().subs[0].aggregation().unwrap().split);
+    // But not into another host operator: a to_stream reading the filter.
+    let mut t = one_stage(HOPPING);
+    t.nodes.push(node("odd", &[1], Op::ToStream));
+    assert!(shape(&t).is_err());
     // A second aggregation.
     let mut t = one_stage(HOPPING);
     t.nodes.push(node("again", &[1], aggregate(HOPPING)));
