@@ -1,8 +1,10 @@
-//! Tables and re-grouped tables through tasks, with the SDK itself (natively) as
-//! the guest: a two-stage topology (windowed sums re-grouped per window into a
-//! ranking) runs as two tasks, the second fed exactly what the first wrote to
-//! the repartition topic, and the final rankings are compared with an
-//! independent recomputation. Batches and commits are cut at random.
+//! Tables, re-grouped tables and re-keyed streams through tasks, with the SDK
+//! itself (natively) as the guest: a two-stage topology (windowed sums
+//! re-grouped per window into a ranking) runs as two tasks, the second fed
+//! exactly what the first wrote to the repartition topic, and the final rankings
+//! are compared with an independent recomputation, batches and commits cut at
+//! random; a table counts per key; a stream re-keyed through a repartition topic
+//! is counted under its new key.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -240,4 +242,67 @@ fn a_table_counts_per_key_for_ever_and_emits_each_change() {
     let want: BTreeMap<String, String> =
         [("a", "3"), ("b", "2"), ("c", "1")].iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     assert_eq!(latest, want);
+}
+
+/// `in → parity (select_key) → counts-repartition → counts (tumbling) → out`:
+/// a stream re-keyed through a repartition topic.
+fn rekeyed() -> Built {
+    fn parity(_: &String, v: &u64) -> String {
+        if v % 2 == 0 { "even".into() } else { "odd".into() }
+    }
+    let b = StreamsBuilder::new();
+    b.stream::<String, u64>("in")
+        .group_by(parity)
+        .windowed_by(tumbling(Duration::from_millis(SIZE)).grace(Duration::from_millis(GRACE)))
+        .count()
+        .named("counts")
+        .to_stream()
+        .to("out");
+    b.build().unwrap()
+}
+
+#[test]
+fn a_rekeyed_stream_is_counted_under_its_new_key_after_the_repartition() {
+    let built = rekeyed();
+    let info = PluginInfo::of("rekeyed".into(), "1".into(), built.describe().clone()).unwrap();
+    assert_eq!(info.shape.subs.len(), 2);
+    assert!(!info.shape.repartitions[0].changes, "plain records go through the repartition");
+    let mut guest = Native(built);
+    let task = |sub: usize| {
+        let grace = info.shape.subs[sub].aggregation().map_or(0, |a| a.grace_ms);
+        let kind = Kind::of(&info.shape.subs[sub].stage, grace).unwrap();
+        Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), None, None, 1)
+    };
+    let (mut first, mut second) = (task(0), task(1));
+    let records: [(&str, u64, i64); 6] =
+        [("a", 1, 10), ("b", 2, 20), ("c", 4, 30), ("a", 3, 1_500), ("d", 6, 1_600), ("e", 8, 40)];
+    for (i, (key, value, ts)) in records.iter().enumerate() {
+        let v = value.to_string();
+        assert!(first.accept(i as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
+    }
+    let repartitioned: Vec<Out> =
+        Stages::commit(&mut first, &info, &mut guest).into_iter().filter(|o| o.dest == Dest::Repartition(0)).collect();
+    assert_eq!(repartitioned.len(), records.len(), "every record goes through the repartition topic");
+    for (i, out) in repartitioned.iter().enumerate() {
+        assert!(second.accept(i as i64, out.key.as_deref(), out.value.as_deref(), out.timestamp));
+    }
+    let mut counts = BTreeMap::new();
+    for out in Stages::commit(&mut second, &info, &mut guest) {
+        if out.dest == Dest::Sink(0) {
+            let start: i64 = out.headers.iter().find(|h| h.0 == "weir.window.start").unwrap().1.parse().unwrap();
+            let key = String::from_utf8(out.key.unwrap()).unwrap();
+            counts.insert((key, start), String::from_utf8(out.value.unwrap()).unwrap());
+        }
+    }
+    // ("e", 8, 40) came after stream time 1,600: its window [0, 1000) closed at
+    // 1000 + 500 grace <= 1600, so it is late and not counted.
+    let want: BTreeMap<(String, i64), String> = [
+        (("odd".to_owned(), 0), "1".to_owned()),
+        (("even".to_owned(), 0), "2".to_owned()),
+        (("odd".to_owned(), 1_000), "1".to_owned()),
+        (("even".to_owned(), 1_000), "1".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, want);
 }
