@@ -248,7 +248,7 @@ fn a_table_counts_per_key_for_ever_and_emits_each_change() {
 /// a stream re-keyed through a repartition topic.
 fn rekeyed() -> Built {
     fn parity(_: &String, v: &u64) -> String {
-        if v % 2 == 0 { "even".into() } else { "odd".into() }
+        if v.is_multiple_of(2) { "even".into() } else { "odd".into() }
     }
     let b = StreamsBuilder::new();
     b.stream::<String, u64>("in")
