@@ -117,20 +117,7 @@ impl Task {
                 })
                 .collect(),
         };
-        // The task's stream time after each input: every record read moves it,
-        // also one an operator filters out before the aggregation, but not one
-        // that was dead-lettered.
-        let mut seen = self.stream_time.unwrap_or(i64::MIN);
-        let stream_times: Vec<i64> = pending
-            .iter()
-            .zip(&excluded)
-            .map(|(p, x)| {
-                if !x {
-                    seen = seen.max(p.timestamp.unwrap_or(i64::MIN));
-                }
-                seen
-            })
-            .collect();
+        let stream_times = self.stream_times(pending, &excluded);
         let arrivals: Vec<Arrival> = reached
             .into_iter()
             .filter_map(|(source, key, value)| {

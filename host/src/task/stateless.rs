@@ -151,18 +151,25 @@ impl Task {
                 |e: &Emitted| env.info.topology.consumers(e.node).any(|(c, port)| c == agg && port == e.port);
             emitted.into_iter().filter(|e| into_agg(e)).map(|e| (e.source, e.key, e.value)).collect()
         };
+        let stream_times = self.stream_times(pending, &excluded);
+        Ok((reached, excluded, stream_times))
+    }
+
+    /// The task's stream time after each input: every record read moves it,
+    /// also one an operator filters out before an aggregation, but not one that
+    /// was dead-lettered (`i64::MIN` before any).
+    pub(super) fn stream_times(&self, pending: &[Pending], excluded: &[bool]) -> Vec<i64> {
         let mut seen = self.stream_time.unwrap_or(i64::MIN);
-        let stream_times = pending
+        pending
             .iter()
-            .zip(&excluded)
+            .zip(excluded)
             .map(|(p, x)| {
                 if !x {
                     seen = seen.max(p.timestamp.unwrap_or(i64::MIN));
                 }
                 seen
             })
-            .collect();
-        Ok((reached, excluded, stream_times))
+            .collect()
     }
 
     /// An aggregation whose input also leads elsewhere: the operators reading
