@@ -64,8 +64,16 @@ fn every_codec_is_read_and_what_weir_writes_is_compressed_as_configured() -> Res
             bail!("producing {codec} batches failed");
         }
     }
-    let written = batch_codecs(&input)?;
-    assert_eq!(written, BTreeSet::from([0, 1, 2, 3, 4]), "the input must hold a batch of every codec");
+    // The batches are in the broker's segment files once acknowledged; awaited
+    // (up to 30 s) rather than read once, as CI once saw none on the first read.
+    let every = BTreeSet::from([0, 1, 2, 3, 4]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut written = batch_codecs(&input)?;
+    while written != every && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        written = batch_codecs(&input)?;
+    }
+    assert_eq!(written, every, "the input must hold a batch of every codec");
 
     let dir = tempfile::tempdir()?;
     let run = |state: &str| -> Result<Vec<String>> {
