@@ -34,6 +34,8 @@ pub const MAX_NODES: usize = 1024;
 pub const MAX_EDGES: usize = 4 * MAX_NODES;
 /// Most branches of one `split`.
 pub const MAX_BRANCHES: usize = 256;
+/// Most partitions a plugin may ask of a repartition topic (the host creates it).
+pub const MAX_PARTITIONS: u32 = 1024;
 /// Most older state schemas a store may declare it migrates from.
 pub const MAX_MIGRATES_FROM: usize = 64;
 /// Largest window size, advance, gap or grace in milliseconds (~292 years), so
@@ -590,6 +592,12 @@ impl Topology {
                 Op::Aggregate { window: Some(w), .. } => w.check().map_err(|r| at(node, r))?,
                 Op::Repartition { partitions: Some(0) } => {
                     return Err(at(node, "a repartition topic needs at least one partition"));
+                }
+                Op::Repartition { partitions: Some(p) } if *p > MAX_PARTITIONS => {
+                    return Err(at(
+                        node,
+                        format!("a repartition topic of {p} partitions; the limit is {MAX_PARTITIONS}"),
+                    ));
                 }
                 _ => {}
             }

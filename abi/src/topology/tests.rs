@@ -227,3 +227,15 @@ fn absurd_sizes_are_refused_before_the_graph_is_walked() {
     assert_eq!(e.node.as_deref(), Some("asks"));
     assert!(e.reason.contains("branches; the limit is 256"), "{e}");
 }
+
+#[test]
+fn a_repartition_topic_of_absurd_size_is_refused() {
+    let mut t = top10();
+    let at = t.find("by-day-repartition").unwrap() as usize;
+    t.nodes[at].op = Op::Repartition { partitions: Some(u32::MAX) };
+    let e = refused(&t);
+    assert_eq!(e.node.as_deref(), Some("by-day-repartition"));
+    assert!(e.reason.contains("the limit is 1024"), "{e}");
+    t.nodes[at].op = Op::Repartition { partitions: Some(MAX_PARTITIONS) };
+    assert!(t.validate().is_ok());
+}
