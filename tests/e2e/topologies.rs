@@ -25,13 +25,18 @@ use weir::admin::client::Client;
 
 use crate::support::*;
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
 /// `weir run` flags for a topology plugin under exactly-once, its logical topics
 /// mapped with `--topic logical=real`.
-fn topology_args(plugin_name: &str, app: &str, topics: &[(&str, &str)], state: &Path) -> Result<Vec<String>> {
+pub(crate) fn topology_args(
+    plugin_name: &str,
+    app: &str,
+    topics: &[(&str, &str)],
+    state: &Path,
+) -> Result<Vec<String>> {
     let mut args = strings(&[
         "--plugin",
         &plugin(plugin_name)?.display().to_string(),

@@ -40,10 +40,11 @@ pub struct Resume {
     pub task: TaskId,
     /// Which request this answers (the caller's counter).
     pub epoch: u64,
-    /// The group's committed offset, if any.
-    pub committed: Option<i64>,
-    /// The metadata committed with it.
-    pub metadata: String,
+    /// The group's committed offset of each of the task's inputs, if any.
+    pub committed: Vec<Option<i64>>,
+    /// The metadata committed with them (the same on each input a commit
+    /// carried; empty where none was committed).
+    pub metadata: Vec<String>,
     /// The changelog partition's first offset.
     pub changelog_low: i64,
     /// The changelog partition's end, counting records of open transactions:
@@ -56,8 +57,8 @@ pub struct Resume {
 pub struct Question {
     /// The task.
     pub task: TaskId,
-    /// The topic its input partition is of.
-    pub input: String,
+    /// The topics of its input partitions (the task's partition of each).
+    pub inputs: Vec<String>,
     /// Its store's changelog, if it has a store.
     pub changelog: Option<String>,
 }
@@ -83,9 +84,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn committed(&self, input: &str, partition: i32) -> Result<(Option<i64>, String), String> {
+    /// The committed offset and metadata of `partition` of each of `inputs`.
+    fn committed(&self, inputs: &[String], partition: i32) -> Result<Vec<(Option<i64>, String)>, String> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(input, partition);
+        for input in inputs {
+            tpl.add_partition(input, partition);
+        }
         let got = self.offsets.committed_offsets(tpl, ATTEMPT).map_err(|e| {
             if is_coordinator_transient(&e) {
                 format!("{e} (the group coordinator is moving, or another producer's transaction holds the offsets)")
@@ -93,16 +97,20 @@ impl Worker {
                 e.to_string()
             }
         })?;
-        let elem = got.find_partition(input, partition).ok_or("no answer for the partition")?;
-        if let Err(e) = elem.error() {
-            return Err(e.to_string());
+        let mut answers = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let elem = got.find_partition(input, partition).ok_or_else(|| format!("no answer for {input}"))?;
+            if let Err(e) = elem.error() {
+                return Err(format!("{input}: {e}"));
+            }
+            answers.push((elem.offset().to_raw().filter(|o| *o >= 0), elem.metadata().to_owned()));
         }
-        Ok((elem.offset().to_raw().filter(|o| *o >= 0), elem.metadata().to_owned()))
+        Ok(answers)
     }
 
     fn answer(&self, q: &Question, epoch: u64) -> Result<Resume, String> {
         let partition = q.task.partition;
-        let (committed, metadata) = self.committed(&q.input, partition)?;
+        let (committed, metadata) = self.committed(&q.inputs, partition)?.into_iter().unzip();
         let (low, end) = match &q.changelog {
             Some(changelog) => self.ends.fetch_watermarks(changelog, partition, ATTEMPT).map_err(|e| e.to_string())?,
             None => (0, 0),

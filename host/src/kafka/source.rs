@@ -152,6 +152,10 @@ pub fn consumer_config(base: &ClientConfig, group: &str, member: &str) -> Client
     config.set("enable.auto.offset.store", "false");
     set_default(&mut config, "group.instance.id", member);
     set_default(&mut config, "auto.offset.reset", "earliest");
+    // A task reading several topics (merged, or joined) needs the same
+    // partition of each: the range assignor gives co-partitioned topics (same
+    // partition count, same subscribers) to members alike.
+    set_default(&mut config, "partition.assignment.strategy", "range");
     set_default(&mut config, "isolation.level", "read_committed");
     // When the fetch queue is full (the host is behind), librdkafka waits this
     // long before it looks again; at 0 its broker thread spins on the check and

@@ -58,8 +58,9 @@ pub struct Topics {
     pub sinks: Vec<String>,
     /// The repartition topics, in the order of the topology's repartitions.
     pub repartitions: Vec<String>,
-    /// Per sub-topology: the topic its tasks read.
-    pub inputs: Vec<String>,
+    /// Per sub-topology: the topics its tasks read (a task reads the same
+    /// partition of each), in the order of the sub-topology's inputs.
+    pub inputs: Vec<Vec<String>>,
     /// Per sub-topology: its store's changelog, if it has a store.
     pub changelogs: Vec<Option<String>>,
     /// Dead letters.
@@ -76,9 +77,14 @@ impl Topics {
         let inputs = shape
             .subs
             .iter()
-            .map(|sub| match sub.input {
-                Input::Source(i) => sources.get(i).cloned().unwrap_or_default(),
-                Input::Repartition(i) => repartitions.get(i).cloned().unwrap_or_default(),
+            .map(|sub| {
+                sub.inputs
+                    .iter()
+                    .map(|i| match i.input {
+                        Input::Source(i) => sources.get(i).cloned().unwrap_or_default(),
+                        Input::Repartition(i) => repartitions.get(i).cloned().unwrap_or_default(),
+                    })
+                    .collect()
             })
             .collect();
         Self {
@@ -100,9 +106,23 @@ impl Topics {
         self.sources.first().map_or("", String::as_str)
     }
 
-    /// The sub-topology whose tasks read `topic`.
-    pub fn sub_reading(&self, topic: &str) -> Option<usize> {
-        self.inputs.iter().position(|t| t == topic)
+    /// The sub-topology whose tasks read `topic`, and which of its inputs it is.
+    pub fn sub_reading(&self, topic: &str) -> Option<(usize, usize)> {
+        self.inputs.iter().enumerate().find_map(|(sub, inputs)| Some((sub, inputs.iter().position(|t| t == topic)?)))
+    }
+
+    /// Every topic some sub-topology reads.
+    pub fn all_inputs(&self) -> impl Iterator<Item = &String> {
+        self.inputs.iter().flatten()
+    }
+
+    /// The partitions task `id` reads: `partition` of each of its inputs.
+    fn partitions_of(&self, id: TaskId) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for topic in self.inputs.get(id.sub).into_iter().flatten() {
+            tpl.add_partition(topic, id.partition);
+        }
+        tpl
     }
 }
 
@@ -110,10 +130,10 @@ impl Topics {
 enum Phase {
     /// Waiting to learn where it resumes.
     Asking { epoch: u64 },
-    /// Reading its changelog; it resumes at `committed` afterwards.
-    Reading { committed: Option<i64>, meta: CommitMetadata },
+    /// Reading its changelog; it resumes at `committed` (per input) afterwards.
+    Reading { committed: Vec<Option<i64>>, meta: CommitMetadata },
     /// Restored; waiting for the consumer to be positioned.
-    Seeking { committed: Option<i64>, meta: CommitMetadata, records: u64 },
+    Seeking { committed: Vec<Option<i64>>, meta: CommitMetadata, records: u64 },
 }
 
 struct Restoring {
@@ -166,12 +186,6 @@ pub(super) struct Parts {
     pub(super) restorer: Restorer,
     pub(super) queries: Queries,
     pub(super) rocks: Option<RocksOptions>,
-}
-
-fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    tpl
 }
 
 impl Engine {
@@ -234,9 +248,9 @@ impl Engine {
         }
     }
 
-    /// The task reading `partition` of `topic`.
-    fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
-        self.topics.sub_reading(topic).map(|sub| TaskId { sub, partition })
+    /// The task reading `partition` of `topic`, and which of its inputs that is.
+    fn task_of(&self, topic: &str, partition: i32) -> Option<(TaskId, usize)> {
+        self.topics.sub_reading(topic).map(|(sub, input)| (TaskId { sub, partition }, input))
     }
 
     /// Buffers a polled record for its task, if the task runs.
@@ -249,10 +263,10 @@ impl Engine {
         value: Option<&[u8]>,
         ts: Option<i64>,
     ) {
-        let task = self.task_of(topic, partition).and_then(|id| self.tasks.get_mut(&id));
-        match task {
+        let Some((id, input)) = self.task_of(topic, partition) else { return };
+        match self.tasks.get_mut(&id) {
             Some(task) => {
-                if !task.accept(offset, key, value, ts) {
+                if !task.accept(input, offset, key, value, ts) {
                     self.metrics.duplicates_skipped.inc();
                 }
             }
@@ -270,17 +284,19 @@ impl Engine {
         !self.outbox.is_empty() || self.tasks.values().any(|t| t.has_progress() || t.pending_len() > 0)
     }
 
-    /// Runs every task's buffered records through the plugin.
-    pub(super) fn process_pending(&mut self) -> Result<(), TaskError> {
+    /// Runs every task's buffered records through the plugin — all of them if
+    /// `all`, else those of tasks that have a record of every input buffered
+    /// (a task reading several topics waits for each until the next commit).
+    pub(super) fn process_pending(&mut self, all: bool) -> Result<(), TaskError> {
         let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let info = self.versions.worker.plugin().shared_info();
-        for (id, task) in self.tasks.iter_mut() {
+        for (id, task) in self.tasks.iter_mut().filter(|(_, t)| all || t.has_every_input()) {
             let mut env = Env {
                 info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
-                input_topic: &self.topics.inputs[id.sub],
+                input_topics: &self.topics.inputs[id.sub],
                 policy: policies[id.sub],
             };
             task.process_pending(&mut env)?;
@@ -309,7 +325,7 @@ impl Engine {
             return Ok(());
         }
         if !force && Instant::now() < self.next_commit_at {
-            return self.process_pending().or_else(|e| self.recover(e.into(), consumer));
+            return self.process_pending(false).or_else(|e| self.recover(e.into(), consumer));
         }
         if self.sink.needs_ready() {
             match self.sink.ready(Duration::from_secs(1)) {
@@ -317,7 +333,7 @@ impl Engine {
                 Err(e @ (KafkaIoError::Unreachable(_) | KafkaIoError::Stopped)) => {
                     tracing::debug!(error = %e, "producer not ready; commit later");
                     self.back_off();
-                    return self.process_pending().or_else(|e| self.recover(e.into(), consumer));
+                    return self.process_pending(false).or_else(|e| self.recover(e.into(), consumer));
                 }
                 Err(e) => return self.recover(e.into(), consumer),
             }
@@ -338,7 +354,7 @@ impl Engine {
     }
 
     fn try_commit(&mut self, consumer: &Source) -> Result<(), PipelineError> {
-        self.process_pending()?;
+        self.process_pending(true)?;
         let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let mut prepared = Vec::with_capacity(self.tasks.len());
         let mut offsets = TopicPartitionList::new();
@@ -349,14 +365,16 @@ impl Engine {
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
-                input_topic: &self.topics.inputs[id.sub],
+                input_topics: &self.topics.inputs[id.sub],
                 policy: policies[id.sub],
             };
             prepared.push((*id, task.prepare_commit(&mut env)?));
-            if let Some(next) = task.next_offset() {
-                let mut elem = offsets.add_partition(&self.topics.inputs[id.sub], task.partition());
-                elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
-                elem.set_metadata(task.commit_metadata());
+            for (input, topic) in self.topics.inputs[id.sub].iter().enumerate() {
+                if let Some(next) = task.next_offset(input) {
+                    let mut elem = offsets.add_partition(topic, task.partition());
+                    elem.set_offset(Offset::Offset(next)).map_err(KafkaIoError::from)?;
+                    elem.set_metadata(task.commit_metadata());
+                }
             }
         }
         self.send_outbox()?;
@@ -514,9 +532,12 @@ impl Engine {
         let mut lost = Vec::new();
         for (id, task) in self.tasks.iter_mut() {
             task.rewind();
-            if let Err(e) = seek(consumer, &self.topics.inputs[id.sub], id.partition, task.committed_offset()) {
-                tracing::warn!(task = %id, error = %e, "seek back failed; restoring the task");
-                lost.push(*id);
+            for (input, topic) in self.topics.inputs[id.sub].iter().enumerate() {
+                if let Err(e) = seek(consumer, topic, id.partition, task.committed_offset(input)) {
+                    tracing::warn!(task = %id, topic, error = %e, "seek back failed; restoring the task");
+                    lost.push(*id);
+                    break;
+                }
             }
         }
         for id in lost {
@@ -534,13 +555,13 @@ impl Engine {
     }
 
     fn begin_restore(&mut self, id: TaskId, store: Box<dyn Store>, consumer: &Source) {
-        let input = self.topics.inputs[id.sub].clone();
-        if let Err(e) = consumer.pause(&partition_list(&input, id.partition)) {
-            tracing::warn!(task = %id, error = %e, "pausing a restoring partition");
+        if let Err(e) = consumer.pause(&self.topics.partitions_of(id)) {
+            tracing::warn!(task = %id, error = %e, "pausing a restoring task's partitions");
         }
         self.epoch += 1;
         let changelog = self.topics.changelogs[id.sub].clone();
-        self.queries.ask(Question { task: id, input, changelog }, self.epoch);
+        let inputs = self.topics.inputs[id.sub].clone();
+        self.queries.ask(Question { task: id, inputs, changelog }, self.epoch);
         self.restoring
             .insert(id, Restoring { store, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
         self.update_gauges();
@@ -581,9 +602,9 @@ impl Engine {
         })?;
         for done in finished {
             if let Some(r) = self.restoring.get_mut(&done.task)
-                && let Phase::Reading { committed, meta } = r.phase
+                && let Phase::Reading { committed, meta } = &mut r.phase
             {
-                r.phase = Phase::Seeking { committed, meta, records: done.records };
+                r.phase = Phase::Seeking { committed: std::mem::take(committed), meta: *meta, records: done.records };
                 ready.push(done.task);
             }
         }
@@ -623,7 +644,9 @@ impl Engine {
                 answer.changelog_low
             }
         };
-        let meta = CommitMetadata::parse(&answer.metadata);
+        // Every input a commit carried has the same metadata; the latest wins.
+        let meta =
+            answer.metadata.iter().map(|m| CommitMetadata::parse(m)).max_by_key(|m| m.stream_time).unwrap_or_default();
         let reading = match &self.topics.changelogs[id.sub] {
             Some(changelog) => self.restorer.start(id, changelog, from, answer.changelog_end)?,
             None => false,
@@ -644,13 +667,15 @@ impl Engine {
     /// A restored task starts running at its committed offset.
     fn run_restored(&mut self, id: TaskId, consumer: &Source) -> Result<(), PipelineError> {
         let Some(r) = self.restoring.get(&id) else { return Ok(()) };
-        let Phase::Seeking { committed, meta, records } = r.phase else { return Ok(()) };
-        let input = &self.topics.inputs[id.sub];
-        if let Err(e) = seek(consumer, input, id.partition, committed) {
-            tracing::debug!(task = %id, error = %e, "seek not possible yet; trying again");
-            return Ok(());
+        let Phase::Seeking { committed, meta, records } = &r.phase else { return Ok(()) };
+        let (committed, meta, records) = (committed.clone(), *meta, *records);
+        for (topic, &offset) in self.topics.inputs[id.sub].iter().zip(&committed) {
+            if let Err(e) = seek(consumer, topic, id.partition, offset) {
+                tracing::debug!(task = %id, topic, error = %e, "seek not possible yet; trying again");
+                return Ok(());
+            }
         }
-        if let Err(e) = consumer.resume(&partition_list(input, id.partition)) {
+        if let Err(e) = consumer.resume(&self.topics.partitions_of(id)) {
             tracing::debug!(task = %id, error = %e, "resume not possible yet; trying again");
             return Ok(());
         }
@@ -661,7 +686,7 @@ impl Engine {
         let schema = meta.schema.unwrap_or(sub.aggregation().map_or(0, |a| a.store.schema));
         let grace = self.grace_ms(id.sub);
         let kind = Kind::of(&sub.stage, grace).map_err(|e| TaskError::Frame(format!("windows: {e}")))?;
-        let task = Task::new(id, kind, grace, r.store, committed, meta.stream_time, schema);
+        let task = Task::new(id, kind, grace, r.store, &committed, meta.stream_time, schema);
         tracing::info!(
             task = %id,
             offset = ?committed,
@@ -866,7 +891,7 @@ impl RebalanceHandler for Engine {
             self.fatal.get_or_insert(e);
         }
         for elem in partitions.elements() {
-            let Some(id) = self.task_of(elem.topic(), elem.partition()) else { continue };
+            let Some((id, _)) = self.task_of(elem.topic(), elem.partition()) else { continue };
             if let Some(mut task) = self.tasks.remove(&id) {
                 task.rewind();
                 self.suspended.insert(id, task.into_store());
@@ -880,9 +905,33 @@ impl RebalanceHandler for Engine {
     }
 
     fn assign(&mut self, consumer: &Source, partitions: &TopicPartitionList) {
-        let assigned: Vec<TaskId> =
-            partitions.elements().iter().filter_map(|e| self.task_of(e.topic(), e.partition())).collect();
+        let mut assigned: Vec<TaskId> = partitions
+            .elements()
+            .iter()
+            .filter_map(|e| self.task_of(e.topic(), e.partition()))
+            .map(|(id, _)| id)
+            .collect();
+        assigned.sort_unstable();
+        assigned.dedup();
         for &id in &assigned {
+            // A task reading several topics needs its partition of each: the
+            // range assignor gives co-partitioned topics to members alike.
+            let have =
+                |topic: &str| partitions.elements().iter().any(|e| e.topic() == topic && e.partition() == id.partition);
+            if let Some(missing) = self.topics.inputs[id.sub].iter().find(|t| !have(t)) {
+                let error = KafkaIoError::Topic {
+                    topic: missing.clone(),
+                    reason: format!(
+                        "task {id} reads partition {} of {:?}, but the group gave this member that partition of only \
+                         some of them; merged inputs must be assigned together, as the range assignor does \
+                         (partition.assignment.strategy = range, Weir's default)",
+                        id.partition, self.topics.inputs[id.sub]
+                    ),
+                };
+                tracing::error!(task = %id, error = %error, "task cannot run");
+                self.fatal.get_or_insert(error.into());
+                continue;
+            }
             if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
             }

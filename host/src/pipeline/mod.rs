@@ -258,10 +258,11 @@ impl Pipeline {
         let Some((versions, _)) = &self.versions else { return Err(PipelineError::Poisoned) };
         let shape = versions.info().shape.clone();
         let topics = Topics::of(cfg, &shape);
-        if let Some(twice) = topics.inputs.iter().enumerate().find(|(i, t)| topics.inputs[..*i].contains(t)) {
+        let all: Vec<&String> = topics.all_inputs().collect();
+        if let Some(twice) = all.iter().enumerate().find(|(i, t)| all[..*i].contains(t)) {
             return Err(KafkaIoError::Topic {
-                topic: twice.1.clone(),
-                reason: "two sub-topologies would read it; map their sources to different topics".into(),
+                topic: twice.1.to_string(),
+                reason: "two sources would read it; map them to different topics".into(),
             }
             .into());
         }
@@ -282,8 +283,41 @@ impl Pipeline {
         let mut wanted: Vec<TopicSpec> = topics.sinks.iter().map(|t| spec(t, partitions, vec![], false)).collect();
         // Repartition topics keep records until the tasks reading them commit
         // past them; then the records are deleted (purged), as Kafka Streams does.
-        let repartition_partitions: Vec<i32> =
-            shape.repartitions.iter().map(|r| r.partitions.map_or(partitions, |p| p as i32)).collect();
+        // Unless the plugin sets a count: a repartition topic merged with a
+        // source is co-partitioned with it; others get the largest source's count.
+        let merged_source = |r: usize| {
+            let sub = shape.subs.iter().find(|s| s.inputs.iter().any(|i| i.input == Input::Repartition(r)))?;
+            sub.inputs.iter().find_map(|i| match i.input {
+                Input::Source(s) => source_partitions.get(s).copied(),
+                Input::Repartition(_) => None,
+            })
+        };
+        let repartition_partitions: Vec<i32> = shape
+            .repartitions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.partitions.map_or_else(|| merged_source(i).unwrap_or(partitions), |p| p as i32))
+            .collect();
+        let count_of = |input: Input| match input {
+            Input::Source(i) => source_partitions[i],
+            Input::Repartition(i) => repartition_partitions[i],
+        };
+        // A task reads the same partition of each topic its sub-topology merges.
+        for (sub, names) in shape.subs.iter().zip(&topics.inputs) {
+            let counts: Vec<i32> = sub.inputs.iter().map(|i| count_of(i.input)).collect();
+            if let Some(at) = counts.iter().position(|&c| c != counts[0]) {
+                return Err(KafkaIoError::Topic {
+                    topic: names[at].clone(),
+                    reason: format!(
+                        "it has {} partitions and is merged with {} ({} partitions) in one sub-topology; merged \
+                         topics must be co-partitioned (the same number of partitions, keyed alike) — repartition \
+                         one of them first, or give them the same partition count",
+                        counts[at], names[0], counts[0]
+                    ),
+                }
+                .into());
+            }
+        }
         for (topic, &count) in topics.repartitions.iter().zip(&repartition_partitions) {
             let configs = vec![
                 ("cleanup.policy".into(), "delete".into()),
@@ -295,10 +329,7 @@ impl Pipeline {
         for (sub, changelog) in shape.subs.iter().zip(&topics.changelogs) {
             let Some(changelog) = changelog else { continue };
             // A store's changelog has a partition per task: as many as its input.
-            let count = match sub.input {
-                Input::Source(i) => source_partitions[i],
-                Input::Repartition(i) => repartition_partitions[i],
-            };
+            let count = sub.inputs.first().map_or(partitions, |i| count_of(i.input));
             wanted.push(spec(changelog, count, vec![("cleanup.policy".into(), "compact".into())], true));
         }
         wanted.push(spec(&topics.dead_letter, partitions, vec![], false));
@@ -363,7 +394,7 @@ impl Pipeline {
         consumer_config: &rdkafka::ClientConfig,
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
-        let inputs = Self::engine(engine)?.topics.inputs.clone();
+        let inputs: Vec<String> = Self::engine(engine)?.topics.all_inputs().cloned().collect();
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let subscribe = || source::subscribe(consumer_config, SourceContext::new(engine, self.health.clone()), &inputs);
         let mut consumer = subscribe()?;
@@ -473,7 +504,7 @@ impl Pipeline {
                     last_commit = Instant::now();
                     engine.commit(consumer, false)
                 } else {
-                    engine.process_pending().map_err(PipelineError::from).or_else(|e| engine.recover(e, consumer))
+                    engine.process_pending(false).map_err(PipelineError::from).or_else(|e| engine.recover(e, consumer))
                 };
                 if let Err(e) = step {
                     // Whatever stopped the loop, nothing more is committed.

@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, SlotOp};
 
-use super::{Env, Kind, Pending, TABLE_ROW, Task, TaskError, frame_err, span_bytes};
+use super::{Env, Kind, Pending, TABLE_ROW, Task, TaskError, frame_err, input_of, span_bytes};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 use crate::state::window_key;
@@ -85,12 +85,9 @@ fn host(reason: impl Into<String>) -> Reject {
 
 impl Task {
     pub(super) fn process_records(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
-        let via = self.aggregation(env)?.via;
+        let via = self.via(env, pending)?;
         let folded = self.fold(env, pending, via)?;
-        self.count_in(env, folded);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
+        self.count_in(env, input_of(pending), folded);
         Ok(())
     }
 

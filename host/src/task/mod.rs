@@ -1,6 +1,11 @@
-//! A task: one partition of the topic a sub-topology reads, with the store of
-//! its aggregation (if any), stream time and uncommitted updates. Tasks are
-//! named by [`TaskId`], (sub-topology, partition), as Kafka Streams names them.
+//! A task: one partition of the topic a sub-topology reads (or the same
+//! partition of each of the topics it merges), with the store of its aggregation
+//! (if any), stream time and uncommitted updates. Tasks are named by [`TaskId`],
+//! (sub-topology, partition), as Kafka Streams names them. A task keeps an offset
+//! per input. Records of several inputs are processed in timestamp order across
+//! the inputs — each input's own order kept, the input whose next record is
+//! earliest going first, as Kafka Streams chooses — in runs of one input each,
+//! and stream time is the largest event time of any of them.
 //!
 //! Records are buffered per task and handed to the plugin in chunks (`batch`):
 //! the task assigns each record to its windows (dropping windows already closed by
@@ -131,8 +136,9 @@ pub struct Env<'a> {
     pub outbox: &'a mut Outbox,
     /// Counters.
     pub metrics: &'a Metrics,
-    /// The input topic (named in dead-letter headers).
-    pub input_topic: &'a str,
+    /// The task's input topics, in the order of its sub-topology's inputs
+    /// (named in dead-letter headers).
+    pub input_topics: &'a [String],
     /// How failures are treated.
     pub policy: Policy,
 }
@@ -161,6 +167,8 @@ struct Pending {
     value: Option<Span>,
     timestamp: Option<i64>,
     offset: i64,
+    /// Which of the task's inputs it was read from.
+    input: usize,
     /// For a record guest operators made from an input record: the task's
     /// stream time once that input was read (stream time never goes below it).
     floor: i64,
@@ -251,7 +259,18 @@ fn split_meta(stored: &[u8]) -> Option<(i64, &[u8])> {
 /// never closes or expires, so tables and windows share one key space and code.
 pub const TABLE_ROW: Window = Window { start: i64::MIN, end: i64::MAX };
 
-/// One input partition's processing state.
+/// Where a task is in one of its input partitions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Offsets {
+    /// The offset to commit: after the last processed record.
+    next: Option<i64>,
+    /// The offset of the last commit.
+    committed: Option<i64>,
+    /// After the last buffered record (records before it are duplicates).
+    accepted: Option<i64>,
+}
+
+/// One task's processing state.
 pub struct Task {
     partition: i32,
     /// The sub-topology it runs.
@@ -279,8 +298,8 @@ pub struct Task {
     committed_schema: u32,
     stream_time: Option<i64>,
     committed_stream_time: Option<i64>,
-    next_offset: Option<i64>,
-    committed_offset: Option<i64>,
+    /// Per input, in the order of the sub-topology's inputs.
+    offsets: Vec<Offsets>,
     /// Windows ending before this were expired from the store already.
     expired_before: i64,
     pending: Vec<Pending>,
@@ -295,13 +314,13 @@ pub struct PreparedCommit {
 
 impl Task {
     /// A task over `store` (written in state schema `schema`), resuming at
-    /// `committed_offset` with `stream_time`.
+    /// `committed` (an offset per input; `None`: its beginning) with `stream_time`.
     pub fn new(
         id: TaskId,
         kind: Kind,
         grace_ms: u64,
         store: Box<dyn Store>,
-        committed_offset: Option<i64>,
+        committed: &[Option<i64>],
         stream_time: Option<i64>,
         schema: u32,
     ) -> Self {
@@ -321,8 +340,7 @@ impl Task {
             committed_schema: schema,
             stream_time,
             committed_stream_time: stream_time,
-            next_offset: committed_offset,
-            committed_offset,
+            offsets: committed.iter().map(|&c| Offsets { next: c, committed: c, accepted: None }).collect(),
             expired_before: i64::MIN,
             pending: Vec::new(),
             arena: Vec::new(),
@@ -340,9 +358,9 @@ impl Task {
         TaskId { sub: self.sub, partition: self.partition }
     }
 
-    /// Counts `n` records read: from a source or from a repartition topic.
-    fn count_in(&self, env: &Env<'_>, n: u64) {
-        match env.info.shape.subs.get(self.sub).map(|s| s.input) {
+    /// Counts `n` records read from `input`: a source or a repartition topic.
+    fn count_in(&self, env: &Env<'_>, input: usize, n: u64) {
+        match env.info.shape.subs.get(self.sub).and_then(|s| s.inputs.get(input)).map(|i| i.input) {
             Some(crate::topology::Input::Repartition(_)) => env.metrics.repartition_in.inc_by(n),
             _ => env.metrics.records_in.inc_by(n),
         };
@@ -358,14 +376,19 @@ impl Task {
             .ok_or_else(|| TaskError::Frame(format!("internal: sub-topology {} has no aggregation", self.sub)))
     }
 
-    /// The offset to commit (after the last processed record), if any.
-    pub fn next_offset(&self) -> Option<i64> {
-        self.next_offset
+    /// How many inputs it reads.
+    pub fn inputs(&self) -> usize {
+        self.offsets.len()
     }
 
-    /// The offset of the last commit; where to resume after an abort.
-    pub fn committed_offset(&self) -> Option<i64> {
-        self.committed_offset
+    /// The offset to commit in `input` (after the last processed record), if any.
+    pub fn next_offset(&self, input: usize) -> Option<i64> {
+        self.offsets.get(input).and_then(|o| o.next)
+    }
+
+    /// The offset of the last commit in `input`; where to resume after an abort.
+    pub fn committed_offset(&self, input: usize) -> Option<i64> {
+        self.offsets.get(input).and_then(|o| o.committed)
     }
 
     /// The highest event time seen.
@@ -410,7 +433,7 @@ impl Task {
 
     /// Whether anything happened since the last commit.
     pub fn has_progress(&self) -> bool {
-        self.next_offset != self.committed_offset
+        self.offsets.iter().any(|o| o.next != o.committed)
             || !self.dirty.is_empty()
             || !self.removed.is_empty()
             || !self.migrated.is_empty()
@@ -535,16 +558,24 @@ impl Task {
         })
     }
 
-    /// Buffers a record; returns false (and buffers nothing) if it was already
-    /// processed.
-    pub fn accept(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: Option<i64>) -> bool {
-        let already = self.pending.last().map(|p| p.offset + 1).or(self.next_offset);
-        if already.is_some_and(|next| offset < next) {
+    /// Buffers a record read from `input`; returns false (and buffers nothing)
+    /// if it was already processed (or the task has no such input).
+    pub fn accept(
+        &mut self,
+        input: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Option<i64>,
+    ) -> bool {
+        let Some(at) = self.offsets.get_mut(input) else { return false };
+        if at.accepted.or(at.next).is_some_and(|next| offset < next) {
             return false;
         }
+        at.accepted = Some(offset + 1);
         let key = self.push_bytes(key);
         let value = self.push_bytes(value);
-        self.pending.push(Pending { key, value, timestamp, offset, floor: i64::MIN });
+        self.pending.push(Pending { key, value, timestamp, offset, input, floor: i64::MIN });
         true
     }
 
@@ -558,24 +589,76 @@ impl Task {
         if !node.is_empty() {
             context.push(("weir.node", node.to_owned()));
         }
-        self.queue_dead_letter(env, (key, value, record.timestamp), reason, context);
+        self.queue_dead_letter(env, Some(record.input), (key, value, record.timestamp), reason, context);
     }
 
-    /// Runs the buffered records through the plugin.
+    /// Whether every input has a record buffered: a task reading several
+    /// topics waits for that (until the next commit) before it processes, so an
+    /// input fetched a moment later is not judged late against another's.
+    pub fn has_every_input(&self) -> bool {
+        match self.offsets.len() {
+            0 | 1 => true,
+            n => {
+                let mut seen = vec![false; n];
+                for p in &self.pending {
+                    seen[p.input] = true;
+                }
+                seen.iter().all(|s| *s)
+            }
+        }
+    }
+
+    /// Runs the buffered records through the plugin, in runs of records of one
+    /// input (which enter the guest at that input's output); records of several
+    /// inputs go in timestamp order across them ([`in_time_order`]).
     pub fn process_pending(&mut self, env: &mut Env<'_>) -> Result<(), TaskError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
+        if self.offsets.len() > 1 {
+            pending = in_time_order(pending, self.offsets.len());
+        }
         let split = env.info.shape.subs.get(self.sub).and_then(|s| s.aggregation()).is_some_and(|a| a.split);
-        let result = match self.kind {
-            Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, &pending),
-            Kind::Time(_) | Kind::Table { .. } => self.process_records(env, &pending),
-            Kind::Planned(_) => self.process_planned(env, &pending),
-            Kind::Stateless => self.process_stateless(env, &pending),
-        };
+        let mut result = Ok(());
+        for run in pending.chunk_by(|a, b| a.input == b.input) {
+            result = match self.kind {
+                Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, run),
+                Kind::Time(_) | Kind::Table { .. } => self.process_records(env, run),
+                Kind::Planned(_) => self.process_planned(env, run),
+                Kind::Stateless => self.process_stateless(env, run),
+            };
+            if result.is_err() {
+                break;
+            }
+            if let Some(last) = run.last()
+                && let Some(at) = self.offsets.get_mut(last.input)
+            {
+                at.next = Some(last.offset + 1);
+            }
+        }
         self.arena.clear();
         result
+    }
+
+    /// The output where the records of `input` enter the guest.
+    fn entry(&self, env: &Env<'_>, input: usize) -> Result<Edge, TaskError> {
+        env.info
+            .shape
+            .subs
+            .get(self.sub)
+            .and_then(|s| s.inputs.get(input))
+            .map(|i| i.entry)
+            .ok_or_else(|| TaskError::Frame(format!("internal: sub-topology {} has no input {input}", self.sub)))
+    }
+
+    /// Where the records of one input's run enter the guest to be folded: at
+    /// their input's output when guest operators run in the folding call.
+    fn via(&self, env: &Env<'_>, run: &[Pending]) -> Result<Option<Edge>, TaskError> {
+        match run.first() {
+            Some(p) if self.aggregation(env)?.fused => self.entry(env, p.input).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Queues this commit's results and changelog records in the outbox and
@@ -813,22 +896,28 @@ impl Task {
         );
         let context =
             vec![("weir.window.start", window.start.to_string()), ("weir.window.end", window.end.to_string())];
-        self.queue_dead_letter(env, (Some(record_key.to_vec()), None, self.stream_time), reason, context);
+        self.queue_dead_letter(env, None, (Some(record_key.to_vec()), None, self.stream_time), reason, context);
         Ok(())
     }
 
     /// Queues a dead letter (key, value, timestamp) with the reason, the source
-    /// topic and partition, and `context` (the offset, or the window) as headers.
+    /// topic (`input`'s; every input's, comma-separated, for a window result)
+    /// and partition, and `context` (the offset, or the window) as headers.
     fn queue_dead_letter(
         &self,
         env: &mut Env<'_>,
+        input: Option<usize>,
         (key, value, timestamp): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>),
         reason: String,
         context: Vec<(&'static str, String)>,
     ) {
+        let topic = match input {
+            Some(i) => env.input_topics.get(i).cloned().unwrap_or_default(),
+            None => env.input_topics.join(","),
+        };
         let mut headers = vec![
             ("weir.error", reason),
-            ("weir.source.topic", env.input_topic.to_owned()),
+            ("weir.source.topic", topic),
             ("weir.source.partition", self.partition.to_string()),
         ];
         headers.extend(context);
@@ -840,7 +929,9 @@ impl Task {
     /// an error the store is still at its previous commit (a batch is atomic) and
     /// must be brought up to date from the changelog.
     pub fn complete_commit(&mut self, prepared: PreparedCommit, changelog_next: Option<i64>) -> Result<(), TaskError> {
-        self.committed_offset = self.next_offset;
+        for at in &mut self.offsets {
+            at.committed = at.next;
+        }
         self.committed_stream_time = self.stream_time;
         self.committed_schema = self.schema;
         if faults::hit("store") {
@@ -862,7 +953,10 @@ impl Task {
         self.pending.clear();
         self.arena.clear();
         self.stream_time = self.committed_stream_time;
-        self.next_offset = self.committed_offset;
+        for at in &mut self.offsets {
+            at.next = at.committed;
+            at.accepted = None;
+        }
         self.expired_before = i64::MIN;
     }
 }
@@ -1026,6 +1120,36 @@ impl std::fmt::Display for CommitMetadata {
     }
 }
 
+/// Records read from `inputs` topics in the order a task processes them: each
+/// input's own order kept, the next record always the earliest (by timestamp;
+/// one without a timestamp as early as can be) of the inputs' next records, the
+/// earlier read on a tie — the order in which Kafka Streams' task picks from its
+/// partitions' queues.
+fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
+    let mut queues: Vec<std::collections::VecDeque<(usize, Pending)>> = vec![Default::default(); inputs];
+    let total = pending.len();
+    for (read, p) in pending.into_iter().enumerate() {
+        // `accept` takes only records of existing inputs.
+        if let Some(q) = queues.get_mut(p.input) {
+            q.push_back((read, p));
+        }
+    }
+    let mut ordered = Vec::with_capacity(total);
+    while let Some(q) = queues
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .min_by_key(|q| q.front().map(|(read, p)| (p.timestamp.unwrap_or(i64::MIN), *read)))
+    {
+        ordered.extend(q.pop_front().map(|(_, p)| p));
+    }
+    ordered
+}
+
+/// The input a run of records (all of one input) was read from.
+fn input_of(run: &[Pending]) -> usize {
+    run.first().map_or(0, |p| p.input)
+}
+
 fn span_bytes(arena: &[u8], span: Option<Span>) -> Option<&[u8]> {
     span.map(|s| &arena[s.start as usize..(s.start + s.len) as usize])
 }
@@ -1041,3 +1165,6 @@ mod table_tests;
 
 #[cfg(test)]
 mod split_tests;
+
+#[cfg(test)]
+mod merge_tests;

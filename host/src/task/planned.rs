@@ -20,7 +20,7 @@ use weir_abi::calls::{AggRecord, AggregateIn, AggregateOut, Rec, SlotOp as Step}
 
 use super::batch::Reject;
 use super::stateless::{Reached, Target};
-use super::{Env, Kind, Pending, Task, TaskError, frame_err, span_bytes, split_meta, with_meta};
+use super::{Env, Kind, Pending, Task, TaskError, frame_err, input_of, span_bytes, split_meta, with_meta};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 use crate::state::{split_window_key, window_key};
@@ -70,7 +70,8 @@ const CHUNK: usize = 512;
 impl Task {
     pub(super) fn process_planned(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let stage = self.aggregation(env)?;
-        let (node, via, split) = (stage.node, stage.via, stage.split);
+        let (node, split) = (stage.node, stage.split);
+        let via = self.via(env, pending)?;
         self.ensure_index()?;
         let mut excluded = vec![false; pending.len()];
         for (i, p) in pending.iter().enumerate() {
@@ -178,12 +179,9 @@ impl Task {
             batch.stream_time = Some(batch.stream_time.map_or(st, |b| b.max(st)));
         }
         self.stream_time = batch.stream_time;
-        self.count_in(env, pending.len() as u64);
+        self.count_in(env, input_of(pending), pending.len() as u64);
         env.metrics.late_records.inc_by(batch.late_records);
         env.metrics.late_window_updates.inc_by(batch.skipped);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
         Ok(())
     }
 

@@ -79,7 +79,7 @@ impl Harness {
                 kind,
                 windows.grace_ms(),
                 Box::new(MemoryStore::default()),
-                None,
+                &[None],
                 None,
                 1,
             ),
@@ -98,7 +98,7 @@ impl Harness {
             guest: &mut self.guest,
             outbox: &mut self.outbox,
             metrics: &self.metrics,
-            input_topic: "in",
+            input_topics: &*super::tests::INPUTS,
             policy: Policy {
                 retries: 0,
                 probation: false,
@@ -112,7 +112,7 @@ impl Harness {
     fn batch(&mut self, records: &[(&str, u64, i64)]) {
         for (key, value, ts) in records {
             let v = value.to_string();
-            assert!(self.task.accept(self.offset, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
+            assert!(self.task.accept(0, self.offset, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
             self.offset += 1;
         }
         let mut task = std::mem::replace(
@@ -122,7 +122,7 @@ impl Harness {
                 Kind::Stateless,
                 0,
                 Box::new(MemoryStore::default()),
-                None,
+                &[None],
                 None,
                 1,
             ),

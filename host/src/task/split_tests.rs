@@ -46,19 +46,25 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
     assert!(stage.split, "{stage:?}");
     let kind = Kind::of(&info.shape.subs[0].stage, GRACE).unwrap();
     let mut task =
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, GRACE, Box::new(MemoryStore::default()), None, None, 1);
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, GRACE, Box::new(MemoryStore::default()), &[None], None, 1);
     let mut guest = Native(built);
     let (mut evens, mut counts) = (Vec::new(), BTreeMap::new());
     for (n, chunk) in records.chunks(cut).enumerate() {
         for (i, (key, value, ts)) in chunk.iter().enumerate() {
             let v = value.to_string();
-            assert!(task.accept((n * cut + i) as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
+            assert!(task.accept(0, (n * cut + i) as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
         }
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
         let policy =
             Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
-        let mut env =
-            Env { info: &info, guest: &mut guest, outbox: &mut outbox, metrics: &metrics, input_topic: "in", policy };
+        let mut env = Env {
+            info: &info,
+            guest: &mut guest,
+            outbox: &mut outbox,
+            metrics: &metrics,
+            input_topics: &*super::tests::INPUTS,
+            policy,
+        };
         task.process_pending(&mut env).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, None).unwrap();

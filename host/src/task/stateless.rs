@@ -16,7 +16,7 @@ use weir_abi::calls::{Rec, RunIn, RunOut};
 use weir_abi::topology::Edge;
 
 use super::batch::Reject;
-use super::{Env, MAX_FANOUT, Pending, Task, TaskError, exit_record, frame_err, span_bytes};
+use super::{Env, MAX_FANOUT, Pending, Task, TaskError, exit_record, frame_err, input_of, span_bytes};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 
@@ -60,7 +60,7 @@ struct Answer {
 
 impl Task {
     pub(super) fn process_stateless(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
-        let from = self.entry(env)?;
+        let from = self.entry(env, input_of(pending))?;
         let (emitted, excluded) = self.through_guest(env, pending, from, Target::Exits)?;
         self.write_direct(env, pending, from)?;
         self.write_exits(env, pending, &emitted)?;
@@ -70,21 +70,8 @@ impl Task {
                 self.stream_time = Some(self.stream_time.map_or(ts, |st| st.max(ts)));
             }
         }
-        self.count_in(env, pending.len() as u64);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
+        self.count_in(env, input_of(pending), pending.len() as u64);
         Ok(())
-    }
-
-    /// The output of the sub-topology's input node.
-    fn entry(&self, env: &Env<'_>) -> Result<Edge, TaskError> {
-        env.info
-            .shape
-            .subs
-            .get(self.sub)
-            .map(|s| s.entry)
-            .ok_or_else(|| TaskError::Frame(format!("internal: no sub-topology {}", self.sub)))
     }
 
     /// Writes the input records to the sinks that read the input node directly.
@@ -129,7 +116,7 @@ impl Task {
         pending: &[Pending],
         agg: u32,
     ) -> Result<SplitOff, TaskError> {
-        let from = self.entry(env)?;
+        let from = self.entry(env, input_of(pending))?;
         let (emitted, excluded) = self.through_guest(env, pending, from, Target::Split(agg))?;
         self.write_direct(env, pending, from)?;
         self.write_exits(env, pending, &emitted)?;
@@ -195,6 +182,7 @@ impl Task {
                 value: span(value, &mut arena),
                 timestamp: input.timestamp,
                 offset: input.offset,
+                input: input.input,
                 floor: stream_times[source],
             });
         }
@@ -205,10 +193,7 @@ impl Task {
         if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
             self.stream_time = Some(self.stream_time.map_or(st, |s| s.max(st)));
         }
-        self.count_in(env, pending.len() as u64);
-        if let Some(last) = pending.last() {
-            self.next_offset = Some(last.offset + 1);
-        }
+        self.count_in(env, input_of(pending), pending.len() as u64);
         Ok(())
     }
 

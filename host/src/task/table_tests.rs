@@ -76,7 +76,7 @@ fn env<'a>(info: &'a PluginInfo, guest: &'a mut Native, outbox: &'a mut Outbox, 
         guest,
         outbox,
         metrics,
-        input_topic: "in",
+        input_topics: &*super::tests::INPUTS,
         policy: Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates },
     }
 }
@@ -105,7 +105,7 @@ impl Stages {
         let task = |sub: usize| {
             let grace = info.shape.subs[sub].aggregation().unwrap().grace_ms;
             let kind = Kind::of(&info.shape.subs[sub].stage, grace).unwrap();
-            Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), None, None, 1)
+            Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), &[None], None, 1)
         };
         let (first, second) = (task(0), task(1));
         Self {
@@ -135,7 +135,7 @@ impl Stages {
     fn step(&mut self, records: &[(String, u64, i64)], lag: usize) {
         for (key, value, ts) in records {
             let v = value.to_string();
-            assert!(self.first.accept(self.offset, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
+            assert!(self.first.accept(0, self.offset, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
             self.offset += 1;
         }
         for out in Self::commit(&mut self.first, &self.info, &mut self.guest) {
@@ -145,7 +145,7 @@ impl Stages {
         }
         let until = self.repartition.len().saturating_sub(lag).max(self.read);
         for (i, (key, value, ts)) in self.repartition[self.read..until].iter().enumerate() {
-            assert!(self.second.accept((self.read + i) as i64, key.as_deref(), value.as_deref(), *ts));
+            assert!(self.second.accept(0, (self.read + i) as i64, key.as_deref(), value.as_deref(), *ts));
         }
         self.read = until;
         for out in Self::commit(&mut self.second, &self.info, &mut self.guest) {
@@ -222,11 +222,12 @@ fn a_table_counts_per_key_for_ever_and_emits_each_change() {
     let mut guest = Native(built);
     let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
     assert!(matches!(kind, Kind::Table { changes: false }));
-    let mut task = Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), None, None, 1);
+    let mut task =
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), &[None], None, 1);
     let mut latest = BTreeMap::new();
     for (offset, key) in ["a", "b", "a", "a", "c", "b"].iter().enumerate() {
         // No timestamp at all: a table needs none.
-        assert!(task.accept(offset as i64, Some(key.as_bytes()), Some(b"x"), None));
+        assert!(task.accept(0, offset as i64, Some(key.as_bytes()), Some(b"x"), None));
         if offset % 2 == 1 {
             for out in Stages::commit(&mut task, &info, &mut guest) {
                 if out.dest == Dest::Sink(0) {
@@ -271,20 +272,20 @@ fn a_rekeyed_stream_is_counted_under_its_new_key_after_the_repartition() {
     let task = |sub: usize| {
         let grace = info.shape.subs[sub].aggregation().map_or(0, |a| a.grace_ms);
         let kind = Kind::of(&info.shape.subs[sub].stage, grace).unwrap();
-        Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), None, None, 1)
+        Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), &[None], None, 1)
     };
     let (mut first, mut second) = (task(0), task(1));
     let records: [(&str, u64, i64); 6] =
         [("a", 1, 10), ("b", 2, 20), ("c", 4, 30), ("a", 3, 1_500), ("d", 6, 1_600), ("e", 8, 40)];
     for (i, (key, value, ts)) in records.iter().enumerate() {
         let v = value.to_string();
-        assert!(first.accept(i as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
+        assert!(first.accept(0, i as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
     }
     let repartitioned: Vec<Out> =
         Stages::commit(&mut first, &info, &mut guest).into_iter().filter(|o| o.dest == Dest::Repartition(0)).collect();
     assert_eq!(repartitioned.len(), records.len(), "every record goes through the repartition topic");
     for (i, out) in repartitioned.iter().enumerate() {
-        assert!(second.accept(i as i64, out.key.as_deref(), out.value.as_deref(), out.timestamp));
+        assert!(second.accept(0, i as i64, out.key.as_deref(), out.value.as_deref(), out.timestamp));
     }
     let mut counts = BTreeMap::new();
     for out in Stages::commit(&mut second, &info, &mut guest) {

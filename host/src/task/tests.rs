@@ -174,6 +174,9 @@ fn policy() -> Policy {
     Policy { retries: 1, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates }
 }
 
+/// The input topic the tasks of these tests read (named in dead letters).
+pub(super) static INPUTS: std::sync::LazyLock<[String; 1]> = std::sync::LazyLock::new(|| ["in".to_owned()]);
+
 fn task() -> Task {
     let windowing = Windowing::tumbling(1_000).unwrap();
     Task::new(
@@ -181,7 +184,7 @@ fn task() -> Task {
         Kind::Time(windowing),
         0,
         Box::new(MemoryStore::default()),
-        None,
+        &[None],
         None,
         1,
     )
@@ -209,9 +212,9 @@ impl Run {
     }
 
     fn feed(&mut self, records: &[(&str, &str, i64)]) {
-        let base = self.task.next_offset().unwrap_or(0) + self.task.pending_len() as i64;
+        let base = self.task.next_offset(0).unwrap_or(0) + self.task.pending_len() as i64;
         for (i, (key, value, ts)) in records.iter().enumerate() {
-            assert!(self.task.accept(base + i as i64, Some(key.as_bytes()), Some(value.as_bytes()), Some(*ts)));
+            assert!(self.task.accept(0, base + i as i64, Some(key.as_bytes()), Some(value.as_bytes()), Some(*ts)));
         }
     }
 
@@ -221,7 +224,7 @@ impl Run {
             guest: &mut self.guest,
             outbox: &mut self.outbox,
             metrics: &self.metrics,
-            input_topic: "in",
+            input_topics: &*INPUTS,
             policy: self.policy,
         }
     }
@@ -269,7 +272,7 @@ fn a_failure_that_depends_on_state_built_up_within_the_batch_is_pinned_to_its_re
     assert_eq!(header(dead[0], "weir.source.offset"), "25");
     assert!(header(dead[0], "weir.error").contains("poisoned window"), "{dead:?}");
     assert_eq!(run.count("k", 0), Some(29), "every other record counts once");
-    assert_eq!(run.task.next_offset(), Some(30));
+    assert_eq!(run.task.next_offset(0), Some(30));
 }
 
 #[test]
@@ -389,14 +392,14 @@ fn rewinding_after_a_failed_commit_leaves_the_task_at_its_last_commit() {
     let prepared = run.prepare().unwrap();
     run.task.complete_commit(prepared, Some(1)).unwrap();
     run.outbox.clear();
-    let committed = (run.task.committed_offset(), run.count("k", 0), run.task.stream_time());
+    let committed = (run.task.committed_offset(0), run.count("k", 0), run.task.stream_time());
 
     run.feed(&[("k", "ok", 5_000), ("k", "ok", 5_001)]);
     run.process().unwrap();
     let _lost = run.prepare().unwrap(); // the commit then fails somewhere
     run.task.rewind();
     assert!(!run.task.has_progress());
-    assert_eq!((run.task.committed_offset(), run.count("k", 0), run.task.stream_time()), committed);
+    assert_eq!((run.task.committed_offset(0), run.count("k", 0), run.task.stream_time()), committed);
     assert_eq!(run.count("k", 5_000), None);
     // Processing the same records again gives the same result once.
     run.feed(&[("k", "ok", 5_000), ("k", "ok", 5_001)]);

@@ -3,9 +3,9 @@
 //! host cannot run is refused at upload, never at the first record).
 //!
 //! The graph is cut at repartition topics into **sub-topologies**; tasks are
-//! (sub-topology, partition of the topic it reads). This version runs
-//! sub-topologies that read **one topic** (a source or a repartition topic) and
-//! hold at most **one aggregation**:
+//! (sub-topology, partition). A sub-topology reads one topic (a source or a
+//! repartition topic) or several merged ones — co-partitioned: task `p` reads
+//! partition `p` of each — and holds at most **one aggregation**:
 //!
 //! ```text
 //! input → [guest operators] → sinks / repartitions                          (stateless)
@@ -22,9 +22,9 @@
 //! it render the rows the aggregation emits at a commit. (Sliding and session
 //! windows depend on which records reach them, so the operators before them run
 //! in a call of their own first, as do operators that lead both into the
-//! aggregation and to sinks or repartition topics.) Two inputs in one
-//! sub-topology (merging two topics, or joins) come with the next version; they
-//! are refused with the node named.
+//! aggregation and to sinks or repartition topics.) Records of merged inputs
+//! enter the guest at their own input's output, in the order they were read.
+//! Joins come with the next version; they are refused with the node named.
 
 pub mod describe;
 
@@ -94,13 +94,14 @@ pub struct Aggregation {
     pub grace_ms: u64,
     /// When rows are emitted.
     pub emit: Emit,
-    /// Where the records folded into it come from: the input, through guest
-    /// operators (`via`), or directly.
-    pub via: Option<Edge>,
+    /// Whether the records folded into it pass through guest operators first,
+    /// in the call that folds them (entering at their input's output, sent as
+    /// [`weir_abi::calls::AggregateIn::via`]), rather than reaching it directly.
+    pub fused: bool,
     /// Whether the input (or the guest operators before the aggregation) also
     /// lead elsewhere — to sinks or repartition topics. Then those operators run
     /// in a call of their own first, and the records reaching the aggregation
-    /// are folded afterwards (`via` is `None`).
+    /// are folded afterwards (`fused` is false).
     pub split: bool,
     /// The output the emitted rows leave through (a `to_stream`, or the
     /// aggregation itself when a table `group_by` reads it); `None` if nothing
@@ -139,14 +140,22 @@ pub enum Input {
     Repartition(usize),
 }
 
+/// A topic a sub-topology reads, and where its records enter the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubInput {
+    /// The topic.
+    pub input: Input,
+    /// The output its records enter the guest from (the input node's).
+    pub entry: Edge,
+}
+
 /// One sub-topology as the host runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sub {
-    /// What its tasks read.
-    pub input: Input,
-    /// The output records enter the guest from (the input node's).
-    pub entry: Edge,
-    /// What runs after the input.
+    /// What its tasks read, in node order: one topic, or several merged
+    /// (co-partitioned: a task reads the same partition of each).
+    pub inputs: Vec<SubInput>,
+    /// What runs after the inputs.
     pub stage: Stage,
 }
 
@@ -248,8 +257,9 @@ impl Shape {
         // Tasks are (sub-topology, partition): each sub-topology keeps its place,
         // its input and its store (sources and repartitions compare equal above,
         // so their indices name the same topics).
-        let subs = |s: &Shape| -> Vec<(Input, Option<String>)> {
-            s.subs.iter().map(|sub| (sub.input, sub.aggregation().map(|a| a.store.name.clone()))).collect()
+        let subs = |s: &Shape| -> Vec<(Vec<Input>, Option<String>)> {
+            let inputs = |sub: &Sub| sub.inputs.iter().map(|i| i.input).collect();
+            s.subs.iter().map(|sub| (inputs(sub), sub.aggregation().map(|a| a.store.name.clone()))).collect()
         };
         if subs(self) != subs(old) {
             return Some(format!(
@@ -267,8 +277,8 @@ fn refuse(t: &Topology, node: u32, reason: impl Into<String>) -> TopologyError {
     TopologyError { node: Some(t.node(node).name.clone()), reason: reason.into() }
 }
 
-const LATER: &str = "this version of Weir runs sub-topologies that read one topic and hold at most one \
-                     aggregation";
+const LATER: &str = "this version of Weir runs sub-topologies that hold at most one aggregation, fed by guest \
+                     operators from the topics they read";
 
 /// Derives the shape of a validated topology, or says (naming the node) what
 /// this host cannot run yet.
@@ -315,21 +325,23 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
     }
     let mut subs = Vec::new();
     for part in t.subtopologies()? {
-        let mut inputs: Vec<u32> = part.sources.iter().chain(&part.reads_repartitions).copied().collect();
-        inputs.sort_unstable();
-        let input_node = match inputs.as_slice() {
-            [one] => *one,
-            [_, second, ..] => return Err(refuse(t, *second, format!("a second input of one sub-topology: {LATER}"))),
-            [] => {
-                let first = part.nodes.first().copied().unwrap_or(0);
-                return Err(refuse(t, first, "no topic feeds this part of the topology"));
-            }
-        };
-        let input = match sources.iter().position(|s| s.node == input_node) {
-            Some(i) => Input::Source(i),
-            None => Input::Repartition(repartitions.iter().position(|r| r.node == input_node).unwrap_or(0)),
-        };
-        let entry = Edge { node: input_node, port: 0 };
+        let mut input_nodes: Vec<u32> = part.sources.iter().chain(&part.reads_repartitions).copied().collect();
+        input_nodes.sort_unstable();
+        if input_nodes.is_empty() {
+            let first = part.nodes.first().copied().unwrap_or(0);
+            return Err(refuse(t, first, "no topic feeds this part of the topology"));
+        }
+        let inputs: Vec<SubInput> = input_nodes
+            .iter()
+            .map(|&node| SubInput {
+                input: match sources.iter().position(|s| s.node == node) {
+                    Some(i) => Input::Source(i),
+                    None => Input::Repartition(repartitions.iter().position(|r| r.node == node).unwrap_or(0)),
+                },
+                entry: Edge { node, port: 0 },
+            })
+            .collect();
+        let is_entry = |e: Edge| inputs.iter().any(|i| i.entry == e);
         // The sub-topology's nodes, except the repartitions it writes (host exits).
         let own = |n: u32| part.nodes.contains(&n) && !part.writes_repartitions.contains(&n);
         let aggregates: Vec<u32> = part
@@ -346,13 +358,13 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 // Guest segments lead from the input to sinks and repartitions.
                 for &n in part.nodes.iter().filter(|&&n| own(n)) {
                     let node = t.node(n);
-                    if !(node.op.is_guest() || n == input_node || matches!(node.op, Op::Sink { .. })) {
+                    if !(node.op.is_guest() || input_nodes.contains(&n) || matches!(node.op, Op::Sink { .. })) {
                         return Err(refuse(t, n, format!("a {}: {LATER}", node.op.kind())));
                     }
                 }
                 Stage::Stateless
             }
-            Some(&agg) => Stage::Aggregate(aggregation(t, agg, input_node, &segment_of)?),
+            Some(&agg) => Stage::Aggregate(aggregation(t, agg, &input_nodes, &segment_of)?),
         };
         // Every guest segment must start at the input or the aggregation's
         // rendered output, and end at sinks, repartitions or the aggregation.
@@ -362,7 +374,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 Stage::Stateless => None,
             };
             for &e in &seg.entries {
-                if let Some(bad) = t.node(e).inputs.iter().find(|i| Some(**i) != render && **i != entry) {
+                if let Some(bad) = t.node(e).inputs.iter().find(|i| Some(**i) != render && !is_entry(**i)) {
                     return Err(refuse(
                         t,
                         e,
@@ -382,16 +394,16 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 return Err(refuse(t, bad, format!("is fed by guest operators: {LATER}")));
             }
         }
-        subs.push(Sub { input, entry, stage });
+        subs.push(Sub { inputs, stage });
     }
     Ok(Shape { sources, sinks, repartitions, exits, subs })
 }
 
-/// The aggregation `agg` of a sub-topology reading `input`.
+/// The aggregation `agg` of a sub-topology reading `inputs` (input nodes).
 fn aggregation<'s>(
     t: &Topology,
     agg: u32,
-    input: u32,
+    inputs: &[u32],
     segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
 ) -> Result<Aggregation, TopologyError> {
     let node = t.node(agg);
@@ -402,16 +414,24 @@ fn aggregation<'s>(
         _ => return Err(refuse(t, agg, "internal: not an aggregation")),
     };
     let from = node.inputs[0];
-    if from.node != input && folds == Folds::Changes {
+    let direct = inputs.contains(&from.node);
+    if !direct && folds == Folds::Changes {
         return Err(refuse(t, agg, format!("a table aggregate reads its repartition topic directly: {LATER}")));
     }
-    if from.node != input && !t.node(from.node).op.is_guest() {
+    if !direct && !t.node(from.node).op.is_guest() {
         return Err(refuse(t, agg, format!("an aggregation fed by a {}: {LATER}", t.node(from.node).op.kind())));
     }
-    // Everything the input leads to: the aggregation, sinks, repartitions, or
+    if direct && inputs.len() > 1 {
+        return Err(refuse(
+            t,
+            agg,
+            format!("an aggregation reading one of several inputs of its sub-topology directly: {LATER}"),
+        ));
+    }
+    // Everything the inputs lead to: the aggregation, sinks, repartitions, or
     // guest operators that lead only to those.
     let mut split = false;
-    for (c, _) in t.consumers(input) {
+    for (c, _) in inputs.iter().flat_map(|&input| t.consumers(input)) {
         let reader = t.node(c);
         if c == agg || matches!(reader.op, Op::Sink { .. }) {
             split |= c != agg;
@@ -429,7 +449,7 @@ fn aggregation<'s>(
         {
             return Err(refuse(t, bad, format!("is fed by the operators before an aggregation: {LATER}")));
         }
-        if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
+        if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| !inputs.contains(&i.node))) {
             return Err(refuse(
                 t,
                 c,
@@ -442,7 +462,7 @@ fn aggregation<'s>(
         return Err(refuse(t, agg, format!("a table aggregate's repartition topic also leads elsewhere: {LATER}")));
     }
     // Fused: the operators before the aggregation run in the call that folds.
-    let via = (from.node != input && !split).then_some(Edge { node: input, port: 0 });
+    let fused = !direct && !split;
     let readers: Vec<u32> = t.consumers(agg).map(|(c, _)| c).collect();
     let (render_from, render_old) = match readers.as_slice() {
         [] => (None, false),
@@ -483,7 +503,7 @@ fn aggregation<'s>(
         windowing,
         grace_ms,
         emit,
-        via,
+        fused,
         split,
         render_from,
         render_old,

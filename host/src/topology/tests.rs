@@ -30,7 +30,7 @@ const HOPPING: WindowSpec = WindowSpec::Hopping { size_ms: 5_000, advance_ms: 1_
 fn a_one_stage_topology_fuses_the_steps_before_its_aggregation() {
     let s = shape(&one_stage(HOPPING)).unwrap();
     let w = s.subs[0].aggregation().unwrap();
-    assert_eq!((w.node, w.via, w.render_from), (2, Some(Edge { node: 0, port: 0 }), Some(Edge { node: 3, port: 0 })));
+    assert_eq!((w.node, w.fused, w.render_from), (2, true, Some(Edge { node: 3, port: 0 })));
     assert_eq!((w.grace_ms, w.emit, w.store.name.as_str()), (2_000, Emit::Updates, "windows"));
     assert_eq!(s.exits_of(4, 0), &[Exit::Sink(0)]);
     assert_eq!(s.sinks[0].topic, "out");
@@ -54,7 +54,7 @@ fn what_this_host_cannot_run_yet_is_refused_naming_the_node() {
     t.nodes.push(node("side", &[1], Op::Sink { topic: "side".into() }));
     let s = shape(&t).unwrap();
     let a = s.subs[0].aggregation().unwrap();
-    assert!(a.split && a.via.is_none(), "{a:?}");
+    assert!(a.split && !a.fused, "{a:?}");
     assert_eq!(s.exits_of(1, 0), &[Exit::Sink(1)]);
     let mut t = one_stage(HOPPING);
     t.nodes.push(node("copy", &[0], Op::Sink { topic: "copy".into() }));
@@ -177,11 +177,11 @@ fn a_regrouped_table_runs_as_two_subtopologies_through_a_repartition() {
         [Repartition { node: 4, name: "top-repartition".into(), partitions: Some(1), changes: true }]
     );
     let (first, second) = (s.subs[0].aggregation().unwrap(), s.subs[1].aggregation().unwrap());
-    assert_eq!((s.subs[0].input, s.subs[1].input), (Input::Source(0), Input::Repartition(0)));
+    assert_eq!((s.subs[0].inputs[0].input, s.subs[1].inputs[0].input), (Input::Source(0), Input::Repartition(0)));
     // The windows' rows go to the group_by with the rows they replace.
     assert_eq!((first.render_from, first.render_old), (Some(Edge { node: 2, port: 0 }), true));
     assert_eq!(s.exits_of(3, 0), &[Exit::Repartition(0)]);
-    assert_eq!((second.folds, second.via, second.render_old), (Folds::Changes, None, false));
+    assert_eq!((second.folds, second.fused, second.render_old), (Folds::Changes, false, false));
     assert_eq!(s.exits_of(7, 0), &[Exit::Sink(0)]);
     // A swap may not change what the repartition topic carries or its stores.
     let mut t = two_stage();
@@ -197,13 +197,48 @@ fn a_regrouped_table_runs_as_two_subtopologies_through_a_repartition() {
 }
 
 #[test]
-fn two_inputs_in_one_subtopology_are_refused_naming_the_second() {
+fn merged_topics_make_one_subtopology_reading_each() {
+    let mut t = one_stage(HOPPING);
+    // trades, more → both → asks → windows …
+    t.nodes.push(node("more", &[], Op::Source { topic: "more".into() }));
+    t.nodes.push(node("both", &[0, 6], Op::Merge));
+    t.nodes[1].inputs = vec![Edge { node: 7, port: 0 }];
+    let s = shape(&t).unwrap();
+    assert_eq!(s.subs.len(), 1);
+    let inputs: Vec<(Input, u32)> = s.subs[0].inputs.iter().map(|i| (i.input, i.entry.node)).collect();
+    assert_eq!(inputs, [(Input::Source(0), 0), (Input::Source(1), 6)]);
+    let a = s.subs[0].aggregation().unwrap();
+    assert!(a.fused && !a.split, "{a:?}");
+    // A swap may not change what a sub-topology reads.
+    let old = shape(&one_stage(HOPPING)).unwrap();
+    let real = |s: &Shape| (vec![], s.sinks.iter().map(|e| e.topic.clone()).collect());
+    assert!(s.swap_difference(&old, real).unwrap().contains("sub-topologies"));
+}
+
+#[test]
+fn merged_topics_without_an_aggregation_are_stateless() {
+    let t = Topology {
+        nodes: vec![
+            node("east", &[], Op::Source { topic: "east".into() }),
+            node("west", &[], Op::Source { topic: "west".into() }),
+            node("both", &[0, 1], Op::Merge),
+            node("all", &[2], Op::Sink { topic: "all".into() }),
+            node("raw-east", &[0], Op::Sink { topic: "raw".into() }),
+        ],
+    };
+    let s = shape(&t).unwrap();
+    assert_eq!((s.subs.len(), s.subs[0].inputs.len(), &s.subs[0].stage), (1, 2, &Stage::Stateless));
+    assert_eq!(s.exits_of(0, 0), [Exit::Sink(1)]);
+}
+
+#[test]
+fn an_aggregation_reading_one_of_several_inputs_directly_is_refused_naming_it() {
     let mut t = two_stage();
     t.nodes.push(node("more", &[], Op::Source { topic: "more".into() }));
     t.nodes.push(node("both", &[], Op::Merge));
     t.nodes[10].inputs = vec![Edge { node: 7, port: 0 }, Edge { node: 9, port: 0 }];
     t.nodes.push(node("to-both", &[10], Op::Sink { topic: "both".into() }));
     let e = shape(&t).unwrap_err();
-    assert_eq!(e.node.as_deref(), Some("more"), "{e}");
-    assert!(e.reason.contains("second input"), "{e}");
+    assert_eq!(e.node.as_deref(), Some("top"), "{e}");
+    assert!(e.reason.contains("several inputs"), "{e}");
 }
