@@ -195,8 +195,8 @@ pub enum GuestError {
     /// The plugin answered with a frame the host cannot read.
     #[error("plugin returned an unreadable frame: {0}")]
     BadFrame(String),
-    /// The plugin returned a value larger than [`Limits::max_value_bytes`].
-    #[error("plugin returned a {size}-byte value; the limit is {limit} bytes")]
+    /// The plugin returned a value (or a key) larger than [`Limits::max_value_bytes`].
+    #[error("plugin returned a {size}-byte value; the limit is {limit} bytes (for keys and values)")]
     Oversized {
         /// The value's size.
         size: usize,

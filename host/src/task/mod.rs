@@ -610,7 +610,7 @@ impl Task {
 
     /// Runs the buffered records through the plugin, in runs of records of one
     /// input (which enter the guest at that input's output); records of several
-    /// inputs go in timestamp order across them ([`in_time_order`]).
+    /// inputs go in timestamp order across them (see the module's doc).
     pub fn process_pending(&mut self, env: &mut Env<'_>) -> Result<(), TaskError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -972,6 +972,17 @@ fn check_value(guest: &mut dyn Guest, value: &[u8]) -> Result<(), GuestError> {
     Ok(())
 }
 
+/// Fails if a record leaving the guest has a key, a value or a replaced row over
+/// the value limit (the caller drops the instance, whose memory may be full of
+/// ballast).
+fn check_record(record: &Rec<'_>, limit: usize) -> Result<(), GuestError> {
+    let size = [record.key, record.value, record.old].into_iter().flatten().map(<[u8]>::len).max().unwrap_or(0);
+    match size > limit {
+        true => Err(GuestError::Oversized { size, limit }),
+        false => Ok(()),
+    }
+}
+
 /// How a commit renders an aggregation's rows: from which output, and whether
 /// each carries the committed row it replaces.
 #[derive(Debug, Clone, Copy)]
@@ -1062,10 +1073,8 @@ fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Re
                 e.node
             ))));
         }
-        if let Some(v) = e.record.value
-            && v.len() > limit
-        {
-            return Ok(Err(GuestError::Oversized { size: v.len(), limit }));
+        if let Err(e) = check_record(&e.record, limit) {
+            return Ok(Err(e));
         }
         for &exit in exits {
             records.push(RenderedRecord {

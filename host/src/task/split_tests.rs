@@ -145,3 +145,49 @@ fn sessions_behind_a_fan_out_count_what_reaches_them() {
             .collect();
     assert_eq!(counts, want);
 }
+
+/// A key far over the value limit for the value 7; the key itself otherwise.
+#[allow(clippy::ptr_arg)] // the DSL hands a `&K`
+fn widen(k: &String, v: &u64) -> String {
+    if *v == 7 { "k".repeat(2 << 20) } else { k.clone() }
+}
+
+#[test]
+fn a_key_over_the_value_limit_is_dead_lettered_like_a_value() {
+    let b = StreamsBuilder::new();
+    b.stream::<String, u64>("in").select_key(widen).to("out");
+    let built = b.build().unwrap();
+    let info = PluginInfo::of("wide-keys".into(), "1".into(), built.describe().clone()).unwrap();
+    let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+    let mut task =
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), &[None], None, 1);
+    let mut guest = Native(built);
+    for (offset, v) in ["1", "7", "2"].into_iter().enumerate() {
+        assert!(task.accept(0, offset as i64, Some(b"k"), Some(v.as_bytes()), Some(0)));
+    }
+    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    let policy =
+        Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
+    let mut env = Env {
+        info: &info,
+        guest: &mut guest,
+        outbox: &mut outbox,
+        metrics: &metrics,
+        input_topics: &*super::tests::INPUTS,
+        policy,
+    };
+    task.process_pending(&mut env).unwrap();
+    let written: Vec<(Dest, usize, Option<Vec<u8>>)> =
+        outbox.records().iter().map(|o| (o.dest, o.key.as_ref().map_or(0, Vec::len), o.value.clone())).collect();
+    let sunk: Vec<_> = written.iter().filter(|w| w.0 == Dest::Sink(0)).map(|w| (w.1, w.2.clone())).collect();
+    assert_eq!(sunk, [(1, Some(b"1".to_vec())), (1, Some(b"2".to_vec()))], "{written:?}");
+    let letters: Vec<_> = outbox.records().iter().filter(|o| o.dest == Dest::DeadLetter).collect();
+    assert_eq!(
+        (letters.len(), letters[0].value.as_deref()),
+        (1, Some(&b"7"[..])),
+        "the input record, not the wide key"
+    );
+    let letter = letters[0];
+    let reason = &letter.headers.iter().find(|h| h.0 == "weir.error").unwrap().1;
+    assert!(reason.contains(&format!("{}-byte value", 2 << 20)), "{reason}");
+}

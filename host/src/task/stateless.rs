@@ -16,7 +16,7 @@ use weir_abi::calls::{Rec, RunIn, RunOut};
 use weir_abi::topology::Edge;
 
 use super::batch::Reject;
-use super::{Env, MAX_FANOUT, Pending, Task, TaskError, exit_record, frame_err, input_of, span_bytes};
+use super::{Env, MAX_FANOUT, Pending, Task, TaskError, check_record, exit_record, frame_err, input_of, span_bytes};
 use crate::config::FailurePolicy;
 use crate::runtime::{GuestError, MAX_REASON_BYTES, clip};
 
@@ -365,11 +365,9 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
                 e.node
             )));
         }
-        if let Some(v) = e.record.value
-            && v.len() > limit
-        {
+        if let Err(e) = check_record(&e.record, limit) {
             env.guest.renew();
-            return Err(GuestError::Oversized { size: v.len(), limit });
+            return Err(e);
         }
         emitted.push(Emitted {
             source: range.start + e.source as usize,
