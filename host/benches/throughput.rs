@@ -10,7 +10,10 @@
 //! (d) as (b) with a hot swap every 250 ms between two builds of stock-stats,
 //!     reporting the pause each swap causes on the pipeline thread (p50/p99);
 //! (e) stock-stats written in the topology DSL (`stock-stats-dsl`), exactly_once,
-//!     also as a ratio to (b), the `Aggregator` shorthand (target: within 5%).
+//!     also as a ratio to (b), the `Aggregator` shorthand (target: within 5%) —
+//!     the median of that ratio over the table's pair and three more pairs run
+//!     back to back, (b) then (e), since the machine's speed drifts over a run;
+//! (f) top10, two sub-topologies through a repartition topic, exactly_once.
 //! Rates are records/s from the first record consumed to the commit that covers
 //! the last one; ratios are against (a) measured in the same run.
 
@@ -85,7 +88,7 @@ fn main() -> Result<()> {
     ];
     let mut rows = Vec::new();
     let mut swaps = None;
-    for (label, mode) in modes {
+    let run = |label: &str, mode: &str| -> Result<Measured> {
         eprintln!("running {label}…");
         let out = Command::new(std::env::current_exe()?)
             .args(["--child", mode, &bootstrap, &input, &records.to_string(), &plugin, &id.to_string()])
@@ -97,10 +100,23 @@ fn main() -> Result<()> {
         let line = out.stdout.lines().map_while(Result::ok).last().context("no result line")?;
         let mut parts = line.split_whitespace().map(|p| p.parse::<f64>());
         let (secs, rss) = (parts.next().context("secs")??, parts.next().context("rss")??);
-        if let (Some(n), Some(p50), Some(p99)) = (parts.next(), parts.next(), parts.next()) {
-            swaps = Some((n?, p50?, p99?));
-        }
+        let swaps = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(p50), Some(p99)) => Some((n?, p50?, p99?)),
+            _ => None,
+        };
+        Ok((secs, rss, swaps))
+    };
+    for (label, mode) in modes {
+        let (secs, rss, swapped) = run(label, mode)?;
+        swaps = swaps.or(swapped);
         rows.push((label, records as f64 / secs, secs, rss));
+    }
+    // (e)/(b) in pairs run back to back: the table's, and three more.
+    let mut pairs = vec![rows[4].1 / rows[1].1];
+    for round in 1..=3 {
+        let (shorthand, _, _) = run(&format!("pair {round}: (b)"), "exactly_once")?;
+        let (dsl, _, _) = run(&format!("pair {round}: (e)"), "dsl")?;
+        pairs.push(shorthand / dsl);
     }
     let base = rows[0].1;
     let rates: Vec<f64> = rows.iter().map(|r| r.1).collect();
@@ -113,10 +129,17 @@ fn main() -> Result<()> {
     if let Some((n, p50, p99)) = swaps {
         println!("\nswap pause during (d): {n:.0} swaps, p50 {p50:.0} µs, p99 {p99:.0} µs");
     }
-    println!("\n(e) the DSL vs (b) the Aggregator shorthand: {:.2}", rows_rate(&rates, 4) / rows_rate(&rates, 1));
+    let shown: Vec<String> = pairs.iter().map(|r| format!("{r:.2}")).collect();
+    pairs.sort_by(f64::total_cmp);
+    let median = (pairs[pairs.len() / 2 - 1] + pairs[pairs.len() / 2]) / 2.0;
+    println!("\n(e) the DSL vs (b) the Aggregator shorthand: median {median:.2} of pairs {}", shown.join(", "));
     println!("(f) top10 vs (b) single-stage stock-stats: {:.2}", rows_rate(&rates, 5) / rows_rate(&rates, 1));
     Ok(())
 }
+
+/// One mode's run: seconds, peak RSS in MiB, and for (d) the swaps (count, p50
+/// and p99 pause in µs).
+type Measured = (f64, f64, Option<(f64, f64, f64)>);
 
 fn rows_rate(rates: &[f64], i: usize) -> f64 {
     rates.get(i).copied().unwrap_or(f64::NAN)

@@ -481,25 +481,51 @@ fn recompute_daily(trades: &[Record]) -> Result<(Daily, Lateness)> {
 }
 
 /// Pattern (b): daily-stats over three UTC days compared, per (ticker, day), with
-/// the recomputation; the asks beyond grace are dropped and counted as late.
+/// the recomputation; the asks beyond grace are dropped and counted as late. The
+/// host is SIGKILLed mid-stream and its successor starts on an empty state
+/// directory.
 #[test]
 fn daily_stats_per_stock_match_a_recomputation() -> Result<()> {
     let app = unique("daily");
     let input = format!("{app}-trades");
     let output = format!("{app}-out");
     create_topic(&input, DAILY_PARTITIONS)?;
-    for p in 0..DAILY_PARTITIONS {
-        produce_to(&input, p, &daily_inputs(p))?;
+    let inputs: Vec<Vec<RawRecord>> = (0..DAILY_PARTITIONS).map(daily_inputs).collect();
+    let half = |p: usize| inputs[p].len() / 2;
+    for (p, records) in inputs.iter().enumerate() {
+        produce_to(&input, p as i32, &records[..half(p)])?;
     }
     let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
     let topics = [("trades", input.as_str()), ("daily-stats", output.as_str())];
-    let args = topology_args("daily-stats", &app, &topics, &dir.path().join("state"))?;
-    let mut weir = spawn_weir(&args, &dir.path().join("weir.log"))?;
+    let args = |state: &str| topology_args("daily-stats", &app, &topics, &dir.path().join(state));
+    let mut weir = spawn_weir(&args("a")?, &log)?;
+    await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
+    let first_metrics = metrics_text(&mut weir)?;
+    // The second halves arrive; the host is SIGKILLed once it committed some.
+    let (topic, rest): (String, Vec<Vec<RawRecord>>) =
+        (input.clone(), inputs.iter().enumerate().map(|(p, r)| r[half(p)..].to_vec()).collect());
+    let producer = std::thread::spawn(move || -> Result<()> {
+        for (p, records) in rest.iter().enumerate() {
+            produce_to(&topic, p as i32, records)?;
+        }
+        Ok(())
+    });
+    let first_total: usize = (0..inputs.len()).map(half).sum();
+    await_committed_at_least(&app, &input, DAILY_PARTITIONS, first_total as i64 + 1, &mut weir)?;
+    weir.kill()?;
+    producer.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    let mut weir = spawn_weir(&args("b")?, &log)?;
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
     let metrics = metrics_text(&mut weir)?;
     terminate(&mut weir)?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restart must restore the days from the changelog:\n{text}");
 
     let trades = read_all(&input)?;
+    let first: Vec<Record> =
+        trades.iter().filter(|r| (r.offset as usize) < half(r.partition as usize)).cloned().collect();
+    let (_, first_lateness) = recompute_daily(&first)?;
     let (want, lateness) = recompute_daily(&trades)?;
     // The input is what it is meant to be: 3 tickers × 3 days per partition; the
     // four asks per partition placed beyond grace dropped, many within it counted.
@@ -518,7 +544,12 @@ fn daily_stats_per_stock_match_a_recomputation() -> Result<()> {
     let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
     assert!(differ.is_empty() && extra.is_empty(), "(want, got): {differ:#?}\nextra: {extra:?}");
 
-    assert_eq!(counter(&metrics, "late_records_total", &app)?, lateness.dropped as f64, "late records");
+    // The first host's count covers the first halves exactly; the second host
+    // counts what came after the first host's last commit, no more.
+    let first_late = counter(&first_metrics, "late_records_total", &app)?;
+    assert_eq!(first_late, first_lateness.dropped as f64, "late records of the first halves");
+    let second_late = counter(&metrics, "late_records_total", &app)?;
+    assert!(second_late <= (lateness.dropped - first_lateness.dropped) as f64, "late records: {second_late}");
     Ok(())
 }
 
@@ -661,8 +692,11 @@ fn check_counts(input: &[Record], output: &[Record], crafted: &[Crafted]) -> Res
 }
 
 /// Pattern (g): hand-crafted out-of-order sequences on two partitions, in two
-/// phases. Records within grace are counted and their window's count emitted
-/// again; records beyond grace are not, and the metrics count them.
+/// phases, the host SIGKILLed between them and restarted on an empty state
+/// directory (so the stream time at the grace boundaries and the windows come
+/// back from the commit metadata and the changelog). Records within grace are
+/// counted and their window's count emitted again; records beyond grace are
+/// not, and the metrics count them.
 #[test]
 fn late_events_within_grace_count_and_beyond_are_dropped_and_counted() -> Result<()> {
     let app = unique("late");
@@ -672,15 +706,21 @@ fn late_events_within_grace_count_and_beyond_are_dropped_and_counted() -> Result
     create_topic(&input, 2)?;
     let dir = tempfile::tempdir()?;
     let topics = [("trades", input.as_str()), ("late-counts", output.as_str())];
-    let mut args = topology_args("late-counts", &app, &topics, &dir.path().join("state"))?;
-    args.extend(["--dead-letter-topic".to_string(), dead.clone()]);
-    let mut weir = spawn_weir(&args, &dir.path().join("weir.log"))?;
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args("late-counts", &app, &topics, &dir.path().join(state))?;
+        args.extend(["--dead-letter-topic".to_string(), dead.clone()]);
+        Ok(args)
+    };
+    let log = dir.path().join("weir.log");
+    let mut weir = spawn_weir(&args("a")?, &log)?;
 
     produce_crafted(&input, PHASE_1)?;
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
     check_counts(&read_all(&input)?, &read_all(&output)?, PHASE_1)?;
     let before = last_counts(&read_all(&output)?)?;
     assert_eq!(before.get(&("AAPL".to_string(), T0)), Some(&2), "{before:?}");
+    weir.kill()?;
+    let mut weir = spawn_weir(&args("b")?, &log)?;
 
     produce_crafted(&input, PHASE_2)?;
     await_caught_up(&app, &input, &mut weir, Duration::from_secs(120))?;
@@ -692,10 +732,13 @@ fn late_events_within_grace_count_and_beyond_are_dropped_and_counted() -> Result
     let after = last_counts(&output_records)?;
     assert_eq!(after.get(&("AAPL".to_string(), T0)), Some(&4), "{after:?}");
 
-    let dropped = all.iter().filter(|c| c.3 == Dropped).count() as f64;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restart must restore the windows from the changelog:\n{text}");
+    // The second host's metrics: phase 2 only (phase 1 was committed before the kill).
+    let [dropped, rejected] = [Dropped, Rejected].map(|fate| PHASE_2.iter().filter(|c| c.3 == fate).count() as f64);
     assert_eq!(counter(&metrics, "late_records_total", &app)?, dropped, "late records in the metrics");
     assert_eq!(counter(&metrics, "late_window_updates_total", &app)?, dropped, "late window updates in the metrics");
-    assert_eq!(counter(&metrics, "dead_letters_total", &app)?, 1.0, "dead letters in the metrics");
+    assert_eq!(counter(&metrics, "dead_letters_total", &app)?, rejected, "dead letters in the metrics");
     let letters = read_all(&dead)?;
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0].headers.get("weir.node").map(String::as_str), Some("counts"), "{:?}", letters[0]);
