@@ -88,10 +88,11 @@ fn main() -> Result<()> {
     ];
     let mut rows = Vec::new();
     let mut swaps = None;
-    let run = |label: &str, mode: &str| -> Result<Measured> {
+    // `run_id` names the run's application (and so its group, which must be new).
+    let run = |label: &str, mode: &str, run_id: &str| -> Result<Measured> {
         eprintln!("running {label}…");
         let out = Command::new(std::env::current_exe()?)
-            .args(["--child", mode, &bootstrap, &input, &records.to_string(), &plugin, &id.to_string()])
+            .args(["--child", mode, &bootstrap, &input, &records.to_string(), &plugin, run_id])
             .stderr(Stdio::inherit())
             .output()?;
         if !out.status.success() {
@@ -107,15 +108,16 @@ fn main() -> Result<()> {
         Ok((secs, rss, swaps))
     };
     for (label, mode) in modes {
-        let (secs, rss, swapped) = run(label, mode)?;
+        let (secs, rss, swapped) = run(label, mode, &id.to_string())?;
         swaps = swaps.or(swapped);
         rows.push((label, records as f64 / secs, secs, rss));
     }
     // (e)/(b) in pairs run back to back: the table's, and three more.
     let mut pairs = vec![rows[4].1 / rows[1].1];
     for round in 1..=3 {
-        let (shorthand, _, _) = run(&format!("pair {round}: (b)"), "exactly_once")?;
-        let (dsl, _, _) = run(&format!("pair {round}: (e)"), "dsl")?;
+        let run_id = format!("{id}-pair{round}");
+        let (shorthand, _, _) = run(&format!("pair {round}: (b)"), "exactly_once", &run_id)?;
+        let (dsl, _, _) = run(&format!("pair {round}: (e)"), "dsl", &run_id)?;
         pairs.push(shorthand / dsl);
     }
     let base = rows[0].1;

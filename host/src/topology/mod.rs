@@ -263,12 +263,39 @@ impl Shape {
         };
         if subs(self) != subs(old) {
             return Some(format!(
-                "its sub-topologies (input, store) are {:?} where the running version's are {:?}",
-                subs(self),
-                subs(old)
+                "its sub-topologies are {} where the running version's are {}: tasks are (sub-topology, \
+                 partition), so each must keep its place, what it reads and its store",
+                self.describe_subs(),
+                old.describe_subs()
             ));
         }
         None
+    }
+
+    /// The sub-topologies in words: what each reads (sources by logical topic,
+    /// repartition topics by node) and its store.
+    fn describe_subs(&self) -> String {
+        let input = |i: &SubInput| match i.input {
+            Input::Source(s) => {
+                self.sources.get(s).map_or_else(|| format!("source #{s}"), |e| format!("`{}`", e.topic))
+            }
+            Input::Repartition(r) => {
+                self.repartitions.get(r).map_or_else(|| format!("repartition #{r}"), |e| format!("`{}`", e.name))
+            }
+        };
+        let subs: Vec<String> = self
+            .subs
+            .iter()
+            .enumerate()
+            .map(|(n, sub)| {
+                let reads: Vec<String> = sub.inputs.iter().map(input).collect();
+                match sub.aggregation() {
+                    Some(a) => format!("{n}: {} into `{}`", reads.join(" + "), a.store.name),
+                    None => format!("{n}: {}", reads.join(" + ")),
+                }
+            })
+            .collect();
+        format!("[{}]", subs.join("; "))
     }
 }
 
