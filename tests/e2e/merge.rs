@@ -1,9 +1,10 @@
 //! Two merged topics on the real broker: `trade-merge` reads the trade feeds of
 //! two exchanges as one stream (one sub-topology, a task per partition reading
 //! that partition of both). Checked against a recomputation from both inputs,
-//! through a SIGKILL mid-stream and a restart on an empty state directory: every
-//! large trade of either feed written exactly once, every minute's totals exact,
-//! every bad record dead-lettered exactly once naming the topic it came from.
+//! across two hosts sharing the tasks, a SIGKILL mid-stream and a restart on an
+//! empty state directory: every large trade of either feed written exactly once,
+//! every minute's totals exact, every bad record dead-lettered exactly once
+//! naming the topic it came from. Topics that cannot be merged are refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use crate::support::*;
-use crate::topologies::{strings, topology_args};
+use crate::topologies::{counter, metrics_text, strings, topology_args};
 
 const PARTITIONS: i32 = 3;
 const TICKERS: usize = 10;
@@ -99,8 +100,16 @@ fn recompute(feeds: &[(&str, &[Record])]) -> (Large, Totals, Bad) {
     (large, totals, bad)
 }
 
+/// `args` with the instance id `id` (hosts of one application need their own).
+fn as_instance(mut args: Vec<String>, id: &str) -> Vec<String> {
+    if let Some(at) = args.iter().position(|a| a == "--instance-id") {
+        args[at + 1] = id.to_owned();
+    }
+    args
+}
+
 #[test]
-fn two_merged_feeds_are_exact_through_a_sigkill_and_an_empty_state_dir() -> Result<()> {
+fn two_merged_feeds_are_exact_across_two_hosts_a_sigkill_and_an_empty_state_dir() -> Result<()> {
     let app = unique("merge");
     let (east, west) = (format!("{app}-east"), format!("{app}-west"));
     let (large, volume, dead) = (format!("{app}-large"), format!("{app}-volume"), format!("{app}-dead"));
@@ -114,10 +123,10 @@ fn two_merged_feeds_are_exact_through_a_sigkill_and_an_empty_state_dir() -> Resu
         ("large-trades", large.as_str()),
         ("merged-volume", volume.as_str()),
     ];
-    let args = |state: &str| -> Result<Vec<String>> {
+    let args = |state: &str, instance: &str| -> Result<Vec<String>> {
         let mut args = topology_args("trade-merge", &app, &topics, &dir.path().join(state))?;
         args.extend(strings(&["--dead-letter-topic", &dead]));
-        Ok(args)
+        Ok(as_instance(args, instance))
     };
     // The west feed is smaller: the two inputs of a task are not in step.
     let (east_records, west_records) = (feed(0xea57, 6_000), feed(0x3e57, 3_500));
@@ -126,28 +135,38 @@ fn two_merged_feeds_are_exact_through_a_sigkill_and_an_empty_state_dir() -> Resu
 
     produce(&east, &east_records[..e1])?;
     produce(&west, &west_records[..w1])?;
-    let mut weir = spawn_weir(&args("a")?, &log)?;
-    await_caught_up(&app, &east, &mut weir, Duration::from_secs(120))?;
-    await_caught_up(&app, &west, &mut weir, Duration::from_secs(120))?;
-    // Both feeds go on and the host is SIGKILLed mid-stream, once it has
-    // committed some of the new records.
+    let mut first = spawn_weir(&args("a", "merge-a")?, &log)?;
+    await_caught_up(&app, &east, &mut first, Duration::from_secs(120))?;
+    await_caught_up(&app, &west, &mut first, Duration::from_secs(120))?;
+    // A second host joins (the tasks are shared: each moves with its partition
+    // of both feeds), both feeds go on, and the first host is SIGKILLed once
+    // some of the new records are committed.
+    let mut second = spawn_weir(&args("b", "merge-b")?, &log)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counter(&metrics_text(&mut second)?, "tasks", &app).unwrap_or(0.0) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the second host got no task");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (east_middle, west_middle) = (east_records[e1..e2].to_vec(), west_records[w1..w2].to_vec());
     let (east_topic, west_topic) = (east.clone(), west.clone());
     let producer = std::thread::spawn(move || -> Result<()> {
         produce(&east_topic, &east_middle)?;
         produce(&west_topic, &west_middle)
     });
-    await_committed_at_least(&app, &east, PARTITIONS, e1 as i64 + 1, &mut weir)?;
-    weir.kill()?;
+    await_committed_at_least(&app, &east, PARTITIONS, e1 as i64 + 1, &mut first)?;
+    first.kill()?;
     producer.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    // The successor starts on an empty state directory: the minutes come back
-    // from the changelog, the offsets of both feeds from the group.
-    let mut weir = spawn_weir(&args("b")?, &log)?;
+    // It comes back under its identity on an empty state directory: its tasks'
+    // minutes come back from the changelog, the offsets of both feeds from the
+    // group.
+    let mut first = spawn_weir(&args("c", "merge-a")?, &log)?;
     produce(&west, &west_records[w2..w3])?;
     produce(&east, &east_records[e2..e3])?;
-    await_caught_up(&app, &east, &mut weir, Duration::from_secs(120))?;
-    await_caught_up(&app, &west, &mut weir, Duration::from_secs(120))?;
-    terminate(&mut weir)?;
+    await_caught_up(&app, &east, &mut first, Duration::from_secs(180))?;
+    await_caught_up(&app, &west, &mut first, Duration::from_secs(180))?;
+    assert!(second.exited()?.is_none(), "the second host must still run");
+    terminate(&mut first)?;
+    terminate(&mut second)?;
     let text = std::fs::read_to_string(&log)?;
     assert!(restored_records(&text) > 0, "the restart must restore the minutes from the changelog:\n{text}");
 
@@ -185,5 +204,29 @@ fn two_merged_feeds_are_exact_through_a_sigkill_and_an_empty_state_dir() -> Resu
     }
     got_bad.sort();
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its topic, partition and offset");
+    Ok(())
+}
+
+/// Merged topics that are not co-partitioned, or one topic for both feeds: the
+/// pipeline is refused at start, saying why.
+#[test]
+fn topics_that_cannot_be_merged_are_refused_at_start() -> Result<()> {
+    let app = unique("merge-refused");
+    let (east, west) = (format!("{app}-east"), format!("{app}-west"));
+    create_topic(&east, 3)?;
+    create_topic(&west, 2)?;
+    let dir = tempfile::tempdir()?;
+    for (name, west_topic, says) in [
+        ("counts", west.as_str(), format!("merged with {east} (3 partitions)")),
+        ("twice", east.as_str(), "two sources would read it".to_owned()),
+    ] {
+        let log = dir.path().join(format!("{name}.log"));
+        let topics = [("trades-east", east.as_str()), ("trades-west", west_topic)];
+        let args = topology_args("trade-merge", &format!("{app}-{name}"), &topics, &dir.path().join(name))?;
+        let mut weir = spawn_weir(&args, &log)?;
+        let status = wait_exit(&mut weir, Duration::from_secs(60))?;
+        let text = std::fs::read_to_string(&log)?;
+        assert!(!status.success() && text.contains(&says), "{name}: {status}\n{text}");
+    }
     Ok(())
 }

@@ -61,13 +61,13 @@ fn committed_sum(group: &str, topic: &str, partitions: i32) -> Result<i64> {
 }
 
 /// The pipeline's metrics, from the admin API of a running `weir run`.
-fn metrics_text(weir: &mut Weir) -> Result<String> {
+pub(crate) fn metrics_text(weir: &mut Weir) -> Result<String> {
     let url = weir.admin_url()?;
     Client::new(&url, None).get("/v1/metrics").map_err(|e| anyhow::anyhow!("GET /v1/metrics: {e}"))
 }
 
 /// A counter of `pipeline` that must be present.
-fn counter(text: &str, name: &str, pipeline: &str) -> Result<f64> {
+pub(crate) fn counter(text: &str, name: &str, pipeline: &str) -> Result<f64> {
     metric(text, name, pipeline).with_context(|| format!("no weir_{name} for pipeline {pipeline} in:\n{text}"))
 }
 
