@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: consume, process through a plugin, produce, commit.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run several pipelines in one host, from a file of `[[pipeline]]` tables.
     Serve(ServeArgs),
     /// Generate test data.
@@ -242,6 +242,9 @@ pub struct RunArgs {
     /// Grace period for late records in ms.
     #[arg(long)]
     pub grace_ms: Option<u64>,
+    /// How often consumed records of repartition topics are deleted, in ms.
+    #[arg(long)]
+    pub repartition_purge_ms: Option<u64>,
     /// Emit every update or only final window results.
     #[arg(long, value_enum)]
     pub emit: Option<EmitMode>,
@@ -284,6 +287,7 @@ impl RunArgs {
             processing_guarantee => cfg.processing_guarantee,
             compression => cfg.compression,
             commit_interval_ms => cfg.commit_interval_ms,
+            repartition_purge_ms => cfg.repartition_purge_ms,
             state_dir => cfg.state.dir,
             state_backend => cfg.state.backend,
         );

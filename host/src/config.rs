@@ -253,6 +253,9 @@ pub struct RunConfig {
     /// plugin failure in that time (and always before its first commit) rolls
     /// back to the previous version instead of dead-lettering records.
     pub swap_probation_ms: u64,
+    /// How often consumed records of repartition topics are deleted, in ms
+    /// (Kafka Streams' `repartition.purge.interval.ms`).
+    pub repartition_purge_ms: u64,
     /// When results are written; overrides what the plugin declares.
     pub emit: Option<EmitMode>,
     /// Largest number of records per plugin call.
@@ -289,6 +292,7 @@ impl Default for RunConfig {
             processing_guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: 100,
             swap_probation_ms: 30_000,
+            repartition_purge_ms: 30_000,
             grace_ms: None,
             emit: None,
             batch_size: 1000,

@@ -202,12 +202,21 @@ pub fn end_offsets(topic: &str) -> Result<BTreeMap<i32, i64>> {
 
 /// [`end_offsets`] on the broker at `bootstrap`.
 pub fn end_offsets_on(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    Ok(watermarks_on(bootstrap, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
+}
+
+/// First offsets of `topic` (above 0 once records were deleted).
+pub fn low_offsets(topic: &str) -> Result<BTreeMap<i32, i64>> {
+    Ok(watermarks_on(&bootstrap(), topic)?.into_iter().map(|(p, (low, _))| (p, low)).collect())
+}
+
+fn watermarks_on(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>> {
     let consumer: BaseConsumer = client_on(bootstrap).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
     let mut out = BTreeMap::new();
     for p in 0..partitions {
-        out.insert(p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1);
+        out.insert(p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?);
     }
     Ok(out)
 }

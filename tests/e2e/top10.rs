@@ -163,7 +163,11 @@ fn top10_is_exact_through_a_sigkill_and_an_empty_state_dir() -> Result<()> {
     let records = trades(0x70b10, 120);
     let (a, b) = (records.len() / 2, records.len());
     produce(&input, &records[..a])?;
-    let args = |state: &str| pipeline_args("top10", &app, &input, &output, &dir.path().join(state));
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = pipeline_args("top10", &app, &input, &output, &dir.path().join(state))?;
+        args.extend(["--repartition-purge-ms".to_owned(), "500".to_owned()]);
+        Ok(args)
+    };
     let mut weir = spawn_weir(&args("a")?, &log)?;
     // Killed once it has committed part of what is there.
     await_committed_at_least(&app, &input, PARTITIONS, a as i64 / 3, &mut weir)?;
@@ -178,8 +182,23 @@ fn top10_is_exact_through_a_sigkill_and_an_empty_state_dir() -> Result<()> {
     assert!(want.values().filter(|r| r.len() == 10).count() >= 2, "days rank ten tickers: {want:?}");
     await_rankings(&output, &want, &mut weir)?;
     let repartition = format!("{app}-top10-repartition");
+    // What the second stage consumed and committed is deleted (purged), and
+    // nothing beyond it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while low_offsets(&repartition)?.values().sum::<i64>() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the repartition topic was never purged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let carried = read_all(&repartition)?;
     terminate(&mut weir)?;
+    let (low, done) =
+        (low_offsets(&repartition)?, committed(&app, &repartition, low_offsets(&repartition)?.len() as i32)?);
+    for (p, low) in &low {
+        assert!(
+            *low <= done.get(p).copied().unwrap_or(0).max(0),
+            "partition {p} purged to {low}, past the committed {done:?}"
+        );
+    }
     let text = std::fs::read_to_string(&log)?;
     assert!(restored_records(&text) > 0, "the restart must restore the stores from their changelogs:\n{text}");
     for store in ["open-last", "top10"] {

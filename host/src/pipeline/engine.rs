@@ -172,9 +172,6 @@ pub(super) struct Engine {
     purged_at: Instant,
 }
 
-/// How often consumed records of repartition topics are deleted.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
-
 /// The parts an engine is made of.
 pub(super) struct Parts {
     pub(super) cfg: RunConfig,
@@ -411,7 +408,8 @@ impl Engine {
         for id in stale {
             self.restore_again(id, consumer);
         }
-        if !self.topics.repartitions.is_empty() && self.purged_at.elapsed() >= PURGE_EVERY {
+        let purge_every = Duration::from_millis(self.cfg.repartition_purge_ms);
+        if !self.topics.repartitions.is_empty() && self.purged_at.elapsed() >= purge_every {
             self.purged_at = Instant::now();
             self.purge(&offsets);
         }
