@@ -8,9 +8,10 @@
 //! client), so while another producer's transaction holds offsets of a partition
 //! pending — a host that died or hung mid-commit — the answer waits for that
 //! transaction to end instead of returning offsets that may still move. Each
-//! partition is asked about on its own, so one pending transaction holds back
-//! only its own partition, and every question is asked again until it is
-//! answered: while the broker is away, restoring tasks wait instead of failing.
+//! task is asked about on its own (its partition of every topic it reads, in
+//! one request), so one pending transaction holds back only its own task, and
+//! every question is asked again until it is answered: while the broker is
+//! away, restoring tasks wait instead of failing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
