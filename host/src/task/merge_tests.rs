@@ -11,7 +11,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use weir_sdk::dsl::{StreamsBuilder, Topology as Built, session, tumbling};
 
-use super::planned_tests::Native;
+use super::planned_tests::{Native, native_env};
 use super::*;
 use crate::state::MemoryStore;
 
@@ -103,16 +103,7 @@ fn run(shape: Shape, records: &[Read], cut: usize) -> Ran {
             again[*input] += 1;
         }
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
-        let policy =
-            Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
-        let mut env = Env {
-            info: &info,
-            guest: &mut guest,
-            outbox: &mut outbox,
-            metrics: &metrics,
-            input_topics: &topics,
-            policy,
-        };
+        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
         task.process_pending(&mut env).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, None).unwrap();

@@ -14,6 +14,20 @@ use crate::state::MemoryStore;
 /// A topology's SDK build as the task's guest.
 pub(super) struct Native(pub(super) Built);
 
+/// What a task with the SDK as its guest works with: failures dead-lettered,
+/// updates emitted, `inputs` named in dead letters.
+pub(super) fn native_env<'a>(
+    info: &'a PluginInfo,
+    guest: &'a mut Native,
+    outbox: &'a mut Outbox,
+    metrics: &'a Metrics,
+    inputs: &'a [String],
+) -> Env<'a> {
+    let policy =
+        Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
+    Env { info, guest, outbox, metrics, input_topics: inputs, policy }
+}
+
 impl Guest for Native {
     fn run(&mut self, frame: &[u8]) -> Result<Vec<u8>, GuestError> {
         self.0.run_frame(frame).map_err(|e| GuestError::Plugin(e.to_string()))
@@ -93,19 +107,7 @@ impl Harness {
     }
 
     fn env(&mut self) -> Env<'_> {
-        Env {
-            info: &self.info,
-            guest: &mut self.guest,
-            outbox: &mut self.outbox,
-            metrics: &self.metrics,
-            input_topics: &*super::tests::INPUTS,
-            policy: Policy {
-                retries: 0,
-                probation: false,
-                on_failure: FailurePolicy::DeadLetter,
-                emit: EmitMode::Updates,
-            },
-        }
+        native_env(&self.info, &mut self.guest, &mut self.outbox, &self.metrics, &*super::tests::INPUTS)
     }
 
     /// Feeds one batch and commits it.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use weir_sdk::dsl::{StreamsBuilder, Topology as Built, session, tumbling};
 
-use super::planned_tests::Native;
+use super::planned_tests::{Native, native_env};
 use super::*;
 use crate::state::MemoryStore;
 
@@ -55,16 +55,7 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
             assert!(task.accept(0, (n * cut + i) as i64, Some(key.as_bytes()), Some(v.as_bytes()), Some(*ts)));
         }
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
-        let policy =
-            Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
-        let mut env = Env {
-            info: &info,
-            guest: &mut guest,
-            outbox: &mut outbox,
-            metrics: &metrics,
-            input_topics: &*super::tests::INPUTS,
-            policy,
-        };
+        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &*super::tests::INPUTS);
         task.process_pending(&mut env).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, None).unwrap();
@@ -166,16 +157,7 @@ fn a_key_over_the_value_limit_is_dead_lettered_like_a_value() {
         assert!(task.accept(0, offset as i64, Some(b"k"), Some(v.as_bytes()), Some(0)));
     }
     let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
-    let policy =
-        Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
-    let mut env = Env {
-        info: &info,
-        guest: &mut guest,
-        outbox: &mut outbox,
-        metrics: &metrics,
-        input_topics: &*super::tests::INPUTS,
-        policy,
-    };
+    let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &*super::tests::INPUTS);
     task.process_pending(&mut env).unwrap();
     let written: Vec<(Dest, usize, Option<Vec<u8>>)> =
         outbox.records().iter().map(|o| (o.dest, o.key.as_ref().map_or(0, Vec::len), o.value.clone())).collect();

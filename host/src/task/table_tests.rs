@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use weir_sdk::Windowed;
 use weir_sdk::dsl::{StreamsBuilder, Topology as Built, tumbling};
 
-use super::planned_tests::Native;
+use super::planned_tests::{Native, native_env};
 use super::*;
 use crate::state::MemoryStore;
 
@@ -71,14 +71,7 @@ fn ranking() -> Built {
 }
 
 fn env<'a>(info: &'a PluginInfo, guest: &'a mut Native, outbox: &'a mut Outbox, metrics: &'a Metrics) -> Env<'a> {
-    Env {
-        info,
-        guest,
-        outbox,
-        metrics,
-        input_topics: &*super::tests::INPUTS,
-        policy: Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates },
-    }
+    native_env(info, guest, outbox, metrics, &*super::tests::INPUTS)
 }
 
 /// A record written to a topic: key, value, timestamp.
