@@ -452,7 +452,11 @@ impl Pipeline {
             }
             let mut polled = 0;
             let mut consumer_fatal = None;
-            // Over the memory bound, nothing more is read until a commit.
+            // Over the memory bound, nothing more is read until a commit; while
+            // commits back off (Kafka away) the loop waits instead of spinning.
+            if held >= hold_limit {
+                std::thread::sleep(wait);
+            }
             while polled < batch && held < hold_limit {
                 let Some(message) = consumer.poll(wait) else { break };
                 wait = Duration::ZERO;

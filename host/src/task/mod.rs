@@ -268,6 +268,8 @@ struct Offsets {
     committed: Option<i64>,
     /// After the last buffered record (records before it are duplicates).
     accepted: Option<i64>,
+    /// Records of this input buffered.
+    buffered: usize,
 }
 
 /// One task's processing state.
@@ -340,7 +342,10 @@ impl Task {
             committed_schema: schema,
             stream_time,
             committed_stream_time: stream_time,
-            offsets: committed.iter().map(|&c| Offsets { next: c, committed: c, accepted: None }).collect(),
+            offsets: committed
+                .iter()
+                .map(|&c| Offsets { next: c, committed: c, accepted: None, buffered: 0 })
+                .collect(),
             expired_before: i64::MIN,
             pending: Vec::new(),
             arena: Vec::new(),
@@ -573,6 +578,7 @@ impl Task {
             return false;
         }
         at.accepted = Some(offset + 1);
+        at.buffered += 1;
         let key = self.push_bytes(key);
         let value = self.push_bytes(value);
         self.pending.push(Pending { key, value, timestamp, offset, input, floor: i64::MIN });
@@ -596,16 +602,7 @@ impl Task {
     /// topics waits for that (until the next commit) before it processes, so an
     /// input fetched a moment later is not judged late against another's.
     pub fn has_every_input(&self) -> bool {
-        match self.offsets.len() {
-            0 | 1 => true,
-            n => {
-                let mut seen = vec![false; n];
-                for p in &self.pending {
-                    seen[p.input] = true;
-                }
-                seen.iter().all(|s| *s)
-            }
-        }
+        self.offsets.len() < 2 || self.offsets.iter().all(|o| o.buffered > 0)
     }
 
     /// Runs the buffered records through the plugin, in runs of records of one
@@ -616,6 +613,9 @@ impl Task {
             return Ok(());
         }
         let mut pending = std::mem::take(&mut self.pending);
+        for at in &mut self.offsets {
+            at.buffered = 0;
+        }
         if self.offsets.len() > 1 {
             pending = in_time_order(pending, self.offsets.len());
         }
@@ -956,6 +956,7 @@ impl Task {
         for at in &mut self.offsets {
             at.next = at.committed;
             at.accepted = None;
+            at.buffered = 0;
         }
         self.expired_before = i64::MIN;
     }
