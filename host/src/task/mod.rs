@@ -381,11 +381,6 @@ impl Task {
             .ok_or_else(|| TaskError::Frame(format!("internal: sub-topology {} has no aggregation", self.sub)))
     }
 
-    /// How many inputs it reads.
-    pub fn inputs(&self) -> usize {
-        self.offsets.len()
-    }
-
     /// The offset to commit in `input` (after the last processed record), if any.
     pub fn next_offset(&self, input: usize) -> Option<i64> {
         self.offsets.get(input).and_then(|o| o.next)
