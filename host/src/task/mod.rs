@@ -1131,6 +1131,7 @@ impl std::fmt::Display for CommitMetadata {
 /// earlier read on a tie — the order in which Kafka Streams' task picks from its
 /// partitions' queues.
 fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
+    use std::cmp::Reverse;
     let mut queues: Vec<std::collections::VecDeque<(usize, Pending)>> = vec![Default::default(); inputs];
     let total = pending.len();
     for (read, p) in pending.into_iter().enumerate() {
@@ -1139,13 +1140,19 @@ fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
             q.push_back((read, p));
         }
     }
+    // Each input's next record, earliest first: O(log inputs) per record.
+    let head = |q: &std::collections::VecDeque<(usize, Pending)>| {
+        q.front().map(|(read, p)| (p.timestamp.unwrap_or(i64::MIN), *read))
+    };
+    let mut next: std::collections::BinaryHeap<Reverse<((i64, usize), usize)>> =
+        queues.iter().enumerate().filter_map(|(i, q)| Some(Reverse((head(q)?, i)))).collect();
     let mut ordered = Vec::with_capacity(total);
-    while let Some(q) = queues
-        .iter_mut()
-        .filter(|q| !q.is_empty())
-        .min_by_key(|q| q.front().map(|(read, p)| (p.timestamp.unwrap_or(i64::MIN), *read)))
-    {
+    while let Some(Reverse((_, input))) = next.pop() {
+        let q = &mut queues[input];
         ordered.extend(q.pop_front().map(|(_, p)| p));
+        if let Some(h) = head(q) {
+            next.push(Reverse((h, input)));
+        }
     }
     ordered
 }
