@@ -155,6 +155,25 @@ pub enum Op {
     },
     /// The stream of a table's updates.
     ToStream,
+    /// Materialises a keyed stream as a table in the host: each record's value
+    /// replaces its key's row (stored as the bytes it arrived as), a null value
+    /// deletes it, a record without a key is dead-lettered.
+    ToTable {
+        /// The store holding the rows.
+        store: StoreSpec,
+    },
+    /// Joins each record of a stream (input 0) with its key's row in a table
+    /// (input 1), as of the record's place in its task's time order: the host
+    /// looks the row up and hands the record on with the row beside it (in
+    /// [`crate::calls::Rec::old`]) to the [`Op::Joiner`] reading it. An inner
+    /// join drops a record whose key has no row; a left join hands it on without one.
+    JoinTable {
+        /// Whether records without a row are kept (a left join).
+        left: bool,
+    },
+    /// Calls the user's value joiner with a record's value and the row its join
+    /// found; reads a join's output.
+    Joiner,
 }
 
 /// How an aggregation folds values.
@@ -308,6 +327,9 @@ pub enum Flow {
     WindowedTable,
     /// Re-grouped table updates (old and new row) on their way to a table aggregate.
     Changes,
+    /// Stream records with the table row a join found for them, on their way
+    /// to a joiner.
+    Joined,
 }
 
 impl fmt::Display for Flow {
@@ -317,6 +339,7 @@ impl fmt::Display for Flow {
             Flow::Table => "a table",
             Flow::WindowedTable => "a windowed table",
             Flow::Changes => "re-grouped table updates",
+            Flow::Joined => "joined records",
         })
     }
 }
@@ -345,6 +368,10 @@ impl Op {
             Op::TableGroupBy => "table group_by",
             Op::TableAggregate { .. } => "table aggregate",
             Op::ToStream => "to_stream",
+            Op::ToTable { .. } => "to_table",
+            Op::JoinTable { left: false } => "stream-table join",
+            Op::JoinTable { left: true } => "stream-table left join",
+            Op::Joiner => "joiner",
         }
     }
 
@@ -365,6 +392,7 @@ impl Op {
                 | Op::Merge
                 | Op::Encode
                 | Op::TableGroupBy
+                | Op::Joiner
         )
     }
 
@@ -377,7 +405,7 @@ impl Op {
     /// The store the operator owns, if any.
     pub fn store(&self) -> Option<&StoreSpec> {
         match self {
-            Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } => Some(store),
+            Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } | Op::ToTable { store } => Some(store),
             _ => None,
         }
     }
@@ -607,6 +635,10 @@ impl Topology {
                 Op::Source { .. } => {}
                 Op::Merge if inputs == 0 => return Err(at(node, "a merge needs inputs")),
                 Op::Merge => {}
+                Op::JoinTable { .. } if inputs != 2 => {
+                    return Err(at(node, format!("a join reads a stream and a table; it has {inputs} input(s)")));
+                }
+                Op::JoinTable { .. } => {}
                 _ if inputs == 0 => {
                     return Err(at(node, format!("no path reaches this {}: it has no input", node.op.kind())));
                 }
@@ -707,6 +739,42 @@ impl Topology {
                 }
                 Op::ToStream => {
                     needs(&[Flow::Table, Flow::WindowedTable])?;
+                    Flow::Stream
+                }
+                Op::ToTable { .. } => {
+                    needs(&[Flow::Stream])?;
+                    if input_rekeyed {
+                        return Err(at(
+                            node,
+                            "makes a table of records whose key was changed upstream without a repartition in \
+                             between: a partition would not hold every update of a key (repartition first)",
+                        ));
+                    }
+                    Flow::Table
+                }
+                Op::JoinTable { .. } => {
+                    let (stream, table) = (input_flows.first().copied(), input_flows.get(1).copied());
+                    if stream != Some(Flow::Stream) || table != Some(Flow::Table) {
+                        return Err(at(
+                            node,
+                            format!(
+                                "a join reads a stream (first) and a table (second); its inputs carry {} and {}",
+                                stream.map_or_else(|| "nothing".to_owned(), |f| f.to_string()),
+                                table.map_or_else(|| "nothing".to_owned(), |f| f.to_string())
+                            ),
+                        ));
+                    }
+                    if node.inputs.first().is_some_and(|e| rekeyed[e.node as usize]) {
+                        return Err(at(
+                            node,
+                            "joins records whose key was changed upstream without a repartition in between: the \
+                             table's row for a key may be in another task (repartition first)",
+                        ));
+                    }
+                    Flow::Joined
+                }
+                Op::Joiner => {
+                    needs(&[Flow::Joined])?;
                     Flow::Stream
                 }
             };

@@ -245,6 +245,10 @@ pub struct RunArgs {
     /// How often consumed records of repartition topics are deleted, in ms.
     #[arg(long)]
     pub repartition_purge_ms: Option<u64>,
+    /// 0: a task reading several topics waits for an input with records still
+    /// to fetch; -1: never waits.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_task_idle_ms: Option<i64>,
     /// Emit every update or only final window results.
     #[arg(long, value_enum)]
     pub emit: Option<EmitMode>,
@@ -288,6 +292,7 @@ impl RunArgs {
             compression => cfg.compression,
             commit_interval_ms => cfg.commit_interval_ms,
             repartition_purge_ms => cfg.repartition_purge_ms,
+            max_task_idle_ms => cfg.max_task_idle_ms,
             state_dir => cfg.state.dir,
             state_backend => cfg.state.backend,
         );

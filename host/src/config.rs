@@ -256,6 +256,12 @@ pub struct RunConfig {
     /// How often consumed records of repartition topics are deleted, in ms
     /// (Kafka Streams' `repartition.purge.interval.ms`).
     pub repartition_purge_ms: u64,
+    /// How a task reading several topics (a merge, a join) waits for an input
+    /// that has no record buffered (Kafka Streams' `max.task.idle.ms`): `0`
+    /// waits while that input may still have records to fetch (its lag is
+    /// unknown or above zero), so records go in timestamp order across inputs;
+    /// `-1` never waits (records go in the order they arrive).
+    pub max_task_idle_ms: i64,
     /// When results are written; overrides what the plugin declares.
     pub emit: Option<EmitMode>,
     /// Largest number of records per plugin call.
@@ -293,6 +299,7 @@ impl Default for RunConfig {
             commit_interval_ms: 100,
             swap_probation_ms: 30_000,
             repartition_purge_ms: 30_000,
+            max_task_idle_ms: 0,
             grace_ms: None,
             emit: None,
             batch_size: 1000,
@@ -386,6 +393,12 @@ impl RunConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
+        }
+        if !matches!(self.max_task_idle_ms, -1 | 0) {
+            return bad(
+                "max_task_idle_ms must be 0 (wait for inputs with records still to fetch) or -1 (never wait); \
+                 waiting longer for new records on a caught-up input is not supported yet",
+            );
         }
         if self.grace_ms.is_some_and(|g| g > i64::MAX as u64 / 2) {
             return bad("grace_ms is too large");

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Records that fell into no open window (later than the grace period).
     pub late_records: Counter,
+    /// Stream records a join handed on with a table row (or, left, without one).
+    pub joined: Counter,
+    /// Stream records an inner join dropped: their key had no row.
+    pub join_misses: Counter,
     /// (record, window) pairs dropped because the window had closed.
     pub late_window_updates: Counter,
     /// Records skipped because they were already processed (refetched after a rewind).
@@ -66,7 +70,7 @@ pub struct HostMetrics {
 type Labels = Vec<(String, String)>;
 
 /// How many counters a pipeline has.
-const COUNTERS: usize = 16;
+const COUNTERS: usize = 18;
 /// How many gauges a pipeline has.
 const GAUGES: usize = 3;
 
@@ -79,6 +83,8 @@ impl Metrics {
             ("repartition_in", "Records read from repartition topics", &self.repartition_in),
             ("dead_letters", "Records sent to the dead-letter topic", &self.dead_letters),
             ("late_records", "Records later than the grace period of every window", &self.late_records),
+            ("joined", "Stream records joined with a table row (a left join's with or without)", &self.joined),
+            ("join_misses", "Stream records an inner join dropped: no row for their key", &self.join_misses),
             ("late_window_updates", "Window updates dropped because the window had closed", &self.late_window_updates),
             ("duplicates_skipped", "Records skipped as already processed", &self.duplicates_skipped),
             ("commits", "Commits", &self.commits),

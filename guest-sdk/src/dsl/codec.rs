@@ -86,6 +86,15 @@ impl KeyCodec {
     }
 }
 
+/// How a table's rows are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// The plugin's stored encoding (an aggregation's rows).
+    Stored,
+    /// Text-or-JSON, as read from a topic (a stream made a table).
+    Text,
+}
+
 #[derive(Clone, Copy)]
 enum Form {
     /// A value, text-or-JSON.
@@ -96,6 +105,8 @@ enum Form {
     StoredChange,
     /// A `Change<V>`, text-or-JSON (re-grouped updates through a repartition).
     TextChange,
+    /// A value, text-or-JSON; no bytes delete (a table's rows as they were read).
+    TextRows,
 }
 
 /// Reads and writes the values of one stream.
@@ -124,6 +135,7 @@ impl ValueCodec {
         };
         let is_change = matches!(form, Form::StoredChange | Form::TextChange);
         let stored = matches!(form, Form::Stored | Form::StoredChange);
+        let deletes = matches!(form, Form::Stored | Form::TextRows);
         Self {
             decode: Box::new(move |value, old| {
                 if is_change {
@@ -158,7 +170,7 @@ impl ValueCodec {
                     Ok(Box::new(cast::<V>(v)?.clone()) as Obj)
                 }
             }),
-            deletes: stored && !is_change,
+            deletes,
             stored,
         }
     }
@@ -181,6 +193,42 @@ impl ValueCodec {
     /// Re-grouped updates: `Change<V>`, text-or-JSON.
     pub fn text_change<V: Data>() -> Self {
         Self::of::<V>(Form::TextChange)
+    }
+
+    /// Values of a stream read as a table's rows: text-or-JSON, no bytes delete.
+    pub fn text_rows<V: Data>() -> Self {
+        Self::of::<V>(Form::TextRows)
+    }
+
+    /// Rows of a table in `rows`' encoding, read as `V`; no bytes delete.
+    pub fn rows<V: Data>(rows: Rows) -> Self {
+        match rows {
+            Rows::Stored => Self::stored::<V>(),
+            Rows::Text => Self::text_rows::<V>(),
+        }
+    }
+
+    /// Stream records joined with a table row: `(V, Option<R>)`, the value
+    /// text-or-JSON, the row (beside it, where a table update's old row goes)
+    /// in `rows`' encoding. Only a joiner reads them: never written or copied.
+    pub fn joined<V: Data, R: Data>(rows: Rows) -> Self {
+        Self {
+            decode: Box::new(move |value, row| {
+                let value = decode_text_or_json::<V>(value).map_err(|e| format!("invalid value: {e}"))?;
+                let row = match (row, rows) {
+                    (None, _) => None,
+                    (Some(b), Rows::Stored) => Some(decode_stored::<R>(b)),
+                    (Some(b), Rows::Text) => Some(decode_text_or_json::<R>(Some(b))),
+                }
+                .transpose()
+                .map_err(|e| format!("invalid table row: {e}"))?;
+                Ok(Box::new((value, row)) as Obj)
+            }),
+            encode: Box::new(|_| Err("internal: joined records are never written".to_owned())),
+            clone: Box::new(|_| Err("internal: joined records are never copied".to_owned())),
+            deletes: false,
+            stored: false,
+        }
     }
 
     /// Values that are only read (the input of an [`crate::Aggregator`], which

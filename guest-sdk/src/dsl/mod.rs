@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use weir_abi::topology::{Edge, Node, Op, StoreSpec, Topology as Description, TopologyError, WindowSpec};
 
-pub(crate) use codec::{Codec, Item, KeyCodec, Obj, ValueCodec, cast, cast_mut, take};
+pub(crate) use codec::{Codec, Item, KeyCodec, Obj, Rows, ValueCodec, cast, cast_mut, take};
 pub(crate) use grouped::{FoldOf, no_merge, no_subtract};
 pub use grouped::{KGroupedStream, SessionWindowedStream, WindowedStream};
 pub use stream::{KStream, Split};
@@ -318,8 +318,53 @@ impl StreamsBuilder {
     /// A stream read from the logical topic `topic` (a pipeline maps it to a real
     /// topic; by default one of the same name), keys `K` and values `V`.
     pub fn stream<K: crate::Data, V: crate::Data>(&self, topic: &str) -> KStream<K, V> {
+        self.source(topic, codec::ValueCodec::text::<V>())
+    }
+
+    /// The topic `topic` read as a table: the latest value per key, kept by the
+    /// host in a store named `<topic>-table` (rename it with
+    /// [`KTable::named`]). A record with a null value deletes its key's row; a
+    /// record that does not decode as `K`, `V` is dead-lettered by the node
+    /// `<topic>-decode`.
+    pub fn table<K: crate::Data, V: crate::Data>(&self, topic: &str) -> KTable<K, V> {
+        let source = self.source::<K, V>(topic, codec::ValueCodec::text_rows::<V>());
+        let step: Step = Box::new(|item, out| {
+            out.push((0, item));
+            Ok(())
+        });
+        let decoded = source.add::<K, V>(Op::Validate, None, source.codec.clone(), step);
+        self.g.borrow_mut().rename(decoded.from.node, &format!("{topic}-decode"));
+        decoded.to_table(&format!("{topic}-table"))
+    }
+
+    /// The topic `topic`, whose values are `E` (a change-data-capture envelope,
+    /// say), read as a table of `V`: `f` turns each value into the key's new
+    /// row, or `None` to delete it. A null value deletes the row without
+    /// calling `f`. The store is named `<topic>-table`.
+    pub fn table_with<K, E, V, F>(&self, topic: &str, f: F) -> KTable<K, V>
+    where
+        K: crate::Data,
+        E: crate::Data,
+        V: crate::Data,
+        F: Fn(&K, E) -> Option<V> + 'static,
+    {
+        let source = self.source::<K, E>(topic, codec::ValueCodec::text_rows::<E>());
+        let step: Step = Box::new(move |item, out| {
+            let value = match item.value {
+                Some(v) => f(cast::<K>(item.key.as_ref())?, take::<E>(v)?).map(|v| Box::new(v) as Obj),
+                None => None,
+            };
+            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+            Ok(())
+        });
+        let output = Codec::new(source.codec.key.clone(), codec::ValueCodec::text_rows::<V>());
+        let rows = source.add::<K, V>(Op::MapValues, fn_name::<F>(), output, step);
+        rows.to_table(&format!("{topic}-table"))
+    }
+
+    fn source<K: crate::Data, V: crate::Data>(&self, topic: &str, value: codec::ValueCodec) -> KStream<K, V> {
         let key = Rc::new(codec::KeyCodec::plain::<K>());
-        let output = Codec::new(key, codec::ValueCodec::text::<V>());
+        let output = Codec::new(key, value);
         let mut g = self.g.borrow_mut();
         if g.nodes.iter().any(|n| matches!(&n.op, Op::Source { topic: t } if t == topic)) {
             g.error(format!("the topic `{topic}` is read twice: read it once and use the stream twice"));
@@ -346,7 +391,7 @@ impl StreamsBuilder {
         let mut nodes = Vec::with_capacity(g.nodes.len());
         for (def, name) in g.nodes.iter_mut().zip(&names) {
             let mut op = def.op.clone();
-            if let Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } = &mut op {
+            if let Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } | Op::ToTable { store } = &mut op {
                 store.name = name.clone();
             }
             nodes.push(Node { name: name.clone(), inputs: def.inputs.clone(), op });

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use weir_abi::topology::{Edge, Op};
 
 use super::codec::{KeyCodec, ValueCodec};
-use super::{Codec, Item, KGroupedStream, NewNode, Run, Shared, Step, cast, fn_name, take};
+use super::{Codec, Item, KGroupedStream, KTable, NewNode, Rows, Run, Shared, Step, cast, fn_name, store_spec, take};
 use crate::Data;
 use crate::data::encode_text_or_json;
 
@@ -42,7 +42,13 @@ impl<K: Data, V: Data> KStream<K, V> {
         Self { g, from, codec, rekeyed, _t: PhantomData }
     }
 
-    fn add<K2: Data, V2: Data>(&self, op: Op, name: Option<String>, output: Codec, step: Step) -> KStream<K2, V2> {
+    pub(crate) fn add<K2: Data, V2: Data>(
+        &self,
+        op: Op,
+        name: Option<String>,
+        output: Codec,
+        step: Step,
+    ) -> KStream<K2, V2> {
         let rekeys = op.changes_key();
         let node = self.g.borrow_mut().add(NewNode {
             fn_name: name,
@@ -239,10 +245,16 @@ impl<K: Data, V: Data> KStream<K, V> {
     pub fn to(&self, topic: &str) {
         let mut g = self.g.borrow_mut();
         let mut input = self.from;
-        if self.codec.value.is_stored() {
-            // A table's rows are stored values: write them as text-or-JSON.
+        let from_table = g.op_mut(input.node).is_some_and(|op| matches!(op, Op::ToStream));
+        if self.codec.value.is_stored() || from_table {
+            // A table's rows reach sinks through the guest (the host renders
+            // them there): stored values are written as text-or-JSON, rows
+            // read from a topic as they are.
             let sink = g.next_index() + 1;
-            let encoded = self.same_key::<V>();
+            let encoded = match self.codec.value.is_stored() {
+                true => self.same_key::<V>(),
+                false => Codec::new(self.codec.key.clone(), ValueCodec::text_rows::<V>()),
+            };
             let node = g.add_encode(input, encoded, sink);
             input = Edge { node, port: 0 };
         }
@@ -253,6 +265,93 @@ impl<K: Data, V: Data> KStream<K, V> {
             output: None,
             run: Run::Host,
         });
+    }
+
+    /// The stream read as a table: each record's value becomes its key's row (a
+    /// null value deletes it), kept by the host in the store `name` (and its
+    /// changelog). Through a repartition if keys changed upstream.
+    pub fn to_table(&self, name: &str) -> KTable<K, V> {
+        let mut g = self.g.borrow_mut();
+        let mut input = self.from;
+        if self.rekeyed {
+            let node = g.next_index() + 1;
+            let r = g.add_repartition(input, self.codec.clone(), node);
+            input = Edge { node: r, port: 0 };
+        }
+        let output = Codec::new(self.codec.key.clone(), ValueCodec::text_change::<V>());
+        let node = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![input],
+            op: Op::ToTable { store: store_spec() },
+            output: Some(output),
+            run: Run::Host,
+        });
+        g.rename(node, name);
+        drop(g);
+        KTable::new(self.g.clone(), node, self.codec.key.clone()).with_rows(Rows::Text)
+    }
+
+    /// Joins each record with its key's row in `table` as the table is at that
+    /// record's place in time (see the README's "Tables and joins"): `joiner`
+    /// combines value and row. A record whose key has no row is dropped; one
+    /// without a key is dead-lettered. Through a repartition if keys changed
+    /// upstream (the table and the stream must be partitioned alike).
+    pub fn join<R: Data, V2: Data, F>(&self, table: &KTable<K, R>, joiner: F) -> KStream<K, V2>
+    where
+        F: Fn(&V, &R) -> V2 + 'static,
+    {
+        self.join_node(table, false, fn_name::<F>(), move |v, r| r.map(|r| joiner(v, r)))
+    }
+
+    /// Like [`KStream::join`], but a record whose key has no row (or that has
+    /// no key) is joined with `None` rather than dropped.
+    pub fn left_join<R: Data, V2: Data, F>(&self, table: &KTable<K, R>, joiner: F) -> KStream<K, V2>
+    where
+        F: Fn(&V, Option<&R>) -> V2 + 'static,
+    {
+        self.join_node(table, true, fn_name::<F>(), move |v, r| Some(joiner(v, r)))
+    }
+
+    fn join_node<R: Data, V2: Data>(
+        &self,
+        table: &KTable<K, R>,
+        left: bool,
+        name: Option<String>,
+        joiner: impl Fn(&V, Option<&R>) -> Option<V2> + 'static,
+    ) -> KStream<K, V2> {
+        let mut g = self.g.borrow_mut();
+        let mut input = self.from;
+        if self.rekeyed {
+            let node = g.next_index() + 1;
+            let r = g.add_repartition(input, self.codec.clone(), node);
+            input = Edge { node: r, port: 0 };
+        }
+        let pairs = Codec::new(self.codec.key.clone(), ValueCodec::joined::<V, R>(table.rows));
+        let join = g.add(NewNode {
+            fn_name: name.as_ref().map(|n| format!("{n}-join")),
+            inputs: vec![input, Edge { node: table.node, port: 0 }],
+            op: Op::JoinTable { left },
+            output: Some(pairs),
+            run: Run::Host,
+        });
+        let step: Step = Box::new(move |item, out| {
+            let Some(pair) = item.value else { return Ok(()) };
+            let (value, row) = take::<(V, Option<R>)>(pair)?;
+            if let Some(joined) = joiner(&value, row.as_ref()) {
+                out.push((0, Item { key: item.key, value: Some(Box::new(joined)), timestamp: item.timestamp }));
+            }
+            Ok(())
+        });
+        let output = Codec::new(self.codec.key.clone(), ValueCodec::text::<V2>());
+        let node = g.add(NewNode {
+            fn_name: name,
+            inputs: vec![Edge { node: join, port: 0 }],
+            op: Op::Joiner,
+            output: Some(output.clone()),
+            run: Run::Step(step),
+        });
+        drop(g);
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
     }
 
     /// Groups by the current key (through a repartition if keys changed upstream).

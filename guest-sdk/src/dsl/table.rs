@@ -10,7 +10,7 @@ use weir_abi::topology::{Edge, Fold as FoldKind, Op};
 use super::codec::{KeyCodec, ValueCodec};
 use super::grouped::{FoldOf, count_fold};
 use super::stream::key_bytes;
-use super::{Codec, Item, KStream, NewNode, Run, Shared, Step, cast, fn_name, store_spec};
+use super::{Codec, Item, KStream, NewNode, Rows, Run, Shared, Step, cast, fn_name, store_spec};
 use crate::data::{decode_stored, encode_stored};
 use crate::{Change, Data};
 
@@ -19,12 +19,19 @@ pub struct KTable<K, A> {
     pub(crate) g: Shared,
     pub(crate) node: u32,
     key: Rc<KeyCodec>,
+    /// How its rows are encoded.
+    pub(crate) rows: Rows,
     _t: PhantomData<fn() -> (K, A)>,
 }
 
 impl<K: Data, A: Data> KTable<K, A> {
     pub(crate) fn new(g: Shared, node: u32, key: Rc<KeyCodec>) -> Self {
-        Self { g, node, key, _t: PhantomData }
+        Self { g, node, key, rows: Rows::Stored, _t: PhantomData }
+    }
+
+    pub(crate) fn with_rows(mut self, rows: Rows) -> Self {
+        self.rows = rows;
+        self
     }
 
     /// Names the aggregation, its store (and changelog) and its repartition topic.
@@ -68,7 +75,7 @@ impl<K: Data, A: Data> KTable<K, A> {
     /// The stream of the table's updates (a deleted row, such as a session
     /// merged into another, is a tombstone: see the module docs of `dsl`).
     pub fn to_stream(&self) -> KStream<K, A> {
-        let output = Codec::new(self.key.clone(), ValueCodec::stored::<A>());
+        let output = Codec::new(self.key.clone(), ValueCodec::rows::<A>(self.rows));
         let node = self.g.borrow_mut().add(NewNode {
             fn_name: None,
             inputs: vec![Edge { node: self.node, port: 0 }],

@@ -201,3 +201,37 @@ pub fn close<H: RebalanceHandler>(consumer: BaseConsumer<SourceContext<H>>, with
         );
     }
 }
+
+/// Whether a consumer positioned at `position` in `partition` of `topic`
+/// (`None`: not positioned yet, so at the partition's start) has nothing more
+/// to fetch there, by the high watermark the consumer last fetched (cached by
+/// librdkafka, no request to the broker). Unknown counts as not caught up.
+pub fn caught_up<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    position: Option<i64>,
+) -> bool {
+    let Ok(topic) = std::ffi::CString::new(topic) else { return false };
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; librdkafka
+    // reads the topic name (a NUL-terminated string that outlives the call)
+    // and writes the two offsets, taking its own lock.
+    #[allow(unsafe_code)]
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+        return false;
+    }
+    match position {
+        Some(at) => at >= high,
+        None => high == 0 || (low >= 0 && low >= high),
+    }
+}

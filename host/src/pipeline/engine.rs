@@ -32,7 +32,7 @@ use crate::kafka::KafkaIoError;
 use crate::kafka::queries::{Queries, Question, Resume};
 use crate::kafka::restore::Restorer;
 use crate::kafka::sink::{OutRecord, Sink};
-use crate::kafka::source::{RebalanceHandler, SourceContext};
+use crate::kafka::source::{RebalanceHandler, SourceContext, caught_up};
 use crate::metrics::Metrics;
 use crate::runtime::Worker;
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
@@ -278,25 +278,33 @@ impl Engine {
     }
 
     fn has_progress(&self) -> bool {
-        !self.outbox.is_empty() || self.tasks.values().any(|t| t.has_progress() || t.pending_len() > 0)
+        !self.outbox.is_empty() || self.tasks.values().any(Task::has_progress)
     }
 
-    /// Runs every task's buffered records through the plugin — all of them if
-    /// `all`, else those of tasks that have a record of every input buffered
-    /// (a task reading several topics waits for each until the next commit).
-    pub(super) fn process_pending(&mut self, all: bool) -> Result<(), TaskError> {
+    /// Runs every task's buffered records through the plugin. A task reading
+    /// several topics waits for an input with nothing buffered while it may
+    /// still have records to fetch (see [`Task::process_pending`]), unless
+    /// `max_task_idle_ms` is -1 or memory for uncommitted work is full.
+    pub(super) fn process_pending(&mut self, consumer: &Source) -> Result<(), TaskError> {
         let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let info = self.versions.worker.plugin().shared_info();
-        for (id, task) in self.tasks.iter_mut().filter(|(_, t)| all || t.has_every_input()) {
+        let full = self.held_bytes() >= (self.cfg.state.uncommitted_mb << 20);
+        let wait = self.cfg.max_task_idle_ms >= 0 && !full;
+        for (id, task) in self.tasks.iter_mut().filter(|(_, t)| t.pending_len() > 0) {
+            let topics = &self.topics.inputs[id.sub];
+            let caught_up: Option<Vec<bool>> = (wait && task.is_merged()).then(|| {
+                let positions = task.positions();
+                topics.iter().zip(positions).map(|(t, at)| caught_up(consumer, t, id.partition, at)).collect()
+            });
             let mut env = Env {
                 info: &info,
                 guest: &mut self.versions.worker,
                 outbox: &mut self.outbox,
                 metrics: &self.metrics,
-                input_topics: &self.topics.inputs[id.sub],
+                input_topics: topics,
                 policy: policies[id.sub],
             };
-            task.process_pending(&mut env)?;
+            task.process_pending(&mut env, caught_up.as_deref())?;
         }
         Ok(())
     }
@@ -318,11 +326,15 @@ impl Engine {
     /// Processes what is buffered and commits it; `force` ignores the backoff
     /// after Kafka failures (for revocations and shutdown).
     pub(super) fn commit(&mut self, consumer: &Source, force: bool) -> Result<(), PipelineError> {
-        if self.failed || !self.has_progress() {
+        if self.failed {
             return Ok(());
         }
-        if !force && Instant::now() < self.next_commit_at {
-            return self.process_pending(false).or_else(|e| self.recover(e.into(), consumer));
+        if let Err(e) = self.process_pending(consumer) {
+            return self.recover(e.into(), consumer);
+        }
+        // Records a task holds back (waiting for another input) are no progress.
+        if !self.has_progress() || (!force && Instant::now() < self.next_commit_at) {
+            return Ok(());
         }
         if self.sink.needs_ready() {
             match self.sink.ready(Duration::from_secs(1)) {
@@ -330,7 +342,7 @@ impl Engine {
                 Err(e @ (KafkaIoError::Unreachable(_) | KafkaIoError::Stopped)) => {
                     tracing::debug!(error = %e, "producer not ready; commit later");
                     self.back_off();
-                    return self.process_pending(false).or_else(|e| self.recover(e.into(), consumer));
+                    return Ok(());
                 }
                 Err(e) => return self.recover(e.into(), consumer),
             }
@@ -351,7 +363,6 @@ impl Engine {
     }
 
     fn try_commit(&mut self, consumer: &Source) -> Result<(), PipelineError> {
-        self.process_pending(true)?;
         let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
         let mut prepared = Vec::with_capacity(self.tasks.len());
         let mut offsets = TopicPartitionList::new();

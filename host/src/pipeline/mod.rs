@@ -508,7 +508,10 @@ impl Pipeline {
                     last_commit = Instant::now();
                     engine.commit(consumer, false)
                 } else {
-                    engine.process_pending(false).map_err(PipelineError::from).or_else(|e| engine.recover(e, consumer))
+                    engine
+                        .process_pending(consumer)
+                        .map_err(PipelineError::from)
+                        .or_else(|e| engine.recover(e, consumer))
                 };
                 if let Err(e) = step {
                     // Whatever stopped the loop, nothing more is committed.

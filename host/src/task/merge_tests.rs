@@ -104,7 +104,7 @@ fn run(shape: Shape, records: &[Read], cut: usize) -> Ran {
         }
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
-        task.process_pending(&mut env).unwrap();
+        task.process_pending(&mut env, None).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, None).unwrap();
         for out in outbox.records() {
@@ -229,8 +229,9 @@ fn a_dead_letter_names_the_topic_and_offset_its_record_was_read_from() {
 }
 
 #[test]
-fn a_task_of_two_inputs_waits_for_a_record_of_each_and_keeps_offsets_apart() {
-    let info = PluginInfo::of("merged".into(), "1".into(), merged(Shape::Fused).describe().clone()).unwrap();
+fn a_task_of_two_inputs_waits_for_an_input_still_on_its_way_and_keeps_offsets_apart() {
+    let built = merged(Shape::Fused);
+    let info = PluginInfo::of("merged".into(), "1".into(), built.describe().clone()).unwrap();
     let kind = Kind::of(&info.shape.subs[0].stage, GRACE).unwrap();
     let mut task = Task::new(
         TaskId { sub: 0, partition: 0 },
@@ -241,13 +242,28 @@ fn a_task_of_two_inputs_waits_for_a_record_of_each_and_keeps_offsets_apart() {
         None,
         1,
     );
-    assert!(!task.has_every_input(), "nothing buffered");
+    let topics = ["east".to_owned(), "west".to_owned()];
+    let mut guest = Native(built);
+    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+    assert_eq!(task.positions(), [Some(5), None]);
     assert!(!task.accept(0, 4, Some(b"k"), Some(b"2"), Some(1)), "before the committed offset of east");
     assert!(task.accept(0, 5, Some(b"k"), Some(b"2"), Some(1)));
-    assert!(!task.has_every_input(), "nothing of west");
-    assert!(task.accept(1, 0, Some(b"k"), Some(b"2"), Some(1)), "west has offsets of its own");
-    assert!(task.has_every_input());
-    assert_eq!(task.pending_len(), 2);
+    task.process_pending(&mut env, Some(&[true, false])).unwrap();
+    assert_eq!((task.pending_len(), task.next_offset(0)), (1, Some(5)), "west may still have an earlier record");
+    assert!(task.accept(1, 0, Some(b"k"), Some(b"4"), Some(3)), "west has offsets of its own");
+    assert!(task.accept(0, 6, Some(b"k"), Some(b"6"), Some(5)));
+    assert_eq!(task.positions(), [Some(7), Some(1)]);
+    task.process_pending(&mut env, Some(&[false, false])).unwrap();
+    assert_eq!(
+        (task.pending_len(), task.next_offset(0), task.next_offset(1)),
+        (1, Some(6), Some(1)),
+        "east@1 and west@3 go; east@5 waits for west, which may have a record before it"
+    );
+    assert_eq!(task.stream_time(), Some(3));
+    task.process_pending(&mut env, Some(&[false, true])).unwrap();
+    assert_eq!((task.pending_len(), task.next_offset(0), task.stream_time()), (0, Some(7), Some(5)));
+    assert!(task.accept(1, 1, Some(b"k"), Some(b"8"), Some(9)));
     task.rewind();
     assert_eq!((task.pending_len(), task.next_offset(0), task.next_offset(1)), (0, Some(5), None));
     assert!(task.accept(1, 0, Some(b"k"), Some(b"2"), Some(1)), "a rewind forgets what was buffered");

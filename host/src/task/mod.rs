@@ -28,6 +28,7 @@
 //! so a crash before that commit leaves the old state and the old schema intact.
 
 mod batch;
+mod join;
 pub mod outbox;
 mod planned;
 mod stateless;
@@ -165,6 +166,8 @@ struct Span {
 struct Pending {
     key: Option<Span>,
     value: Option<Span>,
+    /// For a record leaving a join: the table row it found.
+    old: Option<Span>,
     timestamp: Option<i64>,
     offset: i64,
     /// Which of the task's inputs it was read from.
@@ -188,6 +191,9 @@ pub enum Kind {
         /// Whether the records are [`weir_abi::calls::ChangeFrame`]s.
         changes: bool,
     },
+    /// One row per key, the latest value: a stream made a table, rows replaced
+    /// by the host (see `join`).
+    Latest,
 }
 
 /// A sliding or session aggregation.
@@ -208,6 +214,7 @@ impl Kind {
                 Folds::Windows(w) => Some(w),
                 Folds::Table => return Ok(Kind::Table { changes: false }),
                 Folds::Changes => return Ok(Kind::Table { changes: true }),
+                Folds::Latest => return Ok(Kind::Latest),
             },
         };
         Ok(match spec {
@@ -227,6 +234,11 @@ impl Kind {
                 expire_extra: gap_ms as i64,
             }),
         })
+    }
+
+    /// Whether it keeps one row per key (whose rows never close).
+    fn is_table(&self) -> bool {
+        matches!(self, Kind::Table { .. } | Kind::Latest)
     }
 
     fn extras(&self) -> (i64, i64) {
@@ -576,7 +588,7 @@ impl Task {
         at.buffered += 1;
         let key = self.push_bytes(key);
         let value = self.push_bytes(value);
-        self.pending.push(Pending { key, value, timestamp, offset, input, floor: i64::MIN });
+        self.pending.push(Pending { key, value, old: None, timestamp, offset, input, floor: i64::MIN });
         true
     }
 
@@ -593,17 +605,26 @@ impl Task {
         self.queue_dead_letter(env, Some(record.input), (key, value, record.timestamp), reason, context);
     }
 
-    /// Whether every input has a record buffered: a task reading several
-    /// topics waits for that (until the next commit) before it processes, so an
-    /// input fetched a moment later is not judged late against another's.
-    pub fn has_every_input(&self) -> bool {
-        self.offsets.len() < 2 || self.offsets.iter().all(|o| o.buffered > 0)
+    /// Where the task is in each input: after the last record it read (buffered
+    /// or processed), or where it resumed; `None` before any record or commit.
+    pub fn positions(&self) -> Vec<Option<i64>> {
+        self.offsets.iter().map(|o| o.accepted.or(o.next)).collect()
+    }
+
+    /// Whether the task reads several topics.
+    pub fn is_merged(&self) -> bool {
+        self.offsets.len() > 1
     }
 
     /// Runs the buffered records through the plugin, in runs of records of one
     /// input (which enter the guest at that input's output); records of several
-    /// inputs go in timestamp order across them (see the module's doc).
-    pub fn process_pending(&mut self, env: &mut Env<'_>) -> Result<(), TaskError> {
+    /// inputs go in timestamp order across them (see the module's doc). With
+    /// `caught_up` (whether each input has nothing more to fetch at its
+    /// position), they go only as long as every input has a record buffered or
+    /// is caught up: the rest wait, so a record is not processed before an
+    /// earlier one of another input that is still on its way (Kafka Streams'
+    /// `max.task.idle.ms` = 0). Without it, everything buffered goes.
+    pub fn process_pending(&mut self, env: &mut Env<'_>, caught_up: Option<&[bool]>) -> Result<(), TaskError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -611,13 +632,18 @@ impl Task {
         for at in &mut self.offsets {
             at.buffered = 0;
         }
+        let mut held = Vec::new();
         if self.offsets.len() > 1 {
-            pending = in_time_order(pending, self.offsets.len());
+            (pending, held) = in_time_order(pending, self.offsets.len(), caught_up);
         }
-        let split = env.info.shape.subs.get(self.sub).and_then(|s| s.aggregation()).is_some_and(|a| a.split);
+        let sub = env.info.shape.subs.get(self.sub);
+        let split = sub.and_then(|s| s.aggregation()).is_some_and(|a| a.split);
         let mut result = Ok(());
         for run in pending.chunk_by(|a, b| a.input == b.input) {
+            let join = sub.and_then(|s| s.join_of(input_of(run))).copied();
             result = match self.kind {
+                _ if let Some(join) = join => self.process_join(env, run, join),
+                Kind::Latest => self.process_latest(env, run),
                 Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, run),
                 Kind::Time(_) | Kind::Table { .. } => self.process_records(env, run),
                 Kind::Planned(_) => self.process_planned(env, run),
@@ -632,7 +658,16 @@ impl Task {
                 at.next = Some(last.offset + 1);
             }
         }
-        self.arena.clear();
+        // What waits keeps its bytes, in a fresh arena.
+        let arena = std::mem::take(&mut self.arena);
+        for mut p in held {
+            p.key = self.push_bytes(span_bytes(&arena, p.key));
+            p.value = self.push_bytes(span_bytes(&arena, p.value));
+            if let Some(at) = self.offsets.get_mut(p.input) {
+                at.buffered += 1;
+            }
+            self.pending.push(p);
+        }
         result
     }
 
@@ -661,7 +696,7 @@ impl Task {
     /// The caller rewinds the task if anything in the commit fails.
     pub fn prepare_commit(&mut self, env: &mut Env<'_>) -> Result<PreparedCommit, TaskError> {
         // A table's rows never close: it emits updates.
-        let emit = if matches!(self.kind, Kind::Table { .. }) { EmitMode::Updates } else { env.policy.emit };
+        let emit = if self.kind.is_table() { EmitMode::Updates } else { env.policy.emit };
         let (close_extra, expire_extra) = self.kind.extras();
         let close = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(close_extra));
         let expire = self.stream_time.map(|st| st.saturating_sub(self.grace_ms).saturating_sub(expire_extra));
@@ -841,7 +876,7 @@ impl Task {
             true => slots.iter().map(|(key, _)| self.current(key)).collect::<Result<_, _>>()?,
             false => Vec::new(),
         };
-        let table = matches!(self.kind, Kind::Table { .. });
+        let table = self.kind.is_table();
         let mut records = Vec::with_capacity(slots.len());
         for (i, (key, stored)) in slots.iter().enumerate() {
             let (window, record_key) =
@@ -1129,8 +1164,10 @@ impl std::fmt::Display for CommitMetadata {
 /// input's own order kept, the next record always the earliest (by timestamp;
 /// one without a timestamp as early as can be) of the inputs' next records, the
 /// earlier read on a tie — the order in which Kafka Streams' task picks from its
-/// partitions' queues.
-fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
+/// partitions' queues. With `caught_up`, the order stops where an input has no
+/// record left and is not caught up: the records after that point are returned
+/// second (in the order they were read), to wait.
+fn in_time_order(pending: Vec<Pending>, inputs: usize, caught_up: Option<&[bool]>) -> (Vec<Pending>, Vec<Pending>) {
     use std::cmp::Reverse;
     let mut queues: Vec<std::collections::VecDeque<(usize, Pending)>> = vec![Default::default(); inputs];
     let total = pending.len();
@@ -1140,6 +1177,9 @@ fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
             q.push_back((read, p));
         }
     }
+    let waits_for = |input: usize| caught_up.is_some_and(|c| !c.get(input).copied().unwrap_or(false));
+    // Inputs with nothing buffered that may still have records on their way.
+    let mut blocked = queues.iter().enumerate().filter(|(i, q)| q.is_empty() && waits_for(*i)).count();
     // Each input's next record, earliest first: O(log inputs) per record.
     let head = |q: &std::collections::VecDeque<(usize, Pending)>| {
         q.front().map(|(read, p)| (p.timestamp.unwrap_or(i64::MIN), *read))
@@ -1147,14 +1187,20 @@ fn in_time_order(pending: Vec<Pending>, inputs: usize) -> Vec<Pending> {
     let mut next: std::collections::BinaryHeap<Reverse<((i64, usize), usize)>> =
         queues.iter().enumerate().filter_map(|(i, q)| Some(Reverse((head(q)?, i)))).collect();
     let mut ordered = Vec::with_capacity(total);
-    while let Some(Reverse((_, input))) = next.pop() {
+    while blocked == 0
+        && let Some(Reverse((_, input))) = next.pop()
+    {
         let q = &mut queues[input];
         ordered.extend(q.pop_front().map(|(_, p)| p));
-        if let Some(h) = head(q) {
-            next.push(Reverse((h, input)));
+        match head(q) {
+            Some(h) => next.push(Reverse((h, input))),
+            None if waits_for(input) => blocked += 1,
+            None => {}
         }
     }
-    ordered
+    let mut rest: Vec<(usize, Pending)> = queues.into_iter().flatten().collect();
+    rest.sort_unstable_by_key(|(read, _)| *read);
+    (ordered, rest.into_iter().map(|(_, p)| p).collect())
 }
 
 /// The input a run of records (all of one input) was read from.
@@ -1180,3 +1226,6 @@ mod split_tests;
 
 #[cfg(test)]
 mod merge_tests;
+
+#[cfg(test)]
+mod join_tests;

@@ -129,7 +129,7 @@ impl Harness {
                 1,
             ),
         );
-        task.process_pending(&mut self.env()).unwrap();
+        task.process_pending(&mut self.env(), None).unwrap();
         let prepared = task.prepare_commit(&mut self.env()).unwrap();
         task.complete_commit(prepared, Some(self.offset)).unwrap();
         self.task = task;

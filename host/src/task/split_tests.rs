@@ -56,7 +56,7 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
         }
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &*super::tests::INPUTS);
-        task.process_pending(&mut env).unwrap();
+        task.process_pending(&mut env, None).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, None).unwrap();
         for out in outbox.records() {
@@ -158,7 +158,7 @@ fn a_key_over_the_value_limit_is_dead_lettered_like_a_value() {
     }
     let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
     let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &*super::tests::INPUTS);
-    task.process_pending(&mut env).unwrap();
+    task.process_pending(&mut env, None).unwrap();
     let written: Vec<(Dest, usize, Option<Vec<u8>>)> =
         outbox.records().iter().map(|o| (o.dest, o.key.as_ref().map_or(0, Vec::len), o.value.clone())).collect();
     let sunk: Vec<_> = written.iter().filter(|w| w.0 == Dest::Sink(0)).map(|w| (w.1, w.2.clone())).collect();

@@ -87,7 +87,12 @@ impl Task {
     }
 
     /// Writes the records that left the guest towards sinks and repartitions.
-    fn write_exits(&self, env: &mut Env<'_>, pending: &[Pending], emitted: &[Emitted]) -> Result<(), TaskError> {
+    pub(super) fn write_exits(
+        &self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        emitted: &[Emitted],
+    ) -> Result<(), TaskError> {
         for e in emitted {
             for &exit in env.info.shape.exits_of(e.node, e.port) {
                 let out = exit_record(
@@ -117,7 +122,12 @@ impl Task {
         agg: u32,
     ) -> Result<SplitOff, TaskError> {
         let from = self.entry(env, input_of(pending))?;
-        let (emitted, excluded) = self.through_guest(env, pending, from, Target::Split(agg))?;
+        let nodes = &env.info.topology.nodes;
+        let guests_read = env.info.topology.consumers(from.node).any(|(c, _)| nodes[c as usize].op.is_guest());
+        let (emitted, excluded) = match guests_read {
+            true => self.through_guest(env, pending, from, Target::Split(agg))?,
+            false => (Vec::new(), vec![false; pending.len()]),
+        };
         self.write_direct(env, pending, from)?;
         self.write_exits(env, pending, &emitted)?;
         let reads_input = env.info.topology.nodes.get(agg as usize).is_some_and(|n| n.inputs.contains(&from));
@@ -166,26 +176,8 @@ impl Task {
     pub(super) fn process_split(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let agg = self.aggregation(env)?.node;
         let (reached, _, stream_times) = self.split_off(env, pending, agg)?;
-        let mut arena = Vec::new();
-        let mut derived = Vec::with_capacity(reached.len());
-        let span = |bytes: Option<Vec<u8>>, arena: &mut Vec<u8>| {
-            bytes.map(|b| {
-                let start = arena.len() as u32;
-                arena.extend_from_slice(&b);
-                super::Span { start, len: b.len() as u32 }
-            })
-        };
-        for (source, key, value) in reached {
-            let input = &pending[source];
-            derived.push(Pending {
-                key: span(key, &mut arena),
-                value: span(value, &mut arena),
-                timestamp: input.timestamp,
-                offset: input.offset,
-                input: input.input,
-                floor: stream_times[source],
-            });
-        }
+        let (derived, arena) =
+            derive(pending, reached.into_iter().map(|(source, key, value)| (source, key, value, None)), &stream_times);
         let input_arena = std::mem::replace(&mut self.arena, arena);
         let folded = self.fold(env, &derived, None);
         self.arena = input_arena;
@@ -219,7 +211,8 @@ impl Task {
                 let p = &pending[end];
                 let cost = RECORD_OVERHEAD
                     + span_bytes(&self.arena, p.key).map_or(0, <[u8]>::len)
-                    + span_bytes(&self.arena, p.value).map_or(0, <[u8]>::len);
+                    + span_bytes(&self.arena, p.value).map_or(0, <[u8]>::len)
+                    + span_bytes(&self.arena, p.old).map_or(0, <[u8]>::len);
                 if end > at && bytes + cost > budget {
                     break;
                 }
@@ -312,7 +305,7 @@ impl Task {
             .map(|p| Rec {
                 key: span_bytes(&self.arena, p.key),
                 value: span_bytes(&self.arena, p.value),
-                old: None,
+                old: span_bytes(&self.arena, p.old),
                 timestamp: p.timestamp.unwrap_or(0),
                 window: None,
             })
@@ -387,4 +380,36 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
         rejects.push((range.start + r.record as usize, (clip(r.reason, MAX_REASON_BYTES), Some(node))));
     }
     Ok(Answer { emitted, rejects })
+}
+
+/// Records made from input records (`source`, key, value, row), in an arena of
+/// their own: each keeps its input's timestamp, offset and input, and its
+/// stream time as a floor.
+pub(super) fn derive(
+    pending: &[Pending],
+    made: impl Iterator<Item = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    stream_times: &[i64],
+) -> (Vec<Pending>, Vec<u8>) {
+    let mut arena = Vec::new();
+    let mut derived = Vec::new();
+    let span = |bytes: Option<Vec<u8>>, arena: &mut Vec<u8>| {
+        bytes.map(|b| {
+            let start = arena.len() as u32;
+            arena.extend_from_slice(&b);
+            super::Span { start, len: b.len() as u32 }
+        })
+    };
+    for (source, key, value, old) in made {
+        let input = &pending[source];
+        derived.push(Pending {
+            key: span(key, &mut arena),
+            value: span(value, &mut arena),
+            old: span(old, &mut arena),
+            timestamp: input.timestamp,
+            offset: input.offset,
+            input: input.input,
+            floor: stream_times[source],
+        });
+    }
+    (derived, arena)
 }

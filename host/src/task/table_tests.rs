@@ -115,7 +115,7 @@ impl Stages {
 
     fn commit(task: &mut Task, info: &PluginInfo, guest: &mut Native) -> Vec<Out> {
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
-        task.process_pending(&mut env(info, guest, &mut outbox, &metrics)).unwrap();
+        task.process_pending(&mut env(info, guest, &mut outbox, &metrics), None).unwrap();
         let prepared = task.prepare_commit(&mut env(info, guest, &mut outbox, &metrics)).unwrap();
         task.complete_commit(prepared, None).unwrap();
         let out = outbox.records().to_vec();

@@ -231,7 +231,7 @@ impl Run {
 
     fn process(&mut self) -> Result<(), TaskError> {
         let mut task = std::mem::replace(&mut self.task, task());
-        let result = task.process_pending(&mut self.env());
+        let result = task.process_pending(&mut self.env(), None);
         self.task = task;
         result
     }

@@ -4,27 +4,38 @@
 //!
 //! The graph is cut at repartition topics into **sub-topologies**; tasks are
 //! (sub-topology, partition). A sub-topology reads one topic (a source or a
-//! repartition topic) or several merged ones — co-partitioned: task `p` reads
-//! partition `p` of each — and holds at most **one aggregation**:
+//! repartition topic) or several merged or joined ones — co-partitioned: task
+//! `p` reads partition `p` of each — and holds at most **one aggregation or
+//! table**:
 //!
 //! ```text
 //! input → [guest operators] → sinks / repartitions                          (stateless)
 //! input → [guest operators] → aggregate → to_stream → [guest operators] → sinks / repartitions
 //! input → [guest operators] → aggregate → table group_by → repartition       (re-grouped table)
 //! repartition → table aggregate → to_stream → [guest operators] → sinks / repartitions
+//! input → [guest operators] → to_table → (to_stream | group_by, as an aggregate)
+//! input' → [guest operators] → join(table) → joiner → [guest operators] → sinks / repartitions
 //! ```
 //!
 //! An aggregation is windowed (tumbling, hopping, sliding, session) or not (a
 //! table: latest aggregate per key), or a table aggregate folding re-grouped
-//! table updates with an adder and a subtractor. The guest operators before an
-//! aggregation run in the same call that folds records into it (they keep keys
-//! and timestamps, so the host plans windows from the input record); those after
-//! it render the rows the aggregation emits at a commit. (Sliding and session
-//! windows depend on which records reach them, so the operators before them run
-//! in a call of their own first, as do operators that lead both into the
-//! aggregation and to sinks or repartition topics.) Records of merged inputs
-//! enter the guest at their own input's output, in the order they were read.
-//! Joins come with the next version; they are refused with the node named.
+//! table updates with an adder and a subtractor, or a table of the latest value
+//! per key (`to_table`), whose rows the host replaces itself. The guest
+//! operators before an aggregation run in the same call that folds records into
+//! it (they keep keys and timestamps, so the host plans windows from the input
+//! record); those after it render the rows the aggregation emits at a commit.
+//! (Sliding and session windows depend on which records reach them, so the
+//! operators before them run in a call of their own first, as do operators that
+//! lead both into the aggregation and to sinks or repartition topics.) Records
+//! of merged inputs enter the guest at their own input's output, in the order
+//! they were read.
+//!
+//! A **stream–table join** reads another input of the sub-topology whose table
+//! (a `to_table` or a non-windowed aggregate) it looks rows up in: the records
+//! of that input (through the operators before the join, in a call of their
+//! own) leave the join with their row beside them towards the joiner. Joins of
+//! two tables, of two streams and with global tables come later; they are
+//! refused with the node named.
 
 pub mod describe;
 
@@ -76,6 +87,9 @@ pub enum Folds {
     /// One row per key, from re-grouped table updates: the old row subtracted,
     /// the new one added.
     Changes,
+    /// One row per key, the latest value (a stream made a table, `to_table`):
+    /// the host replaces rows itself, without calling the plugin.
+    Latest,
 }
 
 /// The aggregation of a sub-topology.
@@ -117,9 +131,27 @@ impl Aggregation {
     pub fn window(&self) -> Option<WindowSpec> {
         match self.folds {
             Folds::Windows(w) => Some(w),
-            Folds::Table | Folds::Changes => None,
+            Folds::Table | Folds::Changes | Folds::Latest => None,
         }
     }
+
+    /// Whether it is a table a join can look rows up in (one row per key).
+    pub fn is_table(&self) -> bool {
+        matches!(self.folds, Folds::Table | Folds::Latest)
+    }
+}
+
+/// A stream–table join in a sub-topology: the records of one input (through
+/// the guest operators before the join, if any) look their key's row up in the
+/// sub-topology's table (its aggregation) and go on to the joiner with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableJoin {
+    /// The join node.
+    pub node: u32,
+    /// The sub-topology input whose records are joined.
+    pub input: usize,
+    /// Whether records without a row go on (a left join).
+    pub left: bool,
 }
 
 /// What runs in a sub-topology after its input.
@@ -157,6 +189,8 @@ pub struct Sub {
     pub inputs: Vec<SubInput>,
     /// What runs after the inputs.
     pub stage: Stage,
+    /// Stream–table joins against the aggregation's table.
+    pub joins: Vec<TableJoin>,
 }
 
 impl Sub {
@@ -166,6 +200,11 @@ impl Sub {
             Stage::Aggregate(a) => Some(a),
             Stage::Stateless => None,
         }
+    }
+
+    /// The join whose stream side reads `input`, if any.
+    pub fn join_of(&self, input: usize) -> Option<&TableJoin> {
+        self.joins.iter().find(|j| j.input == input)
     }
 }
 
@@ -237,6 +276,7 @@ impl Shape {
                     Folds::Windows(w) => format!("windows {w}"),
                     Folds::Table => "a table".to_owned(),
                     Folds::Changes => "a table of re-grouped updates".to_owned(),
+                    Folds::Latest => "a table of the latest values".to_owned(),
                 };
                 return Some(format!(
                     "`{}` folds into {} where the running version's folds into {}",
@@ -257,9 +297,15 @@ impl Shape {
         // Tasks are (sub-topology, partition): each sub-topology keeps its place,
         // its input and its store (sources and repartitions compare equal above,
         // so their indices name the same topics).
-        let subs = |s: &Shape| -> Vec<(Vec<Input>, Option<String>)> {
+        // A join may change its joiner, not what it joins or how.
+        type Place = (Vec<Input>, Option<String>, Vec<(usize, bool)>);
+        let subs = |s: &Shape| -> Vec<Place> {
             let inputs = |sub: &Sub| sub.inputs.iter().map(|i| i.input).collect();
-            s.subs.iter().map(|sub| (inputs(sub), sub.aggregation().map(|a| a.store.name.clone()))).collect()
+            let joins = |sub: &Sub| sub.joins.iter().map(|j| (j.input, j.left)).collect();
+            s.subs
+                .iter()
+                .map(|sub| (inputs(sub), sub.aggregation().map(|a| a.store.name.clone()), joins(sub)))
+                .collect()
         };
         if subs(self) != subs(old) {
             return Some(format!(
@@ -289,8 +335,16 @@ impl Shape {
             .enumerate()
             .map(|(n, sub)| {
                 let reads: Vec<String> = sub.inputs.iter().map(input).collect();
+                let joins: String = sub
+                    .joins
+                    .iter()
+                    .map(|j| {
+                        let side = sub.inputs.get(j.input).map(input).unwrap_or_default();
+                        format!(", {side} {}joined with it", if j.left { "left-" } else { "" })
+                    })
+                    .collect();
                 match sub.aggregation() {
-                    Some(a) => format!("{n}: {} into `{}`", reads.join(" + "), a.store.name),
+                    Some(a) => format!("{n}: {} into `{}`{joins}", reads.join(" + "), a.store.name),
                     None => format!("{n}: {}", reads.join(" + ")),
                 }
             })
@@ -375,11 +429,14 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             .nodes
             .iter()
             .copied()
-            .filter(|&n| matches!(t.node(n).op, Op::Aggregate { .. } | Op::TableAggregate { .. }))
+            .filter(|&n| matches!(t.node(n).op, Op::Aggregate { .. } | Op::TableAggregate { .. } | Op::ToTable { .. }))
             .collect();
         if let [_, second, ..] = aggregates.as_slice() {
-            return Err(refuse(t, *second, format!("a second aggregation in one sub-topology: {LATER}")));
+            return Err(refuse(t, *second, format!("a second aggregation or table in one sub-topology: {LATER}")));
         }
+        let joins = joins(t, &part, &input_nodes, aggregates.first().copied(), &segment_of)?;
+        let joined: Vec<u32> = joins.iter().map(|j| input_nodes[j.input]).collect();
+        let agg_inputs: Vec<u32> = input_nodes.iter().copied().filter(|n| !joined.contains(n)).collect();
         let stage = match aggregates.first() {
             None => {
                 // Guest segments lead from the input to sinks and repartitions.
@@ -391,17 +448,24 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 }
                 Stage::Stateless
             }
-            Some(&agg) => Stage::Aggregate(aggregation(t, agg, &input_nodes, &segment_of)?),
+            Some(&agg) => Stage::Aggregate(aggregation(t, agg, &agg_inputs, &segment_of)?),
         };
-        // Every guest segment must start at the input or the aggregation's
-        // rendered output, and end at sinks, repartitions or the aggregation.
+        // Every guest segment must start at the input, the aggregation's
+        // rendered output or a join, and end at sinks, repartitions, the
+        // aggregation or a join.
+        let join_nodes: Vec<u32> = joins.iter().map(|j| j.node).collect();
         for seg in segments.iter().filter(|s| s.nodes.iter().any(|&n| own(n))) {
             let render = match &stage {
                 Stage::Aggregate(a) => a.render_from,
                 Stage::Stateless => None,
             };
             for &e in &seg.entries {
-                if let Some(bad) = t.node(e).inputs.iter().find(|i| Some(**i) != render && !is_entry(**i)) {
+                if let Some(bad) = t
+                    .node(e)
+                    .inputs
+                    .iter()
+                    .find(|i| Some(**i) != render && !is_entry(**i) && !join_nodes.contains(&i.node))
+                {
                     return Err(refuse(
                         t,
                         e,
@@ -413,17 +477,101 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 Stage::Aggregate(a) => Some(a.node),
                 Stage::Stateless => None,
             };
-            if let Some(&bad) = seg
-                .exits
-                .iter()
-                .find(|&&x| !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }) && Some(x) != agg)
-            {
+            if let Some(&bad) = seg.exits.iter().find(|&&x| {
+                !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. })
+                    && Some(x) != agg
+                    && !join_nodes.contains(&x)
+            }) {
                 return Err(refuse(t, bad, format!("is fed by guest operators: {LATER}")));
             }
         }
-        subs.push(Sub { inputs, stage });
+        subs.push(Sub { inputs, stage, joins });
     }
     Ok(Shape { sources, sinks, repartitions, exits, subs })
+}
+
+/// The stream–table joins of a sub-topology (`part`, reading `inputs`, input
+/// nodes in order) whose table is its aggregation `table`: each joins the
+/// records of one input, read directly or through guest operators that lead
+/// only to the join, sinks and repartition topics.
+fn joins<'s>(
+    t: &Topology,
+    part: &weir_abi::topology::SubTopology,
+    inputs: &[u32],
+    table: Option<u32>,
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Vec<TableJoin>, TopologyError> {
+    let mut joins: Vec<TableJoin> = Vec::new();
+    for &n in &part.nodes {
+        let Op::JoinTable { left } = t.node(n).op else { continue };
+        let (stream, rows) = (t.node(n).inputs[0], t.node(n).inputs[1]);
+        match table {
+            Some(agg) if agg == rows.node => {}
+            _ => {
+                return Err(refuse(
+                    t,
+                    n,
+                    format!(
+                        "joins a table that is not its sub-topology's table (`{}`): {LATER}",
+                        t.node(rows.node).name
+                    ),
+                ));
+            }
+        }
+        if !matches!(t.node(rows.node).op, Op::ToTable { .. } | Op::Aggregate { window: None, .. }) {
+            return Err(refuse(
+                t,
+                n,
+                format!("joins the {} `{}`: {LATER}", t.node(rows.node).op.kind(), t.node(rows.node).name),
+            ));
+        }
+        // The input its stream side reads.
+        let input = if inputs.contains(&stream.node) {
+            Some(stream.node)
+        } else {
+            let seg = segment_of(stream.node).filter(|_| t.node(stream.node).op.is_guest());
+            let from: Vec<u32> = seg
+                .map(|s| s.entries.iter().flat_map(|&e| t.node(e).inputs.iter().map(|i| i.node)).collect())
+                .unwrap_or_default();
+            from.first().copied().filter(|f| inputs.contains(f) && from.iter().all(|g| g == f))
+        };
+        let Some(input) = input else {
+            return Err(refuse(
+                t,
+                n,
+                format!("joins records that do not come from one topic of its sub-topology: {LATER}"),
+            ));
+        };
+        // What that input leads to: the join, sinks, repartitions, or guest
+        // operators reading only it that lead only to those.
+        for (c, _) in t.consumers(input) {
+            let reader = t.node(c);
+            if c == n || matches!(reader.op, Op::Sink { .. }) {
+                continue;
+            }
+            let seg = segment_of(c).filter(|_| reader.op.is_guest()).ok_or_else(|| {
+                refuse(t, c, format!("reads the joined topic `{}` besides the join: {LATER}", t.node(input).name))
+            })?;
+            if let Some(&bad) =
+                seg.exits.iter().find(|&&x| x != n && !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }))
+            {
+                return Err(refuse(t, bad, format!("is fed by the operators before a join: {LATER}")));
+            }
+            if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
+                return Err(refuse(t, c, format!("the operators before a join read another host operator: {LATER}")));
+            }
+        }
+        let at = inputs.iter().position(|&i| i == input).unwrap_or(0);
+        if joins.iter().any(|j| j.input == at) {
+            return Err(refuse(t, n, format!("a second join of the topic `{}`: {LATER}", t.node(input).name)));
+        }
+        joins.push(TableJoin { node: n, input: at, left });
+    }
+    if joins.len() == inputs.len() && !joins.is_empty() {
+        let first = joins[0].node;
+        return Err(refuse(t, first, "no topic of this sub-topology feeds the table the join reads"));
+    }
+    Ok(joins)
 }
 
 /// The aggregation `agg` of a sub-topology reading `inputs` (input nodes).
@@ -438,6 +586,7 @@ fn aggregation<'s>(
         Op::Aggregate { store, window: Some(spec), emit, .. } => (store, Folds::Windows(*spec), *emit),
         Op::Aggregate { store, window: None, .. } => (store, Folds::Table, Emit::Updates),
         Op::TableAggregate { store, .. } => (store, Folds::Changes, Emit::Updates),
+        Op::ToTable { store } => (store, Folds::Latest, Emit::Updates),
         _ => return Err(refuse(t, agg, "internal: not an aggregation")),
     };
     let from = node.inputs[0];
@@ -488,9 +637,12 @@ fn aggregation<'s>(
     if split && folds == Folds::Changes {
         return Err(refuse(t, agg, format!("a table aggregate's repartition topic also leads elsewhere: {LATER}")));
     }
-    // Fused: the operators before the aggregation run in the call that folds.
-    let fused = !direct && !split;
-    let readers: Vec<u32> = t.consumers(agg).map(|(c, _)| c).collect();
+    // Fused: the operators before the aggregation run in the call that folds
+    // (a table of latest values is folded by the host, after them).
+    let fused = !direct && !split && folds != Folds::Latest;
+    // Joins look rows up; what reads the rows as updates is one of these.
+    let readers: Vec<u32> =
+        t.consumers(agg).map(|(c, _)| c).filter(|&c| !matches!(t.node(c).op, Op::JoinTable { .. })).collect();
     let (render_from, render_old) = match readers.as_slice() {
         [] => (None, false),
         [one] if matches!(t.node(*one).op, Op::ToStream) => (Some(Edge { node: *one, port: 0 }), false),

@@ -1,0 +1,120 @@
+//! Tables of latest values and stream–table joins.
+//!
+//! A table made from a stream (`to_table`) is folded by the host: the records
+//! reaching it (read directly, or after the guest operators before it, such as
+//! a change-data-capture envelope mapped to a row) replace their key's row; a
+//! null value deletes it; a record without a key cannot be a row and is
+//! dead-lettered naming the table. Rows are the bytes the record carried.
+//!
+//! A join reads the records of one input of the task (through the operators
+//! before it, in a call of their own), looks each key's row up in the task's
+//! table — uncommitted updates included, so a record sees the table as of its
+//! place in the task's time order across inputs — and hands the record on from
+//! the join's output with the row beside it, to the joiner and what follows it.
+//! An inner join drops a record whose key has no row and dead-letters one
+//! without a key; a left join hands both on without a row.
+
+use weir_abi::topology::Edge;
+
+use super::stateless::{Target, derive};
+use super::{Env, Pending, TABLE_ROW, Task, TaskError, input_of};
+use crate::state::window_key;
+use crate::topology::TableJoin;
+
+impl Task {
+    /// Replaces (or deletes) the rows of the records of `pending` that reach the
+    /// task's table.
+    pub(super) fn process_latest(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
+        let table = self.aggregation(env)?.node;
+        let (reached, mut excluded, stream_times) = self.split_off(env, pending, table)?;
+        let name = env.node_name(table)?;
+        let mut row_key = Vec::new();
+        for (source, key, value) in reached {
+            let Some(key) = key else {
+                let reason = "a record without a key cannot be a table row".to_owned();
+                self.exclude(env, pending, &mut excluded, vec![(source, (reason, Some(name.clone())))]);
+                continue;
+            };
+            window_key(&mut row_key, TABLE_ROW, &key);
+            self.replace_row(&row_key, value)?;
+        }
+        if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
+            self.stream_time = Some(self.stream_time.map_or(st, |s| s.max(st)));
+        }
+        self.count_in(env, input_of(pending), pending.len() as u64);
+        Ok(())
+    }
+
+    /// Sets the row under store key `key` to `value` until the next commit;
+    /// `None` deletes it (a deletion of a row the last commit did not have
+    /// leaves nothing to emit).
+    fn replace_row(&mut self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), TaskError> {
+        if let Some(old) = self.dirty.remove(key) {
+            self.dirty_bytes -= key.len() + old.len();
+        }
+        match value {
+            Some(value) => {
+                self.removed.remove(key);
+                self.dirty_bytes += key.len() + value.len();
+                self.dirty.insert(key.to_vec(), value);
+            }
+            None => {
+                let committed = match self.migrated.get(key) {
+                    Some(converted) => converted.is_some(),
+                    None => self.store.get(key)?.is_some(),
+                };
+                if committed {
+                    self.removed.insert(key.to_vec());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins the records of `pending` that reach `join` with their rows and runs
+    /// them on from the join's output.
+    pub(super) fn process_join(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        join: TableJoin,
+    ) -> Result<(), TaskError> {
+        let (reached, mut excluded, stream_times) = self.split_off(env, pending, join.node)?;
+        let name = env.node_name(join.node)?;
+        let mut row_key = Vec::new();
+        let mut joined = Vec::with_capacity(reached.len());
+        for (source, key, value) in reached {
+            let row = match &key {
+                Some(k) => {
+                    window_key(&mut row_key, TABLE_ROW, k);
+                    self.current(&row_key)?
+                }
+                None if join.left => None,
+                None => {
+                    let reason = "a record without a key cannot be joined with a table".to_owned();
+                    self.exclude(env, pending, &mut excluded, vec![(source, (reason, Some(name.clone())))]);
+                    continue;
+                }
+            };
+            if row.is_some() || join.left {
+                joined.push((source, key, value, row));
+            } else {
+                env.metrics.join_misses.inc();
+            }
+        }
+        env.metrics.joined.inc_by(joined.len() as u64);
+        let (joined, arena) = derive(pending, joined.into_iter(), &stream_times);
+        let input_arena = std::mem::replace(&mut self.arena, arena);
+        let from = Edge { node: join.node, port: 0 };
+        let ran = self
+            .through_guest(env, &joined, from, Target::Exits)
+            .and_then(|(emitted, _)| self.write_exits(env, &joined, &emitted));
+        self.arena = input_arena;
+        ran?;
+        if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
+            self.stream_time = Some(self.stream_time.map_or(st, |s| s.max(st)));
+        }
+        self.count_in(env, input_of(pending), pending.len() as u64);
+        Ok(())
+    }
+}
