@@ -12,6 +12,7 @@ mod compression;
 mod dead_letter;
 mod hostile_matrix;
 mod hot_swap;
+mod joins;
 mod merge;
 mod multi_host;
 mod sandbox;

@@ -339,19 +339,20 @@ impl StreamsBuilder {
 
     /// The topic `topic`, whose values are `E` (a change-data-capture envelope,
     /// say), read as a table of `V`: `f` turns each value into the key's new
-    /// row, or `None` to delete it. A null value deletes the row without
+    /// row, `Ok(None)` to delete it, or an `Err` that dead-letters the record
+    /// with the reason, naming `f`. A null value deletes the row without
     /// calling `f`. The store is named `<topic>-table`.
     pub fn table_with<K, E, V, F>(&self, topic: &str, f: F) -> KTable<K, V>
     where
         K: crate::Data,
         E: crate::Data,
         V: crate::Data,
-        F: Fn(&K, E) -> Option<V> + 'static,
+        F: Fn(&K, E) -> Result<Option<V>, String> + 'static,
     {
         let source = self.source::<K, E>(topic, codec::ValueCodec::text_rows::<E>());
         let step: Step = Box::new(move |item, out| {
             let value = match item.value {
-                Some(v) => f(cast::<K>(item.key.as_ref())?, take::<E>(v)?).map(|v| Box::new(v) as Obj),
+                Some(v) => f(cast::<K>(item.key.as_ref())?, take::<E>(v)?)?.map(|v| Box::new(v) as Obj),
                 None => None,
             };
             out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));

@@ -293,14 +293,15 @@ impl<K: Data, V: Data> KStream<K, V> {
 
     /// Joins each record with its key's row in `table` as the table is at that
     /// record's place in time (see the README's "Tables and joins"): `joiner`
-    /// combines value and row. A record whose key has no row is dropped; one
-    /// without a key is dead-lettered. Through a repartition if keys changed
-    /// upstream (the table and the stream must be partitioned alike).
+    /// combines value and row (Kafka Streams' `ValueJoiner`). A record whose
+    /// key has no row is dropped; one without a key is dead-lettered. Through a
+    /// repartition if keys changed upstream (the table and the stream must be
+    /// partitioned alike).
     pub fn join<R: Data, V2: Data, F>(&self, table: &KTable<K, R>, joiner: F) -> KStream<K, V2>
     where
         F: Fn(&V, &R) -> V2 + 'static,
     {
-        self.join_node(table, false, fn_name::<F>(), move |v, r| r.map(|r| joiner(v, r)))
+        self.join_node(table, false, fn_name::<F>(), move |_, v, r| r.map(|r| joiner(v, r)))
     }
 
     /// Like [`KStream::join`], but a record whose key has no row (or that has
@@ -309,7 +310,24 @@ impl<K: Data, V: Data> KStream<K, V> {
     where
         F: Fn(&V, Option<&R>) -> V2 + 'static,
     {
-        self.join_node(table, true, fn_name::<F>(), move |v, r| Some(joiner(v, r)))
+        self.join_node(table, true, fn_name::<F>(), move |_, v, r| Some(joiner(v, r)))
+    }
+
+    /// [`KStream::join`] with a joiner that also reads the key (Kafka Streams'
+    /// `ValueJoinerWithKey`).
+    pub fn join_with_key<R: Data, V2: Data, F>(&self, table: &KTable<K, R>, joiner: F) -> KStream<K, V2>
+    where
+        F: Fn(&K, &V, &R) -> V2 + 'static,
+    {
+        self.join_node(table, false, fn_name::<F>(), move |k, v, r| r.map(|r| joiner(k, v, r)))
+    }
+
+    /// [`KStream::left_join`] with a joiner that also reads the key.
+    pub fn left_join_with_key<R: Data, V2: Data, F>(&self, table: &KTable<K, R>, joiner: F) -> KStream<K, V2>
+    where
+        F: Fn(&K, &V, Option<&R>) -> V2 + 'static,
+    {
+        self.join_node(table, true, fn_name::<F>(), move |k, v, r| Some(joiner(k, v, r)))
     }
 
     fn join_node<R: Data, V2: Data>(
@@ -317,7 +335,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         table: &KTable<K, R>,
         left: bool,
         name: Option<String>,
-        joiner: impl Fn(&V, Option<&R>) -> Option<V2> + 'static,
+        joiner: impl Fn(&K, &V, Option<&R>) -> Option<V2> + 'static,
     ) -> KStream<K, V2> {
         let mut g = self.g.borrow_mut();
         let mut input = self.from;
@@ -337,7 +355,7 @@ impl<K: Data, V: Data> KStream<K, V> {
         let step: Step = Box::new(move |item, out| {
             let Some(pair) = item.value else { return Ok(()) };
             let (value, row) = take::<(V, Option<R>)>(pair)?;
-            if let Some(joined) = joiner(&value, row.as_ref()) {
+            if let Some(joined) = joiner(cast::<K>(item.key.as_ref())?, &value, row.as_ref()) {
                 out.push((0, Item { key: item.key, value: Some(Box::new(joined)), timestamp: item.timestamp }));
             }
             Ok(())

@@ -28,8 +28,8 @@ struct Envelope {
     after: Option<Profile>,
 }
 
-fn row(_: &String, e: Envelope) -> Option<Profile> {
-    if e.op == "d" { None } else { e.after }
+fn row(_: &String, e: Envelope) -> Result<Option<Profile>, String> {
+    Ok(if e.op == "d" { None } else { e.after })
 }
 
 fn enrich(clicks: &u64, p: Option<&Profile>) -> String {

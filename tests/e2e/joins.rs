@@ -1,0 +1,277 @@
+//! Stream–table joins on the real broker: `click-enrich` keeps user profiles
+//! in a table fed by a change-data-capture topic (creates, updates, deletes,
+//! tombstones, broken envelopes) and enriches a click stream with them. The
+//! output is checked against a recomputation that merges the two topics of
+//! each partition by timestamp and keeps the profiles in a map: every valid
+//! click enriched exactly once with its user's profile as of the click, through
+//! a crash inside a commit, a SIGKILL mid-stream and two restarts on empty state
+//! directories; every bad record dead-lettered once, naming its node and topic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+
+use crate::support::*;
+use crate::topologies::{strings, topology_args};
+
+const PARTITIONS: i32 = 2;
+const USERS: usize = 40;
+const START: i64 = 1_700_000_000_000;
+/// The span of event time both topics cover.
+const SPAN: i64 = 600_000;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Profile {
+    name: String,
+    region: String,
+    tier: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    op: String,
+    after: Option<Profile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Click {
+    page: String,
+    ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct EnrichedClick {
+    user: String,
+    page: String,
+    ms: u64,
+    name: Option<String>,
+    region: Option<String>,
+    tier: Option<String>,
+}
+
+/// `count` event times in `[from, to)` after `START`, each `START + parity +
+/// 2k` (so the two topics never share a timestamp), in time order except for
+/// neighbours swapped now and then: out of order within a topic.
+fn timed(rng: &mut StdRng, count: usize, parity: i64, (from, to): (i64, i64)) -> Vec<i64> {
+    let mut ts: Vec<i64> = (0..count).map(|_| START + parity + 2 * rng.random_range(from / 2..to / 2)).collect();
+    ts.sort_unstable();
+    for i in 1..ts.len() {
+        if rng.random_bool(0.05) {
+            ts.swap(i - 1, i);
+        }
+    }
+    ts
+}
+
+fn user(rng: &mut StdRng) -> String {
+    format!("u{:02}", rng.random_range(0..USERS))
+}
+
+/// The change-data-capture feed of the profiles table: creates and snapshot
+/// reads, updates, deletes followed by tombstones now and then, and some
+/// records that are no valid change (not JSON, an update without `after`, no key).
+fn profile_changes(seed: u64, count: usize, span: (i64, i64)) -> Vec<RawRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let times = timed(&mut rng, count, 0, span);
+    let mut out = Vec::with_capacity(count + count / 20);
+    for (i, ts) in times.into_iter().enumerate() {
+        let key = user(&mut rng);
+        let profile = format!(
+            r#"{{"name":"N{i}","region":"{}","tier":"{}"}}"#,
+            ["eu", "us", "apac"][rng.random_range(0..3)],
+            ["free", "pro"][rng.random_range(0..2)]
+        );
+        let (key, value) = match (i % 101, rng.random_range(0..10)) {
+            (7, _) => (Some(key), Some("{\"op\":\"u\",\"after\":".to_owned())),
+            (31, _) => (Some(key), Some(r#"{"op":"u","before":null,"after":null}"#.to_owned())),
+            (59, _) => (None, Some(format!(r#"{{"op":"c","after":{profile}}}"#))),
+            (_, 0) => {
+                // A delete, and (mostly) the tombstone that follows it.
+                let delete = format!(r#"{{"op":"d","before":{profile},"after":null}}"#);
+                out.push((Some(key.clone().into_bytes()), Some(delete.into_bytes()), ts));
+                if rng.random_bool(0.7) {
+                    out.push((Some(key.into_bytes()), None, ts));
+                }
+                continue;
+            }
+            (_, op) => {
+                let op = ["c", "r", "u", "u"][op % 4];
+                (Some(key), Some(format!(r#"{{"op":"{op}","before":null,"after":{profile}}}"#)))
+            }
+        };
+        out.push((key.map(String::into_bytes), value.map(String::into_bytes), ts));
+    }
+    out
+}
+
+/// Clicks by the same users (and a few without a profile ever), with some
+/// that do not decode and some without a page.
+fn clicks(seed: u64, count: usize, span: (i64, i64)) -> Vec<RawRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let times = timed(&mut rng, count, 1, span);
+    times
+        .into_iter()
+        .enumerate()
+        .map(|(i, ts)| {
+            let key = if rng.random_bool(0.05) { "nobody".to_owned() } else { user(&mut rng) };
+            let value = match i % 89 {
+                5 => "{\"page\":".to_owned(),
+                40 => r#"{"page":"","ms":3}"#.to_owned(),
+                _ => format!(r#"{{"page":"/p{}","ms":{}}}"#, rng.random_range(0..20), rng.random_range(1..5_000)),
+            };
+            (Some(key.into_bytes()), Some(value.into_bytes()), ts)
+        })
+        .collect()
+}
+
+/// Enriched clicks per user, in order.
+type PerUser = BTreeMap<String, Vec<EnrichedClick>>;
+/// (topic, partition, offset, node) of each record that must be dead-lettered.
+type Bad = Vec<(String, i32, i64, String)>;
+
+/// What the two topics say, partition by partition: their records merged by
+/// timestamp (each topic's own order kept), profiles applied to a map, each
+/// valid click enriched from it.
+fn recompute(profiles_topic: &str, profiles: &[Record], clicks_topic: &str, clicks: &[Record]) -> (PerUser, Bad) {
+    let (mut per_user, mut bad) = (PerUser::new(), Bad::new());
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    for p in 0..PARTITIONS {
+        let ps: Vec<&Record> = profiles.iter().filter(|r| r.partition == p).collect();
+        let cs: Vec<&Record> = clicks.iter().filter(|r| r.partition == p).collect();
+        let mut table: HashMap<String, Profile> = HashMap::new();
+        let (mut i, mut j) = (0, 0);
+        while i < ps.len() || j < cs.len() {
+            if j >= cs.len() || (i < ps.len() && ps[i].timestamp < cs[j].timestamp) {
+                let r = ps[i];
+                i += 1;
+                let Some(key) = text(&r.key) else {
+                    bad.push((profiles_topic.to_owned(), p, r.offset, "profile".to_owned()));
+                    continue;
+                };
+                let Some(value) = &r.value else {
+                    table.remove(&key);
+                    continue;
+                };
+                match serde_json::from_slice::<Envelope>(value) {
+                    Ok(Envelope { op, after: Some(after) }) if op != "d" => {
+                        table.insert(key, after);
+                    }
+                    Ok(Envelope { op, .. }) if op == "d" => {
+                        table.remove(&key);
+                    }
+                    _ => bad.push((profiles_topic.to_owned(), p, r.offset, "profile".to_owned())),
+                }
+            } else {
+                let r = cs[j];
+                j += 1;
+                let key = text(&r.key).unwrap_or_default();
+                let click = serde_json::from_slice::<Click>(r.value.as_deref().unwrap_or_default());
+                let Some(click) = click.ok().filter(|c| !c.page.is_empty()) else {
+                    bad.push((clicks_topic.to_owned(), p, r.offset, "valid_click".to_owned()));
+                    continue;
+                };
+                let profile = table.get(&key);
+                per_user.entry(key.clone()).or_default().push(EnrichedClick {
+                    user: key,
+                    page: click.page,
+                    ms: click.ms,
+                    name: profile.map(|p| p.name.clone()),
+                    region: profile.map(|p| p.region.clone()),
+                    tier: profile.map(|p| p.tier.clone()),
+                });
+            }
+        }
+    }
+    bad.sort();
+    (per_user, bad)
+}
+
+#[test]
+fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_and_empty_state_dirs() -> Result<()> {
+    let app = unique("enrich");
+    let (profiles, clicks_topic) = (format!("{app}-profiles"), format!("{app}-clicks"));
+    let (enriched, dead) = (format!("{app}-enriched"), format!("{app}-dead"));
+    create_topic(&profiles, PARTITIONS)?;
+    create_topic(&clicks_topic, PARTITIONS)?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let topics = [
+        ("profiles-cdc", profiles.as_str()),
+        ("clicks", clicks_topic.as_str()),
+        ("enriched-clicks", enriched.as_str()),
+    ];
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args("click-enrich", &app, &topics, &dir.path().join(state))?;
+        args.extend(strings(&["--dead-letter-topic", &dead]));
+        Ok(args)
+    };
+    // The stream comes in two parts, the second later in event time than the
+    // first, and each is on the broker before a host reads it: which profile a
+    // click sees depends only on timestamps, never on when records arrive.
+    let half = (0, SPAN / 2);
+    let (changes, click_records) = (profile_changes(0xcdc, 1_500, half), clicks(0xc11c, 10_000, half));
+    let rest = (SPAN / 2, SPAN);
+    let (more_changes, more_clicks) = (profile_changes(0xcdc2, 1_500, rest), clicks(0xc11c2, 10_000, rest));
+    produce(&profiles, &changes)?;
+    produce(&clicks_topic, &click_records)?;
+
+    // A crash inside a commit (everything of the transaction written, nothing
+    // committed) half way through the first part.
+    let crash_at = ((changes.len() + click_records.len()) / 2).to_string();
+    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
+    let status = wait_exit(&mut first, Duration::from_secs(180))?;
+    assert!(!status.success(), "the first host must die in its commit: {status}");
+    // Back on an empty state directory, and SIGKILLed once half the first
+    // part's clicks are committed.
+    let mut second = spawn_weir(&args("b")?, &log)?;
+    await_committed_at_least(&app, &clicks_topic, PARTITIONS, click_records.len() as i64 / 2, &mut second)?;
+    second.kill()?;
+    // The second part arrives while no host runs; the third comes back on
+    // another empty state directory: the profiles so far from the changelog.
+    produce(&profiles, &more_changes)?;
+    produce(&clicks_topic, &more_clicks)?;
+    let mut third = spawn_weir(&args("c")?, &log)?;
+    await_caught_up(&app, &clicks_topic, &mut third, Duration::from_secs(240))?;
+    await_caught_up(&app, &profiles, &mut third, Duration::from_secs(60))?;
+    terminate(&mut third)?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restarts must restore the profiles from the changelog:\n{text}");
+    let (changes, click_records) = ([changes, more_changes].concat(), [click_records, more_clicks].concat());
+
+    let (profiles_in, clicks_in) = (read_all(&profiles)?, read_all(&clicks_topic)?);
+    assert_eq!((profiles_in.len(), clicks_in.len()), (changes.len(), click_records.len()));
+    let (want, want_bad) = recompute(&profiles, &profiles_in, &clicks_topic, &clicks_in);
+    let joined: usize = want.values().map(Vec::len).sum();
+    let with_profile = want.values().flatten().filter(|c| c.region.is_some()).count();
+    assert!(joined > 15_000 && with_profile > joined / 2 && with_profile < joined, "the feeds must make work");
+
+    let mut got = PerUser::new();
+    for r in read_all(&enriched)? {
+        let c: EnrichedClick =
+            serde_json::from_slice(r.value.as_deref().unwrap_or_default()).context("enriched-clicks value")?;
+        assert_eq!(r.key.as_deref(), Some(c.user.as_bytes()), "the key is the user");
+        got.entry(c.user.clone()).or_default().push(c);
+    }
+    for (user, clicks) in &want {
+        assert_eq!(got.get(user), Some(clicks), "user {user}: each click once, with the profile as of its time");
+    }
+    assert_eq!(got.len(), want.len());
+
+    let mut got_bad = Bad::new();
+    for letter in read_all(&dead)? {
+        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+        got_bad.push((
+            header("weir.source.topic"),
+            header("weir.source.partition").parse()?,
+            header("weir.source.offset").parse()?,
+            header("weir.node"),
+        ));
+    }
+    got_bad.sort();
+    assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node, topic, partition and offset");
+    Ok(())
+}
