@@ -174,6 +174,38 @@ pub enum Op {
     /// Calls the user's value joiner with a record's value and the row its join
     /// found; reads a join's output.
     Joiner,
+    /// Joins two tables on their key: input 0 (left) and input 1 (right), each
+    /// a [`Op::ToTable`] read by nothing else. Every update of either side is
+    /// joined with the other side's current row and handed on (left row in
+    /// [`crate::calls::Rec::value`], right row in [`crate::calls::Rec::old`])
+    /// to the [`Op::Joiner`] reading it; an update that ends a match it had
+    /// made is handed on with neither row, for a tombstone.
+    JoinTables {
+        /// Which updates make a result.
+        kind: JoinKind,
+    },
+}
+
+/// Which rows of a table–table join make a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinKind {
+    /// A key with a row on both sides.
+    Inner,
+    /// A key with a left row (the right one if any).
+    Left,
+    /// A key with a row on either side.
+    Outer,
+}
+
+impl JoinKind {
+    /// Whether rows present on the left and right (`l`, `r`) make a result.
+    pub fn matches(self, l: bool, r: bool) -> bool {
+        match self {
+            JoinKind::Inner => l && r,
+            JoinKind::Left => l,
+            JoinKind::Outer => l || r,
+        }
+    }
 }
 
 /// How an aggregation folds values.
@@ -372,6 +404,9 @@ impl Op {
             Op::JoinTable { left: false } => "stream-table join",
             Op::JoinTable { left: true } => "stream-table left join",
             Op::Joiner => "joiner",
+            Op::JoinTables { kind: JoinKind::Inner } => "table-table join",
+            Op::JoinTables { kind: JoinKind::Left } => "table-table left join",
+            Op::JoinTables { kind: JoinKind::Outer } => "table-table outer join",
         }
     }
 
@@ -635,10 +670,10 @@ impl Topology {
                 Op::Source { .. } => {}
                 Op::Merge if inputs == 0 => return Err(at(node, "a merge needs inputs")),
                 Op::Merge => {}
-                Op::JoinTable { .. } if inputs != 2 => {
-                    return Err(at(node, format!("a join reads a stream and a table; it has {inputs} input(s)")));
+                Op::JoinTable { .. } | Op::JoinTables { .. } if inputs != 2 => {
+                    return Err(at(node, format!("a join reads two inputs; it has {inputs}")));
                 }
-                Op::JoinTable { .. } => {}
+                Op::JoinTable { .. } | Op::JoinTables { .. } => {}
                 _ if inputs == 0 => {
                     return Err(at(node, format!("no path reaches this {}: it has no input", node.op.kind())));
                 }
@@ -771,6 +806,10 @@ impl Topology {
                              table's row for a key may be in another task (repartition first)",
                         ));
                     }
+                    Flow::Joined
+                }
+                Op::JoinTables { .. } => {
+                    needs(&[Flow::Table])?;
                     Flow::Joined
                 }
                 Op::Joiner => {

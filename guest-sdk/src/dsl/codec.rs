@@ -260,6 +260,25 @@ impl ValueCodec {
         }
     }
 
+    /// Rows of two joined tables: `(Option<L>, Option<R>)`, the left row as
+    /// the value, the right one beside it, both text-or-JSON (either may be
+    /// missing). Only a joiner reads them.
+    pub fn joined_rows<L: Data, R: Data>() -> Self {
+        Self {
+            decode: Box::new(|left, right| {
+                let left = left.map(|b| decode_text_or_json::<L>(Some(b))).transpose();
+                let right = right.map(|b| decode_text_or_json::<R>(Some(b))).transpose();
+                let left = left.map_err(|e| format!("invalid left row: {e}"))?;
+                let right = right.map_err(|e| format!("invalid right row: {e}"))?;
+                Ok(Box::new((left, right)) as Obj)
+            }),
+            encode: Box::new(|_| Err("internal: joined records are never written".to_owned())),
+            clone: Box::new(|_| Err("internal: joined records are never copied".to_owned())),
+            deletes: false,
+            stored: false,
+        }
+    }
+
     /// Whether values are in the stored encoding.
     pub fn is_stored(&self) -> bool {
         self.stored

@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use weir_abi::topology::{Edge, Fold as FoldKind, Op};
+use weir_abi::topology::{Edge, Fold as FoldKind, JoinKind, Op};
 
 use super::codec::{KeyCodec, ValueCodec};
 use super::grouped::{FoldOf, count_fold};
@@ -21,12 +21,16 @@ pub struct KTable<K, A> {
     key: Rc<KeyCodec>,
     /// How its rows are encoded.
     pub(crate) rows: Rows,
+    /// Whether it is the result of a join of tables, which no store keeps: its
+    /// node is the joiner, whose records are its updates (a null value
+    /// deletes).
+    joined: bool,
     _t: PhantomData<fn() -> (K, A)>,
 }
 
 impl<K: Data, A: Data> KTable<K, A> {
     pub(crate) fn new(g: Shared, node: u32, key: Rc<KeyCodec>) -> Self {
-        Self { g, node, key, rows: Rows::Stored, _t: PhantomData }
+        Self { g, node, key, rows: Rows::Stored, joined: false, _t: PhantomData }
     }
 
     pub(crate) fn with_rows(mut self, rows: Rows) -> Self {
@@ -75,6 +79,10 @@ impl<K: Data, A: Data> KTable<K, A> {
     /// The stream of the table's updates (a deleted row, such as a session
     /// merged into another, is a tombstone: see the module docs of `dsl`).
     pub fn to_stream(&self) -> KStream<K, A> {
+        if self.joined {
+            let output = Codec::new(self.key.clone(), ValueCodec::text_rows::<A>());
+            return KStream::new(self.g.clone(), Edge { node: self.node, port: 0 }, output, false);
+        }
         let output = Codec::new(self.key.clone(), ValueCodec::rows::<A>(self.rows));
         let node = self.g.borrow_mut().add(NewNode {
             fn_name: None,
@@ -86,6 +94,76 @@ impl<K: Data, A: Data> KTable<K, A> {
         KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
     }
 
+    /// Joins this table with `other` on their key: for every key with a row in
+    /// both, `joiner(left, right)`; each update of either side makes the key's
+    /// new result, and a key whose match ends is deleted (a tombstone). Both
+    /// tables must come from topics (`table`, `to_table`) partitioned alike.
+    pub fn join<R: Data, V: Data, F>(&self, other: &KTable<K, R>, joiner: F) -> KTable<K, V>
+    where
+        F: Fn(&A, &R) -> V + 'static,
+    {
+        self.join_tables(other, JoinKind::Inner, fn_name::<F>(), move |l, r| Some(joiner(l?, r?)))
+    }
+
+    /// Like [`KTable::join`], for every key with a row in this table, with the
+    /// other table's row if it has one.
+    pub fn left_join<R: Data, V: Data, F>(&self, other: &KTable<K, R>, joiner: F) -> KTable<K, V>
+    where
+        F: Fn(&A, Option<&R>) -> V + 'static,
+    {
+        self.join_tables(other, JoinKind::Left, fn_name::<F>(), move |l, r| Some(joiner(l?, r)))
+    }
+
+    /// Like [`KTable::join`], for every key with a row in either table.
+    pub fn outer_join<R: Data, V: Data, F>(&self, other: &KTable<K, R>, joiner: F) -> KTable<K, V>
+    where
+        F: Fn(Option<&A>, Option<&R>) -> V + 'static,
+    {
+        self.join_tables(other, JoinKind::Outer, fn_name::<F>(), move |l, r| Some(joiner(l, r)))
+    }
+
+    fn join_tables<R: Data, V: Data>(
+        &self,
+        other: &KTable<K, R>,
+        kind: JoinKind,
+        name: Option<String>,
+        joiner: impl Fn(Option<&A>, Option<&R>) -> Option<V> + 'static,
+    ) -> KTable<K, V> {
+        let mut g = self.g.borrow_mut();
+        for t in [(self.rows, self.joined), (other.rows, other.joined)] {
+            if t != (Rows::Text, false) {
+                g.error("tables joined with each other must be read from topics (`table`, `to_table`)".to_owned());
+            }
+        }
+        let join = g.add(NewNode {
+            fn_name: name.as_ref().map(|n| format!("{n}-join")),
+            inputs: vec![Edge { node: self.node, port: 0 }, Edge { node: other.node, port: 0 }],
+            op: Op::JoinTables { kind },
+            output: Some(Codec::new(self.key.clone(), ValueCodec::joined_rows::<A, R>())),
+            run: Run::Host,
+        });
+        let step: Step = Box::new(move |item, out| {
+            let Some(rows) = item.value else { return Ok(()) };
+            let (left, right) = super::take::<(Option<A>, Option<R>)>(rows)?;
+            // Neither row: the match this key had ended.
+            let value = match (&left, &right) {
+                (None, None) => None,
+                _ => joiner(left.as_ref(), right.as_ref()).map(|v| Box::new(v) as super::Obj),
+            };
+            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+            Ok(())
+        });
+        let node = g.add(NewNode {
+            fn_name: name,
+            inputs: vec![Edge { node: join, port: 0 }],
+            op: Op::Joiner,
+            output: Some(Codec::new(self.key.clone(), ValueCodec::text_rows::<V>())),
+            run: Run::Step(step),
+        });
+        drop(g);
+        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, joined: true, _t: PhantomData }
+    }
+
     /// Re-groups the table's rows under new keys: `f` maps each row to a new
     /// key and value. Each update of the table takes its old row out of the
     /// group it was in and adds its new row to the group it is in now.
@@ -93,6 +171,9 @@ impl<K: Data, A: Data> KTable<K, A> {
     where
         F: Fn(&K, &A) -> (K2, V2) + 'static,
     {
+        if self.joined {
+            self.g.borrow_mut().error("re-grouping the result of a join of tables is not supported yet".to_owned());
+        }
         let step: Step = Box::new(move |item, out| {
             let Some(change) = item.value else { return Ok(()) };
             let change = super::take::<Change<A>>(change)?;

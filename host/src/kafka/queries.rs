@@ -46,11 +46,10 @@ pub struct Resume {
     /// The metadata committed with them (the same on each input a commit
     /// carried; empty where none was committed).
     pub metadata: Vec<String>,
-    /// The changelog partition's first offset.
-    pub changelog_low: i64,
-    /// The changelog partition's end, counting records of open transactions:
-    /// restore reads every committed record before it.
-    pub changelog_end: i64,
+    /// Per store: its changelog partition's first offset and its end,
+    /// counting records of open transactions (restore reads every committed
+    /// record before it).
+    pub changelogs: Vec<(i64, i64)>,
 }
 
 /// What a task's question is about.
@@ -60,8 +59,8 @@ pub struct Question {
     pub task: TaskId,
     /// The topics of its input partitions (the task's partition of each).
     pub inputs: Vec<String>,
-    /// Its store's changelog, if it has a store.
-    pub changelog: Option<String>,
+    /// Its stores' changelogs.
+    pub changelogs: Vec<String>,
 }
 
 enum Request {
@@ -112,11 +111,12 @@ impl Worker {
     fn answer(&self, q: &Question, epoch: u64) -> Result<Resume, String> {
         let partition = q.task.partition;
         let (committed, metadata) = self.committed(&q.inputs, partition)?.into_iter().unzip();
-        let (low, end) = match &q.changelog {
-            Some(changelog) => self.ends.fetch_watermarks(changelog, partition, ATTEMPT).map_err(|e| e.to_string())?,
-            None => (0, 0),
-        };
-        Ok(Resume { task: q.task, epoch, committed, metadata, changelog_low: low, changelog_end: end })
+        let changelogs = q
+            .changelogs
+            .iter()
+            .map(|c| self.ends.fetch_watermarks(c, partition, ATTEMPT).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        Ok(Resume { task: q.task, epoch, committed, metadata, changelogs })
     }
 
     /// Deletes the records before `offsets`; a failure only delays it to the

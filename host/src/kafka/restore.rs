@@ -36,6 +36,8 @@ const NOTE_EVERY: Duration = Duration::from_secs(5);
 /// A changelog partition being restored.
 struct Reading {
     task: TaskId,
+    /// Which of the task's stores.
+    store: usize,
     end: i64,
     chunk: Vec<Change>,
     chunk_bytes: usize,
@@ -52,6 +54,8 @@ struct Reading {
 pub struct Restored {
     /// The task whose store it restored.
     pub task: TaskId,
+    /// Which of its stores.
+    pub store: usize,
     /// Records applied.
     pub records: u64,
     /// How long it took.
@@ -92,11 +96,17 @@ impl Restorer {
         self.reading.is_empty()
     }
 
-    /// Starts reading `task`'s partition of `changelog` at `from` until every
-    /// committed record before `end` was read. Returns false if there is
-    /// nothing to read.
-    pub fn start(&mut self, task: TaskId, changelog: &str, from: i64, end: i64) -> Result<bool, KafkaIoError> {
-        self.cancel(task);
+    /// Starts reading `task`'s partition of `changelog` (of its store number
+    /// `store`) at `from` until every committed record before `end` was read.
+    /// Returns false if there is nothing to read.
+    pub fn start(
+        &mut self,
+        task: TaskId,
+        store: usize,
+        changelog: &str,
+        from: i64,
+        end: i64,
+    ) -> Result<bool, KafkaIoError> {
         if from >= end {
             return Ok(false);
         }
@@ -109,6 +119,7 @@ impl Restorer {
             (changelog.to_owned(), partition),
             Reading {
                 task,
+                store,
                 end,
                 chunk: Vec::new(),
                 chunk_bytes: 0,
@@ -122,25 +133,31 @@ impl Restorer {
         Ok(true)
     }
 
-    /// Stops restoring `task`; what was not written yet is dropped (the
-    /// store's checkpoint says where to go on next time).
+    /// Stops restoring `task` (every store of it); what was not written yet is
+    /// dropped (each store's checkpoint says where to go on next time).
     pub fn cancel(&mut self, task: TaskId) {
-        let Some(at) = self.reading.iter().find(|(_, r)| r.task == task).map(|(at, _)| at.clone()) else { return };
-        self.reading.remove(&at);
+        let readings: Vec<(String, i32)> =
+            self.reading.iter().filter(|(_, r)| r.task == task).map(|(at, _)| at.clone()).collect();
+        if readings.is_empty() {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&at.0, at.1);
+        for at in readings {
+            tpl.add_partition(&at.0, at.1);
+            self.reading.remove(&at);
+        }
         if let Err(e) = self.consumer().and_then(|c| c.incremental_unassign(&tpl).map_err(KafkaIoError::from)) {
             tracing::warn!(pipeline = %self.health.pipeline(), %task, error = %e, "unassigning a restore");
         }
     }
 
     /// Reads what has arrived for at most `budget`, handing changes to `apply`
-    /// (task, changes, the changelog offset after them) in batches, and
+    /// (task, store, changes, the changelog offset after them) in batches, and
     /// returns the restores that are now complete (already unassigned).
     pub fn poll(
         &mut self,
         budget: Duration,
-        mut apply: impl FnMut(TaskId, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+        mut apply: impl FnMut(TaskId, usize, Vec<Change>, i64) -> Result<(), KafkaIoError>,
     ) -> Result<Vec<Restored>, KafkaIoError> {
         if self.reading.is_empty() {
             return Ok(Vec::new());
@@ -167,7 +184,7 @@ impl Restorer {
                     }
                     if reading.chunk.len() >= CHUNK_RECORDS || reading.chunk_bytes >= CHUNK_BYTES {
                         reading.chunk_bytes = 0;
-                        apply(reading.task, std::mem::take(&mut reading.chunk), msg.offset() + 1)?;
+                        apply(reading.task, reading.store, std::mem::take(&mut reading.chunk), msg.offset() + 1)?;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -184,7 +201,7 @@ impl Restorer {
     /// unassign them.
     fn finished(
         &mut self,
-        mut apply: impl FnMut(TaskId, Vec<Change>, i64) -> Result<(), KafkaIoError>,
+        mut apply: impl FnMut(TaskId, usize, Vec<Change>, i64) -> Result<(), KafkaIoError>,
     ) -> Result<Vec<Restored>, KafkaIoError> {
         let positions = self.consumer()?.position()?;
         let mut done = Vec::new();
@@ -218,12 +235,17 @@ impl Restorer {
         for at in done {
             let Some(mut reading) = self.reading.remove(&at) else { continue };
             if let Some(next) = reading.next {
-                apply(reading.task, std::mem::take(&mut reading.chunk), next)?;
+                apply(reading.task, reading.store, std::mem::take(&mut reading.chunk), next)?;
             }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&at.0, at.1);
             self.consumer()?.incremental_unassign(&tpl)?;
-            restored.push(Restored { task: reading.task, records: reading.records, took: reading.started.elapsed() });
+            restored.push(Restored {
+                task: reading.task,
+                store: reading.store,
+                records: reading.records,
+                took: reading.started.elapsed(),
+            });
         }
         Ok(restored)
     }

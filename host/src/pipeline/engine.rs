@@ -61,8 +61,8 @@ pub struct Topics {
     /// Per sub-topology: the topics its tasks read (a task reads the same
     /// partition of each), in the order of the sub-topology's inputs.
     pub inputs: Vec<Vec<String>>,
-    /// Per sub-topology: its store's changelog, if it has a store.
-    pub changelogs: Vec<Option<String>>,
+    /// Per sub-topology: its stores' changelogs, in the order of its stores.
+    pub changelogs: Vec<Vec<String>>,
     /// Dead letters.
     pub dead_letter: String,
 }
@@ -92,7 +92,7 @@ impl Topics {
             changelogs: shape
                 .subs
                 .iter()
-                .map(|sub| sub.aggregation().map(|a| cfg.changelog_topic(&a.store.name)))
+                .map(|sub| sub.stores().iter().map(|s| cfg.changelog_topic(&s.name)).collect())
                 .collect(),
             sources,
             repartitions,
@@ -130,14 +130,16 @@ impl Topics {
 enum Phase {
     /// Waiting to learn where it resumes.
     Asking { epoch: u64 },
-    /// Reading its changelog; it resumes at `committed` (per input) afterwards.
-    Reading { committed: Vec<Option<i64>>, meta: CommitMetadata },
+    /// Reading its changelogs (`left` of them still); it resumes at
+    /// `committed` (per input) afterwards.
+    Reading { committed: Vec<Option<i64>>, meta: CommitMetadata, left: usize, records: u64 },
     /// Restored; waiting for the consumer to be positioned.
     Seeking { committed: Vec<Option<i64>>, meta: CommitMetadata, records: u64 },
 }
 
 struct Restoring {
-    store: Box<dyn Store>,
+    /// Its stores, in the order of its sub-topology's.
+    stores: Vec<Box<dyn Store>>,
     phase: Phase,
     since: Instant,
 }
@@ -152,7 +154,7 @@ pub(super) struct Engine {
     pub(super) metrics: Metrics,
     tasks: BTreeMap<TaskId, Task>,
     restoring: BTreeMap<TaskId, Restoring>,
-    suspended: BTreeMap<TaskId, Box<dyn Store>>,
+    suspended: BTreeMap<TaskId, Vec<Box<dyn Store>>>,
     outbox: Outbox,
     restorer: Restorer,
     queries: Queries,
@@ -403,11 +405,11 @@ impl Engine {
         let mut stale = Vec::new();
         for (id, commit) in prepared {
             let Some(task) = self.tasks.get_mut(&id) else { continue };
-            let next = self.topics.changelogs[id.sub]
-                .as_ref()
-                .and_then(|c| changelog_offsets.get(&(c.clone(), id.partition)))
-                .map(|o| o + 1);
-            if let Err(e) = task.complete_commit(commit, next) {
+            let next: Vec<Option<i64>> = self.topics.changelogs[id.sub]
+                .iter()
+                .map(|c| changelog_offsets.get(&(c.clone(), id.partition)).map(|o| o + 1))
+                .collect();
+            if let Err(e) = task.complete_commit(commit, &next) {
                 // Kafka has the commit; the store does not: bring it up to date
                 // from the changelog before the task goes on.
                 tracing::warn!(task = %id, error = %e, "store write after a commit failed; restoring the task");
@@ -455,15 +457,15 @@ impl Engine {
                     .repartitions
                     .get(i)
                     .ok_or_else(|| KafkaIoError::Setup(format!("no repartition topic #{i}")))?,
-                Dest::Changelog(sub) => self
+                Dest::Changelog(sub, store) => self
                     .topics
                     .changelogs
                     .get(sub)
-                    .and_then(Option::as_ref)
-                    .ok_or_else(|| KafkaIoError::Setup(format!("sub-topology {sub} has no changelog")))?,
+                    .and_then(|c| c.get(store))
+                    .ok_or_else(|| KafkaIoError::Setup(format!("sub-topology {sub} has no store #{store}")))?,
                 Dest::DeadLetter => &self.topics.dead_letter,
             };
-            if matches!(out.dest, Dest::Changelog(_)) && !changelog_seen {
+            if matches!(out.dest, Dest::Changelog(..)) && !changelog_seen {
                 changelog_seen = true;
                 if faults::hit("changelog") {
                     return Err(KafkaIoError::Abortable("injected failure (changelog)".into()));
@@ -559,20 +561,20 @@ impl Engine {
     fn restore_again(&mut self, id: TaskId, consumer: &Source) {
         if let Some(mut task) = self.tasks.remove(&id) {
             task.rewind();
-            self.begin_restore(id, task.into_store(), consumer);
+            self.begin_restore(id, task.into_stores(), consumer);
         }
     }
 
-    fn begin_restore(&mut self, id: TaskId, store: Box<dyn Store>, consumer: &Source) {
+    fn begin_restore(&mut self, id: TaskId, stores: Vec<Box<dyn Store>>, consumer: &Source) {
         if let Err(e) = consumer.pause(&self.topics.partitions_of(id)) {
             tracing::warn!(task = %id, error = %e, "pausing a restoring task's partitions");
         }
         self.epoch += 1;
-        let changelog = self.topics.changelogs[id.sub].clone();
+        let changelogs = self.topics.changelogs[id.sub].clone();
         let inputs = self.topics.inputs[id.sub].clone();
-        self.queries.ask(Question { task: id, inputs, changelog }, self.epoch);
+        self.queries.ask(Question { task: id, inputs, changelogs }, self.epoch);
         self.restoring
-            .insert(id, Restoring { store, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
+            .insert(id, Restoring { stores, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
         self.update_gauges();
     }
 
@@ -600,21 +602,25 @@ impl Engine {
         }
         let restoring = &mut self.restoring;
         let metrics = &self.metrics;
-        let finished = self.restorer.poll(budget, |id, changes, next| {
+        let finished = self.restorer.poll(budget, |id, store, changes, next| {
             metrics.restored_records.inc_by(changes.len() as u64);
-            match restoring.get_mut(&id) {
-                Some(r) => {
-                    r.store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
+            match restoring.get_mut(&id).and_then(|r| r.stores.get_mut(store)) {
+                Some(store) => {
+                    store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
                 }
                 None => Ok(()),
             }
         })?;
         for done in finished {
             if let Some(r) = self.restoring.get_mut(&done.task)
-                && let Phase::Reading { committed, meta } = &mut r.phase
+                && let Phase::Reading { committed, meta, left, records } = &mut r.phase
             {
-                r.phase = Phase::Seeking { committed: std::mem::take(committed), meta: *meta, records: done.records };
-                ready.push(done.task);
+                *left = left.saturating_sub(1);
+                *records += done.records;
+                if *left == 0 {
+                    r.phase = Phase::Seeking { committed: std::mem::take(committed), meta: *meta, records: *records };
+                    ready.push(done.task);
+                }
             }
         }
         // Tasks restored earlier whose seek failed are tried again.
@@ -635,41 +641,56 @@ impl Engine {
             return Ok(None);
         }
         let id = answer.task;
-        let checkpoint = r.store.checkpoint().map_err(TaskError::from)?;
-        let from = match checkpoint {
-            Some(c) if c >= answer.changelog_low && c <= answer.changelog_end => c,
-            None if r.store.approximate_len() == 0 => answer.changelog_low,
-            other => {
-                // The store does not match the changelog (it was cut, or made
-                // again): start over from the changelog alone.
-                tracing::warn!(
-                    task = %id,
-                    checkpoint = ?other,
-                    low = answer.changelog_low,
-                    end = answer.changelog_end,
-                    "local store does not match its changelog; restoring it from scratch"
-                );
-                r.store.clear().map_err(TaskError::from)?;
-                answer.changelog_low
+        self.restorer.cancel(id);
+        let mut left = 0;
+        let mut checkpoints = Vec::with_capacity(r.stores.len());
+        for (i, store) in r.stores.iter_mut().enumerate() {
+            let (Some(changelog), Some(&(low, end))) =
+                (self.topics.changelogs[id.sub].get(i), answer.changelogs.get(i))
+            else {
+                continue;
+            };
+            let checkpoint = store.checkpoint().map_err(TaskError::from)?;
+            checkpoints.push(checkpoint);
+            let from = match checkpoint {
+                Some(c) if c >= low && c <= end => c,
+                None if store.approximate_len() == 0 => low,
+                other => {
+                    // The store does not match the changelog (it was cut, or
+                    // made again): start over from the changelog alone.
+                    tracing::warn!(
+                        task = %id,
+                        changelog,
+                        checkpoint = ?other,
+                        low,
+                        end,
+                        "local store does not match its changelog; restoring it from scratch"
+                    );
+                    store.clear().map_err(TaskError::from)?;
+                    low
+                }
+            };
+            if self.restorer.start(id, i, changelog, from, end)? {
+                left += 1;
             }
-        };
+        }
         // Every input a commit carried has the same metadata; the latest wins.
         let meta =
             answer.metadata.iter().map(|m| CommitMetadata::parse(m)).max_by_key(|m| m.stream_time).unwrap_or_default();
-        let reading = match &self.topics.changelogs[id.sub] {
-            Some(changelog) => self.restorer.start(id, changelog, from, answer.changelog_end)?,
-            None => false,
-        };
         tracing::info!(
             task = %id,
             committed = ?answer.committed,
-            checkpoint = ?checkpoint,
-            changelog_end = answer.changelog_end,
+            checkpoints = ?checkpoints,
+            changelog_ends = ?answer.changelogs.iter().map(|c| c.1).collect::<Vec<_>>(),
             "restoring task"
         );
+        let reading = left > 0;
         let committed = answer.committed;
-        r.phase =
-            if reading { Phase::Reading { committed, meta } } else { Phase::Seeking { committed, meta, records: 0 } };
+        r.phase = if reading {
+            Phase::Reading { committed, meta, left, records: 0 }
+        } else {
+            Phase::Seeking { committed, meta, records: 0 }
+        };
         Ok((!reading).then_some(id))
     }
 
@@ -695,7 +716,7 @@ impl Engine {
         let schema = meta.schema.unwrap_or(sub.aggregation().map_or(0, |a| a.store.schema));
         let grace = self.grace_ms(id.sub);
         let kind = Kind::of(&sub.stage, grace).map_err(|e| TaskError::Frame(format!("windows: {e}")))?;
-        let task = Task::new(id, kind, grace, r.store, &committed, meta.stream_time, schema);
+        let task = Task::new(id, kind, grace, r.stores, &committed, meta.stream_time, schema);
         tracing::info!(
             task = %id,
             offset = ?committed,
@@ -712,19 +733,28 @@ impl Engine {
         Ok(())
     }
 
-    /// The store of task `id`: RocksDB in `<state dir>/<application>/<store>-<partition>`
-    /// if configured and its sub-topology has an aggregation; in memory otherwise.
-    fn open_store(&self, id: TaskId) -> Result<Box<dyn Store>, PipelineError> {
+    /// The stores of task `id`, in its sub-topology's order: RocksDB in
+    /// `<state dir>/<application>/<store>-<partition>` if configured; in memory
+    /// otherwise.
+    fn open_stores(&self, id: TaskId) -> Result<Vec<Box<dyn Store>>, PipelineError> {
         let info = self.versions.info();
-        let store = info.shape.subs.get(id.sub).and_then(|s| s.aggregation()).map(|a| a.store.name.as_str());
-        Ok(match (&self.rocks, store) {
-            (Some(options), Some(store)) => {
-                let dir: PathBuf =
-                    self.cfg.state.dir.join(&self.cfg.application_id).join(format!("{store}-{}", id.partition));
-                Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
-            }
-            _ => Box::new(MemoryStore::default()),
-        })
+        let Some(sub) = info.shape.subs.get(id.sub) else { return Ok(Vec::new()) };
+        let mut stores: Vec<Box<dyn Store>> = Vec::new();
+        for spec in sub.stores() {
+            stores.push(match &self.rocks {
+                Some(options) => {
+                    let dir: PathBuf = self
+                        .cfg
+                        .state
+                        .dir
+                        .join(&self.cfg.application_id)
+                        .join(format!("{}-{}", spec.name, id.partition));
+                    Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
+                }
+                None => Box::new(MemoryStore::default()),
+            });
+        }
+        Ok(stores)
     }
 
     /// Brings the tasks' state (every task's, or one partition's) to the running
@@ -868,12 +898,12 @@ impl Engine {
         let _ = self.sink.abort();
         for (id, mut task) in std::mem::take(&mut self.tasks) {
             task.rewind();
-            self.suspended.insert(id, task.into_store());
+            self.suspended.insert(id, task.into_stores());
         }
         for (id, r) in std::mem::take(&mut self.restoring) {
             self.restorer.cancel(id);
             self.queries.forget(id);
-            self.suspended.insert(id, r.store);
+            self.suspended.insert(id, r.stores);
         }
         self.update_gauges();
     }
@@ -903,11 +933,11 @@ impl RebalanceHandler for Engine {
             let Some((id, _)) = self.task_of(elem.topic(), elem.partition()) else { continue };
             if let Some(mut task) = self.tasks.remove(&id) {
                 task.rewind();
-                self.suspended.insert(id, task.into_store());
+                self.suspended.insert(id, task.into_stores());
             } else if let Some(r) = self.restoring.remove(&id) {
                 self.restorer.cancel(id);
                 self.queries.forget(id);
-                self.suspended.insert(id, r.store);
+                self.suspended.insert(id, r.stores);
             }
         }
         self.update_gauges();
@@ -944,10 +974,10 @@ impl RebalanceHandler for Engine {
             if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
             }
-            let store = match self.suspended.remove(&id) {
-                Some(store) => store,
-                None => match self.open_store(id) {
-                    Ok(store) => store,
+            let stores = match self.suspended.remove(&id) {
+                Some(stores) => stores,
+                None => match self.open_stores(id) {
+                    Ok(stores) => stores,
                     Err(e) => {
                         tracing::error!(task = %id, error = %e, "opening the task's store failed");
                         self.fatal.get_or_insert(e);
@@ -955,7 +985,7 @@ impl RebalanceHandler for Engine {
                     }
                 },
             };
-            self.begin_restore(id, store, consumer);
+            self.begin_restore(id, stores, consumer);
         }
         // Stores of tasks that went elsewhere are closed.
         self.suspended.clear();

@@ -326,11 +326,12 @@ impl Pipeline {
             ];
             wanted.push(spec(topic, count, configs, true));
         }
-        for (sub, changelog) in shape.subs.iter().zip(&topics.changelogs) {
-            let Some(changelog) = changelog else { continue };
-            // A store's changelog has a partition per task: as many as its input.
-            let count = sub.inputs.first().map_or(partitions, |i| count_of(i.input));
-            wanted.push(spec(changelog, count, vec![("cleanup.policy".into(), "compact".into())], true));
+        for (sub, changelogs) in shape.subs.iter().zip(&topics.changelogs) {
+            for changelog in changelogs {
+                // A store's changelog has a partition per task: as many as its input.
+                let count = sub.inputs.first().map_or(partitions, |i| count_of(i.input));
+                wanted.push(spec(changelog, count, vec![("cleanup.policy".into(), "compact".into())], true));
+            }
         }
         wanted.push(spec(&topics.dead_letter, partitions, vec![], false));
         ensure_topics(&base, &wanted, SETUP_TIMEOUT)?;

@@ -13,13 +13,23 @@
 //! the join's output with the row beside it, to the joiner and what follows it.
 //! An inner join drops a record whose key has no row and dead-letters one
 //! without a key; a left join hands both on without a row.
+//!
+//! A join of two tables keeps each side in a store of its own (the task's side
+//! stores): an update of one side replaces its row, then the key's rows of
+//! both sides are handed on from the join's output (left row as the value,
+//! right row beside it) if they make a result — both present (inner), the left
+//! one (left), either (outer) — or, if they made one before the update and do
+//! not any more, with neither row, which the joiner writes as a tombstone.
 
 use weir_abi::topology::Edge;
 
 use super::stateless::{Target, derive};
 use super::{Env, Pending, TABLE_ROW, Task, TaskError, input_of};
 use crate::state::window_key;
-use crate::topology::TableJoin;
+use crate::topology::{Stage, TableJoin};
+
+/// What a join made of an input record: (its index, key, value, row).
+type Made = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl Task {
     /// Replaces (or deletes) the rows of the records of `pending` that reach the
@@ -102,13 +112,27 @@ impl Task {
                 env.metrics.join_misses.inc();
             }
         }
-        env.metrics.joined.inc_by(joined.len() as u64);
-        let (joined, arena) = derive(pending, joined.into_iter(), &stream_times);
+        self.hand_on(env, pending, joined, &stream_times, join.node)
+    }
+
+    /// Runs what a join made of `pending`'s records (source, key, value, row)
+    /// on from the output of join node `node`, and moves stream time over
+    /// `pending`.
+    fn hand_on(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        made: Vec<Made>,
+        stream_times: &[i64],
+        node: u32,
+    ) -> Result<(), TaskError> {
+        env.metrics.joined.inc_by(made.len() as u64);
+        let (made, arena) = derive(pending, made.into_iter(), stream_times);
         let input_arena = std::mem::replace(&mut self.arena, arena);
-        let from = Edge { node: join.node, port: 0 };
+        let from = Edge { node, port: 0 };
         let ran = self
-            .through_guest(env, &joined, from, Target::Exits)
-            .and_then(|(emitted, _)| self.write_exits(env, &joined, &emitted));
+            .through_guest(env, &made, from, Target::Exits)
+            .and_then(|(emitted, _)| self.write_exits(env, &made, &emitted));
         self.arena = input_arena;
         ran?;
         if let Some(&st) = stream_times.last().filter(|st| **st > i64::MIN) {
@@ -116,5 +140,43 @@ impl Task {
         }
         self.count_in(env, input_of(pending), pending.len() as u64);
         Ok(())
+    }
+
+    /// Updates the side of a join of two tables that `pending`'s input feeds,
+    /// and hands on what each update makes (see the module's doc).
+    pub(super) fn process_tables_join(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
+        let Some(Stage::Join(join)) = env.info.shape.subs.get(self.sub).map(|s| &s.stage) else {
+            return Err(TaskError::Frame(format!("internal: sub-topology {} joins no tables", self.sub)));
+        };
+        let input = input_of(pending);
+        let side =
+            join.side_of(input).ok_or_else(|| TaskError::Frame(format!("internal: input {input} feeds no table")))?;
+        let (kind, table, node) = (join.kind, join.sides[side].table, join.node);
+        let (reached, mut excluded, stream_times) = self.split_off(env, pending, table)?;
+        let name = env.node_name(table)?;
+        let mut made = Vec::new();
+        for (source, key, value) in reached {
+            let Some(key) = key else {
+                let reason = "a record without a key cannot be a table row".to_owned();
+                self.exclude(env, pending, &mut excluded, vec![(source, (reason, Some(name.clone())))]);
+                continue;
+            };
+            let old = self.side[side].get(&key)?;
+            if old.is_none() && value.is_none() {
+                continue;
+            }
+            self.side[side].put(&key, value.clone());
+            let other = self.side[1 - side].get(&key)?;
+            let (now, before) = match side {
+                0 => ((value, other.clone()), (old, other)),
+                _ => ((other.clone(), value), (other, old)),
+            };
+            if kind.matches(now.0.is_some(), now.1.is_some()) {
+                made.push((source, Some(key), now.0, now.1));
+            } else if kind.matches(before.0.is_some(), before.1.is_some()) {
+                made.push((source, Some(key), None, None));
+            }
+        }
+        self.hand_on(env, pending, made, &stream_times, node)
     }
 }

@@ -1,12 +1,17 @@
-//! Stream–table joins through a task, with the SDK itself (natively) as the
-//! guest: profiles read as a table from change-data-capture envelopes and
-//! clicks joined with them. Whatever the interleaving of the two topics' reads
-//! and however batches and commits are cut, each click is joined with the
-//! profile as of its place in timestamp order across the topics — checked
-//! against a recomputation that merges the two topics by timestamp and keeps
-//! the table in a map. Bad records are dead-lettered naming their node.
+//! Joins through a task, with the SDK itself (natively) as the guest.
+//!
+//! Profiles read as a table from change-data-capture envelopes and clicks
+//! joined with them: whatever the interleaving of the two topics' reads and
+//! however batches, commits and crashes are cut (a crash loses what was not
+//! committed; the next task starts from stores rebuilt from their changelogs),
+//! each click is joined with the profile as of its place in timestamp order
+//! across the topics — checked against a recomputation that merges the two
+//! topics by timestamp and keeps the table in a map. Two tables joined on key
+//! (inner, left, outer) give exactly the updates and tombstones a
+//! recomputation over two maps gives. Bad records are dead-lettered naming
+//! their node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -14,7 +19,7 @@ use weir_sdk::dsl::{StreamsBuilder, Topology as Built};
 
 use super::planned_tests::{Native, native_env};
 use super::*;
-use crate::state::MemoryStore;
+use crate::state::{MemoryStore, Store};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
@@ -58,7 +63,7 @@ type Read = (usize, String, String, i64);
 
 fn task(info: &PluginInfo) -> Task {
     let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
-    Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), &[None, None], None, 1)
+    Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None, None], None, 1)
 }
 
 const TOPICS: [&str; 2] = ["profiles", "clicks"];
@@ -69,7 +74,7 @@ fn topics() -> [String; 2] {
 
 /// The joined clicks, in order, as the recomputation says: both topics merged
 /// by timestamp (each in its own order), the table a map.
-fn recompute(profiles: &[Read], clicks: &[Read], left: bool) -> Vec<(String, String)> {
+fn recompute(profiles: &[Read], clicks: &[Read], left: bool) -> Vec<(String, Option<String>)> {
     let mut table: HashMap<String, String> = HashMap::new();
     let (mut p, mut c) = (0, 0);
     let mut out = Vec::new();
@@ -86,8 +91,8 @@ fn recompute(profiles: &[Read], clicks: &[Read], left: bool) -> Vec<(String, Str
         } else {
             let (_, key, value, _) = &clicks[c];
             match table.get(key) {
-                Some(region) => out.push((key.clone(), format!("{value}@{region}"))),
-                None if left => out.push((key.clone(), format!("{value}@-"))),
+                Some(region) => out.push((key.clone(), Some(format!("{value}@{region}")))),
+                None if left => out.push((key.clone(), Some(format!("{value}@-")))),
                 None => {}
             }
             c += 1;
@@ -96,49 +101,105 @@ fn recompute(profiles: &[Read], clicks: &[Read], left: bool) -> Vec<(String, Str
     out
 }
 
-/// Reads `order` (which topic's next record comes next) in batches of `cut`,
-/// processing each batch as the engine does (an input with nothing buffered
-/// is waited for unless all of it was read) and committing every `commit_every`
-/// batches. Returns what reached `enriched`, in order.
-fn run(left: bool, profiles: &[Read], clicks: &[Read], order: &[bool], cut: usize, commit_every: usize) -> Ran {
-    let built = enrichment(left);
-    let info = PluginInfo::of("enrich".into(), "1".into(), built.describe().clone()).unwrap();
+/// A value as written: an empty one stands for a tombstone (no value).
+fn tombstone_or(value: &str) -> Option<&[u8]> {
+    (!value.is_empty()).then_some(value.as_bytes())
+}
+
+/// How a run feeds a task: which topic's next record comes next (`order`),
+/// records per batch, batches per commit, and commits per crash (a crash
+/// loses what was not committed; a new task starts from the stores rebuilt
+/// from their changelogs and the committed offsets).
+struct Feed<'a> {
+    order: &'a [bool],
+    cut: usize,
+    commit_every: usize,
+    crash_every: Option<usize>,
+}
+
+/// Feeds `inputs` (input 0 and 1) to one task of `make`'s topology as
+/// `feed` says, processing each batch as the engine does (an input with
+/// nothing buffered is waited for unless all of it was read). Returns what
+/// was committed.
+fn run_with(make: fn() -> Built, inputs: [&[Read]; 2], feed: &Feed<'_>) -> Ran {
+    let info = PluginInfo::of("join".into(), "1".into(), make().describe().clone()).unwrap();
     assert_eq!(info.shape.subs.len(), 1, "{:?}", info.shape);
-    assert_eq!(info.shape.subs[0].joins.len(), 1);
-    assert_eq!(info.shape.subs[0].joins[0].input, 1, "clicks are joined");
-    let mut task = task(&info);
-    let mut guest = Native(built);
+    let stores = info.shape.subs[0].stores().len();
+    let mut guest = Native(make());
     let topics = topics();
     let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    // The committed state: changelogs (last value per key), offsets, stream time.
+    let mut changelogs: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = vec![BTreeMap::new(); stores];
+    let mut committed: [Option<i64>; 2] = [None, None];
+    let mut stream_time = None;
+    let start = |changelogs: &[BTreeMap<Vec<u8>, Vec<u8>>], committed: &[Option<i64>], stream_time| {
+        let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+        let stores: Vec<Box<dyn Store>> = changelogs
+            .iter()
+            .map(|log| {
+                let mut store = MemoryStore::default();
+                store.write(log.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(), None).unwrap();
+                Box::new(store) as Box<dyn Store>
+            })
+            .collect();
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, stores, committed, stream_time, 1)
+    };
+    let mut task = start(&changelogs, &committed, stream_time);
     let mut read = [0usize; 2];
-    let inputs = [profiles, clicks];
     let mut ran = Ran::default();
-    let mut batches = 0;
-    let mut order = order.iter().copied().chain(std::iter::repeat(true)).take(profiles.len() + clicks.len() + 64);
+    let (mut batches, mut commits) = (0, 0);
+    let mut order = feed.order.iter().copied().cycle();
     loop {
-        for _ in 0..cut {
-            let Some(clicks_next) = order.next() else { break };
-            let mut i = usize::from(clicks_next);
+        for _ in 0..feed.cut {
+            let mut i = usize::from(order.next().unwrap_or(true));
             if read[i] == inputs[i].len() {
                 i = 1 - i;
             }
             if let Some((_, key, value, ts)) = inputs[i].get(read[i]) {
-                assert!(task.accept(i, read[i] as i64, Some(key.as_bytes()), Some(value.as_bytes()), Some(*ts)));
+                let (key, value) = ((!key.is_empty()).then_some(key.as_bytes()), tombstone_or(value));
+                assert!(task.accept(i, read[i] as i64, key, value, Some(*ts)));
                 read[i] += 1;
             }
         }
-        let caught_up = [read[0] == profiles.len(), read[1] == clicks.len()];
+        let caught_up = [read[0] == inputs[0].len(), read[1] == inputs[1].len()];
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
         task.process_pending(&mut env, Some(&caught_up)).unwrap();
         batches += 1;
-        let done = caught_up == [true, true];
-        if done || batches % commit_every == 0 {
+        let done = caught_up == [true, true] && task.pending_len() == 0;
+        if done || batches % feed.commit_every == 0 {
             let prepared = task.prepare_commit(&mut env).unwrap();
-            task.complete_commit(prepared, None).unwrap();
+            task.complete_commit(prepared, &[]).unwrap();
+            for out in outbox.records() {
+                if let Dest::Changelog(0, store) = out.dest {
+                    let key = out.key.clone().unwrap();
+                    match &out.value {
+                        Some(v) => changelogs[store].insert(key, v.clone()),
+                        None => changelogs[store].remove(&key),
+                    };
+                }
+            }
             ran.take(&mut outbox);
+            let before = committed;
+            committed = [task.next_offset(0), task.next_offset(1)];
+            stream_time = task.stream_time();
+            commits += 1;
+            // Only after progress: crashing again and again before any would
+            // never end.
+            if !done && committed != before && feed.crash_every.is_some_and(|n| commits % n == 0) {
+                // A crash after this commit, the next batch read but not committed.
+                for (i, input) in inputs.iter().enumerate() {
+                    if let Some((_, key, value, ts)) = input.get(read[i]) {
+                        task.accept(i, read[i] as i64, Some(key.as_bytes()), tombstone_or(value), Some(*ts));
+                    }
+                }
+                let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+                task.process_pending(&mut env, None).unwrap();
+                outbox.clear();
+                task = start(&changelogs, &committed, stream_time);
+                read = committed.map(|c| c.unwrap_or(0) as usize);
+            }
         }
         if done {
-            assert_eq!(task.pending_len(), 0, "everything read is processed once every input is caught up");
             break;
         }
     }
@@ -146,9 +207,27 @@ fn run(left: bool, profiles: &[Read], clicks: &[Read], order: &[bool], cut: usiz
     ran
 }
 
+fn run(
+    left: bool,
+    profiles: &[Read],
+    clicks: &[Read],
+    order: &[bool],
+    cut: usize,
+    commit_every: usize,
+    crash_every: Option<usize>,
+) -> Ran {
+    let make = if left { || enrichment(true) } else { || enrichment(false) };
+    let info = PluginInfo::of("enrich".into(), "1".into(), make().describe().clone()).unwrap();
+    assert_eq!(info.shape.subs[0].joins.len(), 1);
+    assert_eq!(info.shape.subs[0].joins[0].input, 1, "clicks are joined");
+    let order = if order.is_empty() { &[true][..] } else { order };
+    run_with(make, [profiles, clicks], &Feed { order, cut, commit_every, crash_every })
+}
+
 #[derive(Debug, Default)]
 struct Ran {
-    enriched: Vec<(String, String)>,
+    /// What reached the first sink: key and value (`None`: a tombstone).
+    enriched: Vec<(String, Option<String>)>,
     /// The table's last update per key (`None`: deleted).
     updates: HashMap<String, Option<String>>,
     dead: Vec<(String, String)>,
@@ -161,7 +240,7 @@ impl Ran {
         for out in outbox.records() {
             let key = || text(&out.key).unwrap_or_default();
             match out.dest {
-                Dest::Sink(0) => self.enriched.push((key(), text(&out.value).unwrap())),
+                Dest::Sink(0) => self.enriched.push((key(), text(&out.value))),
                 Dest::Sink(1) => {
                     self.updates.insert(key(), text(&out.value));
                 }
@@ -208,6 +287,7 @@ proptest! {
         order in proptest::collection::vec(any::<bool>(), 0..90),
         cut in 1usize..12,
         commit_every in 1usize..4,
+        crash_every in proptest::option::of(1usize..4),
         left in any::<bool>(),
     ) {
         let profiles = topic_records(
@@ -216,9 +296,11 @@ proptest! {
             0,
         );
         let clicks = topic_records(1, click_keys.iter().map(|&(k, n)| (k, n.to_string())).collect(), 1);
-        let ran = run(left, &profiles, &clicks, &order, cut, commit_every);
+        let ran = run(left, &profiles, &clicks, &order, cut, commit_every, crash_every);
         let expected = recompute(&profiles, &clicks, left);
-        prop_assert_eq!(ran.joined, expected.len() as u64);
+        if crash_every.is_none() {
+            prop_assert_eq!(ran.joined, expected.len() as u64, "what was joined, counted");
+        }
         prop_assert_eq!(&ran.enriched, &expected);
         prop_assert!(ran.dead.is_empty(), "{:?}", ran.dead);
         // The table's updates end at each key's last state.
@@ -246,8 +328,8 @@ fn bad_profiles_and_keyless_clicks_are_dead_lettered_naming_their_node() {
         (0, "u2".to_owned(), "not an envelope".to_owned(), 12),
     ];
     let clicks = vec![(1, "u1".to_owned(), "5".to_owned(), 11), (1, "u2".to_owned(), "6".to_owned(), 13)];
-    let ran = run(false, &profiles, &clicks, &[false, true, false, true], 4, 1);
-    assert_eq!(ran.enriched, [("u1".to_owned(), "5@north".to_owned())], "u2 has no row: an inner join drops it");
+    let ran = run(false, &profiles, &clicks, &[false, true, false, true], 4, 1, None);
+    assert_eq!(ran.enriched, [("u1".to_owned(), Some("5@north".to_owned()))], "u2 has no row: an inner join drops it");
     assert_eq!(ran.dead, [("row".to_owned(), "profiles".to_owned())]);
 
     // A table record and a click without a key.
@@ -269,4 +351,140 @@ fn bad_profiles_and_keyless_clicks_are_dead_lettered_naming_their_node() {
         "the profile's key does not decode; the click reaches the join without one"
     );
     assert!(ran.enriched.is_empty());
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    theme: String,
+}
+
+fn both(u: &User, s: &Settings) -> String {
+    format!("{}:{}", u.name, s.theme)
+}
+
+fn user_maybe(u: &User, s: Option<&Settings>) -> String {
+    format!("{}:{}", u.name, s.map_or("-", |s| s.theme.as_str()))
+}
+
+fn either(u: Option<&User>, s: Option<&Settings>) -> String {
+    format!("{}:{}", u.map_or("-", |u| u.name.as_str()), s.map_or("-", |s| s.theme.as_str()))
+}
+
+/// `users ⋈ settings` (tables read from topics) to `joined`.
+fn users_settings(kind: weir_abi::topology::JoinKind) -> Built {
+    use weir_abi::topology::JoinKind;
+    let b = StreamsBuilder::new();
+    let users = b.table::<String, User>("users");
+    let settings = b.table::<String, Settings>("settings");
+    let joined = match kind {
+        JoinKind::Inner => users.join(&settings, both),
+        JoinKind::Left => users.left_join(&settings, user_maybe),
+        JoinKind::Outer => users.outer_join(&settings, either),
+    };
+    joined.to_stream().to("joined");
+    b.build().unwrap()
+}
+
+/// The updates of the join, in order, as the recomputation says: both topics
+/// merged by timestamp, each table a map; after each change of a row, the
+/// key's result if its rows make one, or a tombstone if they made one before.
+fn recompute_tables(
+    users: &[Read],
+    settings: &[Read],
+    kind: weir_abi::topology::JoinKind,
+) -> Vec<(String, Option<String>)> {
+    use weir_abi::topology::JoinKind;
+    let (mut left, mut right): (HashMap<String, String>, HashMap<String, String>) = Default::default();
+    let result = |l: Option<&String>, r: Option<&String>| -> Option<String> {
+        let name = l.map(|v| serde_json::from_str::<User>(v).unwrap().name);
+        let theme = r.map(|v| serde_json::from_str::<Settings>(v).unwrap().theme);
+        let made = match kind {
+            JoinKind::Inner => name.is_some() && theme.is_some(),
+            JoinKind::Left => name.is_some(),
+            JoinKind::Outer => name.is_some() || theme.is_some(),
+        };
+        made.then(|| format!("{}:{}", name.as_deref().unwrap_or("-"), theme.as_deref().unwrap_or("-")))
+    };
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < users.len() || j < settings.len() {
+        let from_users = j >= settings.len() || (i < users.len() && users[i].3 < settings[j].3);
+        let (_, key, value, _) = if from_users { &users[i] } else { &settings[j] };
+        let before = result(left.get(key), right.get(key));
+        let side = if from_users { &mut left } else { &mut right };
+        let changed = match value.is_empty() {
+            true => side.remove(key).is_some(),
+            false => {
+                side.insert(key.clone(), value.clone());
+                true
+            }
+        };
+        if from_users {
+            i += 1
+        } else {
+            j += 1
+        }
+        let now = result(left.get(key), right.get(key));
+        if changed && (now.is_some() || before.is_some()) {
+            out.push((key.clone(), now));
+        }
+    }
+    out
+}
+
+fn table_records(input: usize, updates: &[(u8, u8)], parity: i64, what: &str) -> Vec<Read> {
+    // Every fifth update deletes the key (a tombstone: an empty value here).
+    let values: Vec<(u8, String)> = updates
+        .iter()
+        .map(|&(k, v)| (k, if v % 5 == 0 { String::new() } else { format!(r#"{{"{what}":"{what}{v}"}}"#) }))
+        .collect();
+    topic_records(input, values, parity)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn two_tables_join_exactly_as_a_recomputation_whatever_the_reads_commits_and_crashes(
+        users in proptest::collection::vec((0u8..5, 0u8..20), 0..40),
+        settings in proptest::collection::vec((0u8..5, 0u8..20), 0..40),
+        order in proptest::collection::vec(any::<bool>(), 1..60),
+        cut in 1usize..10,
+        commit_every in 1usize..4,
+        crash_every in proptest::option::of(1usize..4),
+        kind in 0u8..3,
+    ) {
+        use weir_abi::topology::JoinKind;
+        let (kind, make): (JoinKind, fn() -> Built) = match kind {
+            0 => (JoinKind::Inner, || users_settings(JoinKind::Inner)),
+            1 => (JoinKind::Left, || users_settings(JoinKind::Left)),
+            _ => (JoinKind::Outer, || users_settings(JoinKind::Outer)),
+        };
+        let users = table_records(0, &users, 0, "name");
+        let settings = table_records(1, &settings, 1, "theme");
+        let feed = Feed { order: &order, cut, commit_every, crash_every };
+        let ran = run_with(make, [&users, &settings], &feed);
+        prop_assert!(ran.dead.is_empty(), "{:?}", ran.dead);
+        let expected = recompute_tables(&users, &settings, kind);
+        // Exactly once: a crash loses only what was not committed, and the
+        // task restored from the changelogs goes on as if none had happened.
+        prop_assert_eq!(&ran.enriched, &expected);
+        // The table each key ends with, as a consumer of the updates sees it.
+        let last = |updates: &[(String, Option<String>)]| -> BTreeMap<String, String> {
+            let mut table = BTreeMap::new();
+            for (k, v) in updates {
+                match v {
+                    Some(v) => table.insert(k.clone(), v.clone()),
+                    None => table.remove(k),
+                };
+            }
+            table
+        };
+        prop_assert_eq!(last(&ran.enriched), last(&expected));
+    }
 }

@@ -82,7 +82,7 @@ fn run(shape: Shape, records: &[Read], cut: usize) -> Ran {
         TaskId { sub: 0, partition: 3 },
         kind,
         GRACE,
-        Box::new(MemoryStore::default()),
+        vec![Box::new(MemoryStore::default())],
         &[None, None],
         None,
         1,
@@ -106,7 +106,7 @@ fn run(shape: Shape, records: &[Read], cut: usize) -> Ran {
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
         task.process_pending(&mut env, None).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
-        task.complete_commit(prepared, None).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
         for out in outbox.records() {
             let key = || String::from_utf8(out.key.clone().unwrap()).unwrap();
             let header = |name: &str| out.headers.iter().find(|h| h.0 == name).unwrap().1.clone();
@@ -126,7 +126,7 @@ fn run(shape: Shape, records: &[Read], cut: usize) -> Ran {
                     assert_eq!(header("weir.source.partition"), "3");
                     ran.dead.push((header("weir.source.topic"), header("weir.source.offset").parse().unwrap()));
                 }
-                (Dest::Changelog(0), _) => {}
+                (Dest::Changelog(0, 0), _) => {}
                 other => panic!("unexpected {other:?}: {out:?}"),
             }
         }
@@ -237,7 +237,7 @@ fn a_task_of_two_inputs_waits_for_an_input_still_on_its_way_and_keeps_offsets_ap
         TaskId { sub: 0, partition: 0 },
         kind,
         GRACE,
-        Box::new(MemoryStore::default()),
+        vec![Box::new(MemoryStore::default())],
         &[Some(5), None],
         None,
         1,

@@ -31,6 +31,7 @@ mod batch;
 mod join;
 pub mod outbox;
 mod planned;
+mod side;
 mod stateless;
 
 use std::collections::{HashMap, HashSet};
@@ -194,6 +195,8 @@ pub enum Kind {
     /// One row per key, the latest value: a stream made a table, rows replaced
     /// by the host (see `join`).
     Latest,
+    /// Two tables of latest values joined on key, in the task's side stores.
+    JoinTables,
 }
 
 /// A sliding or session aggregation.
@@ -210,6 +213,7 @@ impl Kind {
     pub fn of(stage: &Stage, grace_ms: u64) -> Result<Self, WindowError> {
         let spec = match stage {
             Stage::Stateless => None,
+            Stage::Join(_) => return Ok(Kind::JoinTables),
             Stage::Aggregate(a) => match a.folds {
                 Folds::Windows(w) => Some(w),
                 Folds::Table => return Ok(Kind::Table { changes: false }),
@@ -234,6 +238,11 @@ impl Kind {
                 expire_extra: gap_ms as i64,
             }),
         })
+    }
+
+    /// Whether its state is in the task's first store (the aggregation's).
+    fn has_primary(&self) -> bool {
+        !matches!(self, Kind::Stateless | Kind::JoinTables)
     }
 
     /// Whether it keeps one row per key (whose rows never close).
@@ -300,6 +309,8 @@ pub struct Task {
     /// Windows ending before this were rendered as closed already (emit final).
     closed_before: i64,
     store: Box<dyn Store>,
+    /// Stores beside the aggregation's (a join's).
+    side: Vec<side::SideStore>,
     /// Uncommitted accumulators by window-store key.
     dirty: HashMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values in `dirty`.
@@ -321,24 +332,33 @@ pub struct Task {
     frame: Vec<u8>,
 }
 
-/// The changes to apply to a store once the transaction carrying them commits.
+/// The changes to apply to the stores once the transaction carrying them commits.
 pub struct PreparedCommit {
     changes: Vec<Change>,
+    side: Vec<Vec<Change>>,
 }
 
 impl Task {
-    /// A task over `store` (written in state schema `schema`), resuming at
-    /// `committed` (an offset per input; `None`: its beginning) with `stream_time`.
+    /// A task over `stores` (its sub-topology's, in order: the aggregation's
+    /// first, written in state schema `schema`), resuming at `committed` (an
+    /// offset per input; `None`: its beginning) with `stream_time`.
     pub fn new(
         id: TaskId,
         kind: Kind,
         grace_ms: u64,
-        store: Box<dyn Store>,
+        stores: Vec<Box<dyn Store>>,
         committed: &[Option<i64>],
         stream_time: Option<i64>,
         schema: u32,
     ) -> Self {
+        let mut stores = stores.into_iter();
+        let store = match kind.has_primary() {
+            true => stores.next(),
+            false => None,
+        }
+        .unwrap_or_else(|| Box::new(crate::state::MemoryStore::default()));
         Self {
+            side: stores.map(side::SideStore::new).collect(),
             partition: id.partition,
             sub: id.sub,
             kind,
@@ -408,9 +428,11 @@ impl Task {
         self.stream_time
     }
 
-    /// Gives up the task, keeping its store (whose committed state stays valid).
-    pub fn into_store(self) -> Box<dyn Store> {
-        self.store
+    /// Gives up the task, keeping its stores (whose committed state stays
+    /// valid), in the order [`Task::new`] took them.
+    pub fn into_stores(self) -> Vec<Box<dyn Store>> {
+        let primary = self.kind.has_primary().then_some(self.store);
+        primary.into_iter().chain(self.side.into_iter().map(side::SideStore::into_store)).collect()
     }
 
     /// Number of buffered records.
@@ -425,7 +447,7 @@ impl Task {
 
     /// Bytes of uncommitted state (accumulators waiting for the next commit).
     pub fn uncommitted_bytes(&self) -> usize {
-        self.dirty_bytes
+        self.dirty_bytes + self.side.iter().map(side::SideStore::uncommitted_bytes).sum::<usize>()
     }
 
     /// The state schema the task's state is in (including uncommitted changes).
@@ -450,6 +472,7 @@ impl Task {
             || !self.removed.is_empty()
             || !self.migrated.is_empty()
             || self.schema != self.committed_schema
+            || self.side.iter().any(side::SideStore::has_changes)
     }
 
     /// Brings every stored accumulator to state schema `to`: through the plugin's
@@ -643,6 +666,7 @@ impl Task {
             let join = sub.and_then(|s| s.join_of(input_of(run))).copied();
             result = match self.kind {
                 _ if let Some(join) = join => self.process_join(env, run, join),
+                Kind::JoinTables => self.process_tables_join(env, run),
                 Kind::Latest => self.process_latest(env, run),
                 Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, run),
                 Kind::Time(_) | Kind::Table { .. } => self.process_records(env, run),
@@ -779,17 +803,24 @@ impl Task {
             let expired = split_window_key(&key).is_some_and(|(w, _)| is_expired(w));
             changes.push((key, acc.filter(|_| !expired)));
         }
-        for (key, value) in &changes {
-            env.outbox.push(Out {
-                dest: Dest::Changelog(self.sub),
-                partition: Some(self.partition),
-                key: Some(key.clone()),
-                value: value.clone(),
-                timestamp: self.stream_time,
-                headers: Vec::new(),
-            });
+        let side: Vec<Vec<Change>> = self.side.iter().map(side::SideStore::changes).collect();
+        let first_side = usize::from(self.kind.has_primary());
+        let stores = std::iter::once((0, &changes))
+            .filter(|_| first_side == 1)
+            .chain(side.iter().enumerate().map(|(i, c)| (first_side + i, c)));
+        for (store, changes) in stores {
+            for (key, value) in changes {
+                env.outbox.push(Out {
+                    dest: Dest::Changelog(self.sub, store),
+                    partition: Some(self.partition),
+                    key: Some(key.clone()),
+                    value: value.clone(),
+                    timestamp: self.stream_time,
+                    headers: Vec::new(),
+                });
+            }
         }
-        Ok(PreparedCommit { changes })
+        Ok(PreparedCommit { changes, side })
     }
 
     /// Renders `slots` (window-store key, accumulator) through the plugin in
@@ -955,10 +986,15 @@ impl Task {
         env.metrics.dead_letters.inc();
     }
 
-    /// The transaction committed: apply its changes and the new checkpoint. On
-    /// an error the store is still at its previous commit (a batch is atomic) and
-    /// must be brought up to date from the changelog.
-    pub fn complete_commit(&mut self, prepared: PreparedCommit, changelog_next: Option<i64>) -> Result<(), TaskError> {
+    /// The transaction committed: apply its changes and the new checkpoints
+    /// (`changelog_next`, per store in order). On an error a store is still at
+    /// its previous commit (a batch is atomic) and must be brought up to date
+    /// from its changelog.
+    pub fn complete_commit(
+        &mut self,
+        prepared: PreparedCommit,
+        changelog_next: &[Option<i64>],
+    ) -> Result<(), TaskError> {
         for at in &mut self.offsets {
             at.committed = at.next;
         }
@@ -967,7 +1003,13 @@ impl Task {
         if faults::hit("store") {
             return Err(StoreError::Injected.into());
         }
-        self.store.write(prepared.changes, changelog_next)?;
+        let first_side = usize::from(self.kind.has_primary());
+        if first_side == 1 {
+            self.store.write(prepared.changes, changelog_next.first().copied().flatten())?;
+        }
+        for (i, (side, changes)) in self.side.iter_mut().zip(prepared.side).enumerate() {
+            side.complete(changes, changelog_next.get(first_side + i).copied().flatten())?;
+        }
         Ok(())
     }
 
@@ -979,6 +1021,9 @@ impl Task {
         self.closed_before = i64::MIN;
         self.dirty_bytes = 0;
         self.migrated.clear();
+        for side in &mut self.side {
+            side.rewind();
+        }
         self.schema = self.committed_schema;
         self.pending.clear();
         self.arena.clear();

@@ -11,8 +11,9 @@ pub enum Dest {
     Sink(usize),
     /// A repartition topic of the topology, by index (partitioned by key).
     Repartition(usize),
-    /// The changelog of the store of sub-topology `.0`, at the task's partition.
-    Changelog(usize),
+    /// The changelog of store `.1` of sub-topology `.0` (in the order of
+    /// [`crate::topology::Sub::stores`]), at the task's partition.
+    Changelog(usize, usize),
     /// The dead-letter topic.
     DeadLetter,
 }

@@ -92,7 +92,7 @@ impl Harness {
                 TaskId { sub: 0, partition: 0 },
                 kind,
                 windows.grace_ms(),
-                Box::new(MemoryStore::default()),
+                vec![Box::new(MemoryStore::default())],
                 &[None],
                 None,
                 1,
@@ -123,7 +123,7 @@ impl Harness {
                 TaskId { sub: 0, partition: 0 },
                 Kind::Stateless,
                 0,
-                Box::new(MemoryStore::default()),
+                vec![Box::new(MemoryStore::default())],
                 &[None],
                 None,
                 1,
@@ -131,7 +131,7 @@ impl Harness {
         );
         task.process_pending(&mut self.env(), None).unwrap();
         let prepared = task.prepare_commit(&mut self.env()).unwrap();
-        task.complete_commit(prepared, Some(self.offset)).unwrap();
+        task.complete_commit(prepared, &[Some(self.offset)]).unwrap();
         self.task = task;
         for out in self.outbox.records() {
             if out.dest == Dest::Sink(0) {

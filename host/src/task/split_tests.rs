@@ -45,8 +45,15 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
     let stage = info.shape.subs[0].aggregation().unwrap();
     assert!(stage.split, "{stage:?}");
     let kind = Kind::of(&info.shape.subs[0].stage, GRACE).unwrap();
-    let mut task =
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, GRACE, Box::new(MemoryStore::default()), &[None], None, 1);
+    let mut task = Task::new(
+        TaskId { sub: 0, partition: 0 },
+        kind,
+        GRACE,
+        vec![Box::new(MemoryStore::default())],
+        &[None],
+        None,
+        1,
+    );
     let mut guest = Native(built);
     let (mut evens, mut counts) = (Vec::new(), BTreeMap::new());
     for (n, chunk) in records.chunks(cut).enumerate() {
@@ -58,7 +65,7 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &*super::tests::INPUTS);
         task.process_pending(&mut env, None).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
-        task.complete_commit(prepared, None).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
         for out in outbox.records() {
             let key = || String::from_utf8(out.key.clone().unwrap()).unwrap();
             match out.dest {
@@ -76,7 +83,7 @@ fn run(sessions: bool, records: &[(String, u64, i64)], cut: usize) -> (Vec<(Stri
                         None => counts.remove(&(key(), start)),
                     };
                 }
-                Dest::Changelog(0) => {}
+                Dest::Changelog(0, 0) => {}
                 other => panic!("unexpected {other:?}: {out:?}"),
             }
         }
@@ -151,7 +158,7 @@ fn a_key_over_the_value_limit_is_dead_lettered_like_a_value() {
     let info = PluginInfo::of("wide-keys".into(), "1".into(), built.describe().clone()).unwrap();
     let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
     let mut task =
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), &[None], None, 1);
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
     let mut guest = Native(built);
     for (offset, v) in ["1", "7", "2"].into_iter().enumerate() {
         assert!(task.accept(0, offset as i64, Some(b"k"), Some(v.as_bytes()), Some(0)));

@@ -98,7 +98,15 @@ impl Stages {
         let task = |sub: usize| {
             let grace = info.shape.subs[sub].aggregation().unwrap().grace_ms;
             let kind = Kind::of(&info.shape.subs[sub].stage, grace).unwrap();
-            Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), &[None], None, 1)
+            Task::new(
+                TaskId { sub, partition: 0 },
+                kind,
+                grace,
+                vec![Box::new(MemoryStore::default())],
+                &[None],
+                None,
+                1,
+            )
         };
         let (first, second) = (task(0), task(1));
         Self {
@@ -117,7 +125,7 @@ impl Stages {
         let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
         task.process_pending(&mut env(info, guest, &mut outbox, &metrics), None).unwrap();
         let prepared = task.prepare_commit(&mut env(info, guest, &mut outbox, &metrics)).unwrap();
-        task.complete_commit(prepared, None).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
         let out = outbox.records().to_vec();
         assert!(!out.iter().any(|o| o.dest == Dest::DeadLetter), "{out:?}");
         out
@@ -142,7 +150,7 @@ impl Stages {
         }
         self.read = until;
         for out in Self::commit(&mut self.second, &self.info, &mut self.guest) {
-            assert!(out.dest == Dest::Changelog(1) || out.dest == Dest::Sink(0), "{out:?}");
+            assert!(out.dest == Dest::Changelog(1, 0) || out.dest == Dest::Sink(0), "{out:?}");
             if out.dest == Dest::Sink(0) {
                 let day: i64 = String::from_utf8(out.key.unwrap()).unwrap().parse().unwrap();
                 self.output.insert(day, serde_json::from_slice(&out.value.unwrap()).unwrap());
@@ -216,7 +224,7 @@ fn a_table_counts_per_key_for_ever_and_emits_each_change() {
     let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
     assert!(matches!(kind, Kind::Table { changes: false }));
     let mut task =
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, Box::new(MemoryStore::default()), &[None], None, 1);
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
     let mut latest = BTreeMap::new();
     for (offset, key) in ["a", "b", "a", "a", "c", "b"].iter().enumerate() {
         // No timestamp at all: a table needs none.
@@ -265,7 +273,7 @@ fn a_rekeyed_stream_is_counted_under_its_new_key_after_the_repartition() {
     let task = |sub: usize| {
         let grace = info.shape.subs[sub].aggregation().map_or(0, |a| a.grace_ms);
         let kind = Kind::of(&info.shape.subs[sub].stage, grace).unwrap();
-        Task::new(TaskId { sub, partition: 0 }, kind, grace, Box::new(MemoryStore::default()), &[None], None, 1)
+        Task::new(TaskId { sub, partition: 0 }, kind, grace, vec![Box::new(MemoryStore::default())], &[None], None, 1)
     };
     let (mut first, mut second) = (task(0), task(1));
     let records: [(&str, u64, i64); 6] =

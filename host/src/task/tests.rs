@@ -183,7 +183,7 @@ fn task() -> Task {
         TaskId { sub: 0, partition: 0 },
         Kind::Time(windowing),
         0,
-        Box::new(MemoryStore::default()),
+        vec![Box::new(MemoryStore::default())],
         &[None],
         None,
         1,
@@ -364,8 +364,8 @@ fn a_window_that_fails_to_render_is_dead_lettered_and_the_rest_commits() {
     assert_eq!(reasons[1].0, "huge");
     assert!(reasons[1].2.contains("the limit is 1024 bytes"), "{reasons:?}");
     // Their state is kept: the changelog carries every window.
-    assert_eq!(run.of(Dest::Changelog(0)).len(), 4);
-    run.task.complete_commit(prepared, Some(4)).unwrap();
+    assert_eq!(run.of(Dest::Changelog(0, 0)).len(), 4);
+    run.task.complete_commit(prepared, &[Some(4)]).unwrap();
     assert!(!run.task.has_progress());
 }
 
@@ -390,7 +390,7 @@ fn rewinding_after_a_failed_commit_leaves_the_task_at_its_last_commit() {
     run.feed(&[("k", "ok", 1), ("k", "ok", 2)]);
     run.process().unwrap();
     let prepared = run.prepare().unwrap();
-    run.task.complete_commit(prepared, Some(1)).unwrap();
+    run.task.complete_commit(prepared, &[Some(1)]).unwrap();
     run.outbox.clear();
     let committed = (run.task.committed_offset(0), run.count("k", 0), run.task.stream_time());
 

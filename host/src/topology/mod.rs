@@ -41,7 +41,7 @@ pub mod describe;
 
 use std::collections::BTreeMap;
 
-use weir_abi::topology::{Edge, Emit, Op, StoreSpec, Topology, TopologyError, WindowSpec};
+use weir_abi::topology::{Edge, Emit, JoinKind, Op, StoreSpec, Topology, TopologyError, WindowSpec};
 
 use crate::window::Windowing;
 
@@ -154,6 +154,36 @@ pub struct TableJoin {
     pub left: bool,
 }
 
+/// One side of a join of two tables: the table and the input that feeds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSide {
+    /// The `to_table` node.
+    pub table: u32,
+    /// Its store.
+    pub store: StoreSpec,
+    /// The sub-topology input whose records (through the guest operators
+    /// before the table, if any) update it.
+    pub input: usize,
+}
+
+/// A join of two tables on their key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablesJoin {
+    /// The join node.
+    pub node: u32,
+    /// Inner, left or outer.
+    pub kind: JoinKind,
+    /// The left and the right table.
+    pub sides: [TableSide; 2],
+}
+
+impl TablesJoin {
+    /// The side the records of `input` update.
+    pub fn side_of(&self, input: usize) -> Option<usize> {
+        self.sides.iter().position(|s| s.input == input)
+    }
+}
+
 /// What runs in a sub-topology after its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
@@ -161,6 +191,8 @@ pub enum Stage {
     Stateless,
     /// One aggregation.
     Aggregate(Aggregation),
+    /// A join of two tables.
+    Join(TablesJoin),
 }
 
 /// The topic a sub-topology reads.
@@ -198,7 +230,16 @@ impl Sub {
     pub fn aggregation(&self) -> Option<&Aggregation> {
         match &self.stage {
             Stage::Aggregate(a) => Some(a),
-            Stage::Stateless => None,
+            Stage::Stateless | Stage::Join(_) => None,
+        }
+    }
+
+    /// The stores its tasks own, in order: the aggregation's, or a join's sides.
+    pub fn stores(&self) -> Vec<&StoreSpec> {
+        match &self.stage {
+            Stage::Aggregate(a) => vec![&a.store],
+            Stage::Join(j) => j.sides.iter().map(|s| &s.store).collect(),
+            Stage::Stateless => Vec::new(),
         }
     }
 
@@ -236,7 +277,7 @@ impl Shape {
 
     /// The store named `name`.
     pub fn store(&self, name: &str) -> Option<&StoreSpec> {
-        self.aggregations().map(|(_, a)| &a.store).find(|s| s.name == name)
+        self.subs.iter().flat_map(Sub::stores).find(|s| s.name == name)
     }
 
     /// What keeps this version from taking over from `old` at a transaction
@@ -298,14 +339,16 @@ impl Shape {
         // its input and its store (sources and repartitions compare equal above,
         // so their indices name the same topics).
         // A join may change its joiner, not what it joins or how.
-        type Place = (Vec<Input>, Option<String>, Vec<(usize, bool)>);
+        type Place = (Vec<Input>, Vec<String>, Vec<(usize, bool)>, Option<JoinKind>);
         let subs = |s: &Shape| -> Vec<Place> {
             let inputs = |sub: &Sub| sub.inputs.iter().map(|i| i.input).collect();
+            let stores = |sub: &Sub| sub.stores().iter().map(|s| s.name.clone()).collect();
             let joins = |sub: &Sub| sub.joins.iter().map(|j| (j.input, j.left)).collect();
-            s.subs
-                .iter()
-                .map(|sub| (inputs(sub), sub.aggregation().map(|a| a.store.name.clone()), joins(sub)))
-                .collect()
+            let kind = |sub: &Sub| match &sub.stage {
+                Stage::Join(j) => Some(j.kind),
+                _ => None,
+            };
+            s.subs.iter().map(|sub| (inputs(sub), stores(sub), joins(sub), kind(sub))).collect()
         };
         if subs(self) != subs(old) {
             return Some(format!(
@@ -343,9 +386,16 @@ impl Shape {
                         format!(", {side} {}joined with it", if j.left { "left-" } else { "" })
                     })
                     .collect();
-                match sub.aggregation() {
-                    Some(a) => format!("{n}: {} into `{}`{joins}", reads.join(" + "), a.store.name),
-                    None => format!("{n}: {}", reads.join(" + ")),
+                match &sub.stage {
+                    Stage::Aggregate(a) => format!("{n}: {} into `{}`{joins}", reads.join(" + "), a.store.name),
+                    Stage::Join(j) => format!(
+                        "{n}: {} into `{}` ⋈ `{}` ({:?})",
+                        reads.join(" + "),
+                        j.sides[0].store.name,
+                        j.sides[1].store.name,
+                        j.kind
+                    ),
+                    Stage::Stateless => format!("{n}: {}", reads.join(" + ")),
                 }
             })
             .collect();
@@ -425,12 +475,22 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         let is_entry = |e: Edge| inputs.iter().any(|i| i.entry == e);
         // The sub-topology's nodes, except the repartitions it writes (host exits).
         let own = |n: u32| part.nodes.contains(&n) && !part.writes_repartitions.contains(&n);
+        let tables_join = tables_join(t, &part, &input_nodes, &segment_of)?;
+        let sides: Vec<u32> = tables_join.iter().flat_map(|j| j.sides.iter().map(|s| s.table)).collect();
         let aggregates: Vec<u32> = part
             .nodes
             .iter()
             .copied()
             .filter(|&n| matches!(t.node(n).op, Op::Aggregate { .. } | Op::TableAggregate { .. } | Op::ToTable { .. }))
+            .filter(|n| !sides.contains(n))
             .collect();
+        if let (Some(j), Some(&agg)) = (&tables_join, aggregates.first()) {
+            return Err(refuse(
+                t,
+                agg,
+                format!("an aggregation beside the join `{}` in one sub-topology: {LATER}", t.node(j.node).name),
+            ));
+        }
         if let [_, second, ..] = aggregates.as_slice() {
             return Err(refuse(t, *second, format!("a second aggregation or table in one sub-topology: {LATER}")));
         }
@@ -438,6 +498,16 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         let joined: Vec<u32> = joins.iter().map(|j| input_nodes[j.input]).collect();
         let agg_inputs: Vec<u32> = input_nodes.iter().copied().filter(|n| !joined.contains(n)).collect();
         let stage = match aggregates.first() {
+            None if let Some(j) = tables_join => {
+                if let Some(stream_join) = joins.first() {
+                    return Err(refuse(
+                        t,
+                        stream_join.node,
+                        format!("a stream joined beside a join of tables: {LATER}"),
+                    ));
+                }
+                Stage::Join(j)
+            }
             None => {
                 // Guest segments lead from the input to sinks and repartitions.
                 for &n in part.nodes.iter().filter(|&&n| own(n)) {
@@ -453,11 +523,15 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         // Every guest segment must start at the input, the aggregation's
         // rendered output or a join, and end at sinks, repartitions, the
         // aggregation or a join.
-        let join_nodes: Vec<u32> = joins.iter().map(|j| j.node).collect();
+        let mut join_nodes: Vec<u32> = joins.iter().map(|j| j.node).collect();
+        if let Stage::Join(j) = &stage {
+            join_nodes.push(j.node);
+            join_nodes.extend(j.sides.iter().map(|s| s.table));
+        }
         for seg in segments.iter().filter(|s| s.nodes.iter().any(|&n| own(n))) {
             let render = match &stage {
                 Stage::Aggregate(a) => a.render_from,
-                Stage::Stateless => None,
+                Stage::Stateless | Stage::Join(_) => None,
             };
             for &e in &seg.entries {
                 if let Some(bad) = t
@@ -475,7 +549,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             }
             let agg = match &stage {
                 Stage::Aggregate(a) => Some(a.node),
-                Stage::Stateless => None,
+                Stage::Stateless | Stage::Join(_) => None,
             };
             if let Some(&bad) = seg.exits.iter().find(|&&x| {
                 !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. })
@@ -525,42 +599,16 @@ fn joins<'s>(
                 format!("joins the {} `{}`: {LATER}", t.node(rows.node).op.kind(), t.node(rows.node).name),
             ));
         }
-        // The input its stream side reads.
-        let input = if inputs.contains(&stream.node) {
-            Some(stream.node)
-        } else {
-            let seg = segment_of(stream.node).filter(|_| t.node(stream.node).op.is_guest());
-            let from: Vec<u32> = seg
-                .map(|s| s.entries.iter().flat_map(|&e| t.node(e).inputs.iter().map(|i| i.node)).collect())
-                .unwrap_or_default();
-            from.first().copied().filter(|f| inputs.contains(f) && from.iter().all(|g| g == f))
-        };
-        let Some(input) = input else {
+        // The input its stream side reads, which leads only to it (and to
+        // sinks and repartitions).
+        let Some(input) = input_reaching(t, stream, inputs, segment_of) else {
             return Err(refuse(
                 t,
                 n,
                 format!("joins records that do not come from one topic of its sub-topology: {LATER}"),
             ));
         };
-        // What that input leads to: the join, sinks, repartitions, or guest
-        // operators reading only it that lead only to those.
-        for (c, _) in t.consumers(input) {
-            let reader = t.node(c);
-            if c == n || matches!(reader.op, Op::Sink { .. }) {
-                continue;
-            }
-            let seg = segment_of(c).filter(|_| reader.op.is_guest()).ok_or_else(|| {
-                refuse(t, c, format!("reads the joined topic `{}` besides the join: {LATER}", t.node(input).name))
-            })?;
-            if let Some(&bad) =
-                seg.exits.iter().find(|&&x| x != n && !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }))
-            {
-                return Err(refuse(t, bad, format!("is fed by the operators before a join: {LATER}")));
-            }
-            if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
-                return Err(refuse(t, c, format!("the operators before a join read another host operator: {LATER}")));
-            }
-        }
+        leads_only_to(t, input, n, segment_of)?;
         let at = inputs.iter().position(|&i| i == input).unwrap_or(0);
         if joins.iter().any(|j| j.input == at) {
             return Err(refuse(t, n, format!("a second join of the topic `{}`: {LATER}", t.node(input).name)));
@@ -572,6 +620,110 @@ fn joins<'s>(
         return Err(refuse(t, first, "no topic of this sub-topology feeds the table the join reads"));
     }
     Ok(joins)
+}
+
+/// The input node (one of `inputs`) whose records reach `edge`: `edge` itself,
+/// or through guest operators that read only that input.
+fn input_reaching<'s>(
+    t: &Topology,
+    edge: Edge,
+    inputs: &[u32],
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Option<u32> {
+    if inputs.contains(&edge.node) {
+        return Some(edge.node);
+    }
+    let seg = segment_of(edge.node).filter(|_| t.node(edge.node).op.is_guest())?;
+    let from: Vec<u32> = seg.entries.iter().flat_map(|&e| t.node(e).inputs.iter().map(|i| i.node)).collect();
+    from.first().copied().filter(|f| inputs.contains(f) && from.iter().all(|g| g == f))
+}
+
+/// Checks that what `input` leads to is `target` (a host node), sinks,
+/// repartitions, or guest operators reading only `input` that lead only to those.
+fn leads_only_to<'s>(
+    t: &Topology,
+    input: u32,
+    target: u32,
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<(), TopologyError> {
+    for (c, _) in t.consumers(input) {
+        let reader = t.node(c);
+        if c == target || matches!(reader.op, Op::Sink { .. }) {
+            continue;
+        }
+        let seg = segment_of(c).filter(|_| reader.op.is_guest()).ok_or_else(|| {
+            refuse(t, c, format!("reads `{}` besides `{}`: {LATER}", t.node(input).name, t.node(target).name))
+        })?;
+        if let Some(&bad) = seg
+            .exits
+            .iter()
+            .find(|&&x| x != target && !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. }))
+        {
+            return Err(refuse(t, bad, format!("is fed by the operators before `{}`: {LATER}", t.node(target).name)));
+        }
+        if seg.entries.iter().any(|&e| t.node(e).inputs.iter().any(|i| i.node != input)) {
+            return Err(refuse(
+                t,
+                c,
+                format!("the operators before `{}` read another host operator: {LATER}", t.node(target).name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The join of two tables in a sub-topology (`part`, reading `inputs`), if it
+/// has one: each table a `to_table` read by the join alone, fed by an input of
+/// its own.
+fn tables_join<'s>(
+    t: &Topology,
+    part: &weir_abi::topology::SubTopology,
+    inputs: &[u32],
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Option<TablesJoin>, TopologyError> {
+    let mut found = part.nodes.iter().copied().filter(|&n| matches!(t.node(n).op, Op::JoinTables { .. }));
+    let Some(node) = found.next() else { return Ok(None) };
+    if let Some(second) = found.next() {
+        return Err(refuse(t, second, format!("a second join of tables in one sub-topology: {LATER}")));
+    }
+    let Op::JoinTables { kind } = t.node(node).op else { return Ok(None) };
+    let mut sides = Vec::with_capacity(2);
+    for edge in t.node(node).inputs.clone() {
+        let table = edge.node;
+        let Op::ToTable { store } = &t.node(table).op else {
+            return Err(refuse(
+                t,
+                node,
+                format!(
+                    "joins the {} `{}`; tables joined with each other are made with to_table: {LATER}",
+                    t.node(table).op.kind(),
+                    t.node(table).name
+                ),
+            ));
+        };
+        if let Some((other, _)) = t.consumers(table).find(|&(c, _)| c != node) {
+            return Err(refuse(
+                t,
+                other,
+                format!("reads the joined table `{}` besides the join: {LATER}", t.node(table).name),
+            ));
+        }
+        let feed = t.node(table).inputs[0];
+        let input = input_reaching(t, feed, inputs, segment_of).ok_or_else(|| {
+            refuse(t, table, format!("a joined table fed by more than one topic of its sub-topology: {LATER}"))
+        })?;
+        leads_only_to(t, input, table, segment_of)?;
+        let at = inputs.iter().position(|&i| i == input).unwrap_or(0);
+        sides.push(TableSide { table, store: store.clone(), input: at });
+    }
+    let [left, right]: [TableSide; 2] = sides.try_into().map_err(|_| refuse(t, node, "a join reads two tables"))?;
+    if left.input == right.input {
+        return Err(refuse(t, node, format!("joins two tables fed by the same topic: {LATER}")));
+    }
+    if inputs.len() != 2 {
+        return Err(refuse(t, node, format!("a sub-topology joining two tables reads other topics too: {LATER}")));
+    }
+    Ok(Some(TablesJoin { node, kind, sides: [left, right] }))
 }
 
 /// The aggregation `agg` of a sub-topology reading `inputs` (input nodes).
