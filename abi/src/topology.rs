@@ -184,6 +184,41 @@ pub enum Op {
         /// Which updates make a result.
         kind: JoinKind,
     },
+    /// Joins two streams within a time window: a record of input 0 (left) at
+    /// `t` meets every record of input 1 (right) with its key at `t -
+    /// before_ms ..= t + after_ms` (and a right record at `t` the left ones at
+    /// `t - after_ms ..= t + before_ms`), whichever arrives first. Both sides
+    /// are kept in `store` until they can meet nothing more; each meeting is
+    /// handed on (left value, right value beside it) to the [`Op::Joiner`]
+    /// reading it. A record that met nothing by the time its window closed
+    /// (`t + after + grace` for a left one, `t + before + grace` for a right
+    /// one, behind stream time) is handed on alone if the kind keeps it: the
+    /// left ones of a left join, both sides' of an outer join.
+    JoinStreams {
+        /// Which records make a result.
+        kind: JoinKind,
+        /// The time difference and grace.
+        window: JoinWindow,
+        /// The store holding both sides and the records still unmatched.
+        store: StoreSpec,
+    },
+}
+
+/// The window of a join of two streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinWindow {
+    /// How long before a left record a right one may be.
+    pub before_ms: u64,
+    /// How long after a left record a right one may be.
+    pub after_ms: u64,
+    /// How long after a record's window ends late records are still joined.
+    pub grace_ms: u64,
+}
+
+impl fmt::Display for JoinWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ms before to {} ms after, grace {} ms", self.before_ms, self.after_ms, self.grace_ms)
+    }
 }
 
 /// Which rows of a table–table join make a result.
@@ -407,6 +442,9 @@ impl Op {
             Op::JoinTables { kind: JoinKind::Inner } => "table-table join",
             Op::JoinTables { kind: JoinKind::Left } => "table-table left join",
             Op::JoinTables { kind: JoinKind::Outer } => "table-table outer join",
+            Op::JoinStreams { kind: JoinKind::Inner, .. } => "stream-stream join",
+            Op::JoinStreams { kind: JoinKind::Left, .. } => "stream-stream left join",
+            Op::JoinStreams { kind: JoinKind::Outer, .. } => "stream-stream outer join",
         }
     }
 
@@ -440,7 +478,10 @@ impl Op {
     /// The store the operator owns, if any.
     pub fn store(&self) -> Option<&StoreSpec> {
         match self {
-            Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } | Op::ToTable { store } => Some(store),
+            Op::Aggregate { store, .. }
+            | Op::TableAggregate { store, .. }
+            | Op::ToTable { store }
+            | Op::JoinStreams { store, .. } => Some(store),
             _ => None,
         }
     }
@@ -653,6 +694,18 @@ impl Topology {
                     }
                 }
                 Op::Aggregate { window: Some(w), .. } => w.check().map_err(|r| at(node, r))?,
+                Op::JoinStreams { window, .. } => {
+                    for (what, v) in
+                        [("before", window.before_ms), ("after", window.after_ms), ("grace", window.grace_ms)]
+                    {
+                        if v > MAX_WINDOW_MS {
+                            return Err(at(
+                                node,
+                                format!("the join window's {what} is {v} ms; the limit is {MAX_WINDOW_MS} ms"),
+                            ));
+                        }
+                    }
+                }
                 Op::Repartition { partitions: Some(0) } => {
                     return Err(at(node, "a repartition topic needs at least one partition"));
                 }
@@ -670,10 +723,10 @@ impl Topology {
                 Op::Source { .. } => {}
                 Op::Merge if inputs == 0 => return Err(at(node, "a merge needs inputs")),
                 Op::Merge => {}
-                Op::JoinTable { .. } | Op::JoinTables { .. } if inputs != 2 => {
+                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } if inputs != 2 => {
                     return Err(at(node, format!("a join reads two inputs; it has {inputs}")));
                 }
-                Op::JoinTable { .. } | Op::JoinTables { .. } => {}
+                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } => {}
                 _ if inputs == 0 => {
                     return Err(at(node, format!("no path reaches this {}: it has no input", node.op.kind())));
                 }
@@ -810,6 +863,17 @@ impl Topology {
                 }
                 Op::JoinTables { .. } => {
                     needs(&[Flow::Table])?;
+                    Flow::Joined
+                }
+                Op::JoinStreams { .. } => {
+                    needs(&[Flow::Stream])?;
+                    if input_rekeyed {
+                        return Err(at(
+                            node,
+                            "joins records whose key was changed upstream without a repartition in between: records \
+                             of one key may be in different tasks (repartition first)",
+                        ));
+                    }
                     Flow::Joined
                 }
                 Op::Joiner => {

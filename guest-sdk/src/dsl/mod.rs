@@ -111,6 +111,8 @@ enum Naming {
     Sink(String),
     /// A repartition before node `n`: `<n's name>-repartition`.
     RepartitionOf(u32),
+    /// A repartition before one side of join `n`: `<n's name>-<side>-repartition`.
+    RepartitionOfSide(u32, &'static str),
     /// An encoding step before sink `n`: `<n's name>-encode`.
     EncodeFor(u32),
 }
@@ -177,14 +179,29 @@ impl Graph {
 
     /// Adds a repartition before the (not yet added) node that will be `for_node`.
     pub(crate) fn add_repartition(&mut self, input: Edge, output: Codec, for_node: u32) -> u32 {
-        let n = NewNode {
+        self.push(Self::repartition(input, output), Naming::RepartitionOf(for_node))
+    }
+
+    /// Adds a repartition before side `side` (`left`, `right`) of the (not yet
+    /// added) join that will be `for_node`.
+    pub(crate) fn add_side_repartition(
+        &mut self,
+        input: Edge,
+        output: Codec,
+        for_node: u32,
+        side: &'static str,
+    ) -> u32 {
+        self.push(Self::repartition(input, output), Naming::RepartitionOfSide(for_node, side))
+    }
+
+    fn repartition(input: Edge, output: Codec) -> NewNode {
+        NewNode {
             fn_name: None,
             inputs: vec![input],
             op: Op::Repartition { partitions: None },
             output: Some(output),
             run: Run::Host,
-        };
-        self.push(n, Naming::RepartitionOf(for_node))
+        }
     }
 
     pub(crate) fn add_encode(&mut self, input: Edge, output: Codec, for_node: u32) -> u32 {
@@ -265,7 +282,9 @@ impl Graph {
                         format!("{}-{k}", n.op.kind().replace(' ', "-"))
                     }
                 },
-                (None, Naming::RepartitionOf(_) | Naming::EncodeFor(_)) => String::new(),
+                (None, Naming::RepartitionOf(_) | Naming::RepartitionOfSide(..) | Naming::EncodeFor(_)) => {
+                    String::new()
+                }
             };
             let name = match n.naming {
                 Naming::Free | Naming::Sink(_) if n.explicit.is_none() => {
@@ -281,7 +300,10 @@ impl Graph {
         // Repartition and encode nodes are named after the node they serve,
         // which is added after them: name everything else first.
         for i in 0..self.nodes.len() {
-            if !matches!(self.nodes[i].naming, Naming::RepartitionOf(_) | Naming::EncodeFor(_)) {
+            if !matches!(
+                self.nodes[i].naming,
+                Naming::RepartitionOf(_) | Naming::RepartitionOfSide(..) | Naming::EncodeFor(_)
+            ) {
                 resolve(i, &mut names, &mut used, &mut per_kind)?;
             }
         }
@@ -291,6 +313,9 @@ impl Graph {
                 (Some(name), _) => name.clone(),
                 (None, Naming::RepartitionOf(of)) => {
                     format!("{}-repartition", names[*of as usize].clone().unwrap_or_default())
+                }
+                (None, Naming::RepartitionOfSide(of, side)) => {
+                    format!("{}-{side}-repartition", names[*of as usize].clone().unwrap_or_default())
                 }
                 (None, Naming::EncodeFor(of)) => format!("{}-encode", names[*of as usize].clone().unwrap_or_default()),
                 _ => continue,
@@ -392,7 +417,11 @@ impl StreamsBuilder {
         let mut nodes = Vec::with_capacity(g.nodes.len());
         for (def, name) in g.nodes.iter_mut().zip(&names) {
             let mut op = def.op.clone();
-            if let Op::Aggregate { store, .. } | Op::TableAggregate { store, .. } | Op::ToTable { store } = &mut op {
+            if let Op::Aggregate { store, .. }
+            | Op::TableAggregate { store, .. }
+            | Op::ToTable { store }
+            | Op::JoinStreams { store, .. } = &mut op
+            {
                 store.name = name.clone();
             }
             nodes.push(Node { name: name.clone(), inputs: def.inputs.clone(), op });
@@ -501,6 +530,54 @@ impl SessionWindows {
     /// The description.
     pub fn spec(&self) -> WindowSpec {
         self.spec
+    }
+}
+
+/// The window of a join of two streams, for [`KStream::join_windowed`]: a
+/// record of the left stream at `t` meets the right stream's records at
+/// `t - before ..= t + after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinWindows {
+    window: weir_abi::topology::JoinWindow,
+    name: Option<String>,
+}
+
+/// Records at most `difference` apart meet (either way), no grace (Kafka
+/// Streams' `JoinWindows.ofTimeDifferenceWithNoGrace`).
+pub fn join_windows(difference: Duration) -> JoinWindows {
+    let d = ms(difference);
+    JoinWindows { window: weir_abi::topology::JoinWindow { before_ms: d, after_ms: d, grace_ms: 0 }, name: None }
+}
+
+impl JoinWindows {
+    /// How long before a left record a right one may be.
+    pub fn before(mut self, before: Duration) -> Self {
+        self.window.before_ms = ms(before);
+        self
+    }
+
+    /// How long after a left record a right one may be.
+    pub fn after(mut self, after: Duration) -> Self {
+        self.window.after_ms = ms(after);
+        self
+    }
+
+    /// How long after a record's window ends late records still meet it.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.window.grace_ms = ms(grace);
+        self
+    }
+
+    /// Names the join (its store and changelog are named after it); by default
+    /// `<joiner>-join`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// The description.
+    pub fn spec(&self) -> weir_abi::topology::JoinWindow {
+        self.window
     }
 }
 

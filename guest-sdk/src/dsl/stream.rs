@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::rc::Rc;
 
-use weir_abi::topology::{Edge, Op};
+use weir_abi::topology::{Edge, JoinKind, Op};
 
 use super::codec::{KeyCodec, ValueCodec};
 use super::{Codec, Item, KGroupedStream, KTable, NewNode, Rows, Run, Shared, Step, cast, fn_name, store_spec, take};
@@ -367,6 +367,92 @@ impl<K: Data, V: Data> KStream<K, V> {
             op: Op::Joiner,
             output: Some(output.clone()),
             run: Run::Step(step),
+        });
+        drop(g);
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
+    }
+
+    /// Joins this stream with `other` within `windows`: for each record of
+    /// either and each record of the other with its key whose time is in the
+    /// window, `joiner(this value, other value)`, with the later timestamp.
+    /// Both sides are kept in a store (with a changelog) named after the join.
+    /// Through repartitions if keys changed upstream.
+    pub fn join_windowed<V2: Data, V3: Data, F>(
+        &self,
+        other: &KStream<K, V2>,
+        windows: super::JoinWindows,
+        joiner: F,
+    ) -> KStream<K, V3>
+    where
+        F: Fn(&V, &V2) -> V3 + 'static,
+    {
+        self.streams_join(other, windows, JoinKind::Inner, fn_name::<F>(), move |l, r| Some(joiner(l?, r?)))
+    }
+
+    /// Like [`KStream::join_windowed`], and a record of this stream that met
+    /// nothing by the time its window closed is joined with `None` then.
+    pub fn left_join_windowed<V2: Data, V3: Data, F>(
+        &self,
+        other: &KStream<K, V2>,
+        windows: super::JoinWindows,
+        joiner: F,
+    ) -> KStream<K, V3>
+    where
+        F: Fn(&V, Option<&V2>) -> V3 + 'static,
+    {
+        self.streams_join(other, windows, JoinKind::Left, fn_name::<F>(), move |l, r| Some(joiner(l?, r)))
+    }
+
+    /// Like [`KStream::left_join_windowed`], for records of either stream.
+    pub fn outer_join_windowed<V2: Data, V3: Data, F>(
+        &self,
+        other: &KStream<K, V2>,
+        windows: super::JoinWindows,
+        joiner: F,
+    ) -> KStream<K, V3>
+    where
+        F: Fn(Option<&V>, Option<&V2>) -> V3 + 'static,
+    {
+        self.streams_join(other, windows, JoinKind::Outer, fn_name::<F>(), move |l, r| Some(joiner(l, r)))
+    }
+
+    fn streams_join<V2: Data, V3: Data>(
+        &self,
+        other: &KStream<K, V2>,
+        windows: super::JoinWindows,
+        kind: JoinKind,
+        name: Option<String>,
+        joiner: impl Fn(Option<&V>, Option<&V2>) -> Option<V3> + 'static,
+    ) -> KStream<K, V3> {
+        let mut g = self.g.borrow_mut();
+        let sides =
+            [(self.from, &self.codec, self.rekeyed, "left"), (other.from, &other.codec, other.rekeyed, "right")];
+        // The join comes after the repartitions its re-keyed sides need.
+        let join_at = g.next_index() + sides.iter().filter(|s| s.2).count() as u32;
+        let mut inputs = Vec::with_capacity(2);
+        for (from, codec, rekeyed, side) in sides {
+            inputs.push(match rekeyed {
+                true => Edge { node: g.add_side_repartition(from, codec.clone(), join_at, side), port: 0 },
+                false => from,
+            });
+        }
+        let join = g.add(NewNode {
+            fn_name: windows.name.clone().or(name.as_ref().map(|n| format!("{n}-join"))),
+            inputs,
+            op: Op::JoinStreams { kind, window: windows.spec(), store: store_spec() },
+            output: Some(Codec::new(self.codec.key.clone(), ValueCodec::joined_rows::<V, V2>())),
+            run: Run::Host,
+        });
+        if let Some(name) = &windows.name {
+            g.rename(join, name);
+        }
+        let output = Codec::new(self.codec.key.clone(), ValueCodec::text::<V3>());
+        let node = g.add(NewNode {
+            fn_name: name,
+            inputs: vec![Edge { node: join, port: 0 }],
+            op: Op::Joiner,
+            output: Some(output.clone()),
+            run: Run::Step(super::table::pair_joiner(joiner)),
         });
         drop(g);
         KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)

@@ -142,17 +142,7 @@ impl<K: Data, A: Data> KTable<K, A> {
             output: Some(Codec::new(self.key.clone(), ValueCodec::joined_rows::<A, R>())),
             run: Run::Host,
         });
-        let step: Step = Box::new(move |item, out| {
-            let Some(rows) = item.value else { return Ok(()) };
-            let (left, right) = super::take::<(Option<A>, Option<R>)>(rows)?;
-            // Neither row: the match this key had ended.
-            let value = match (&left, &right) {
-                (None, None) => None,
-                _ => joiner(left.as_ref(), right.as_ref()).map(|v| Box::new(v) as super::Obj),
-            };
-            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
-            Ok(())
-        });
+        let step = pair_joiner(joiner);
         let node = g.add(NewNode {
             fn_name: name,
             inputs: vec![Edge { node: join, port: 0 }],
@@ -290,4 +280,25 @@ impl<K: Data, V: Data> KGroupedTable<K, V> {
         };
         self.node(fn_name::<F>(), FoldKind::Aggregate, fold.erase())
     }
+}
+
+/// The joiner of a join of two tables or two streams: the pair the host hands
+/// on, `(left, right)` with either missing, to `joiner`; neither (a match of
+/// two tables that ended) is a tombstone.
+pub(crate) fn pair_joiner<L: Data, R: Data, V: Data>(
+    joiner: impl Fn(Option<&L>, Option<&R>) -> Option<V> + 'static,
+) -> Step {
+    Box::new(move |item, out| {
+        let Some(pair) = item.value else { return Ok(()) };
+        let (left, right) = super::take::<(Option<L>, Option<R>)>(pair)?;
+        let value = match (&left, &right) {
+            (None, None) => None,
+            _ => match joiner(left.as_ref(), right.as_ref()) {
+                Some(v) => Some(Box::new(v) as super::Obj),
+                None => return Ok(()),
+            },
+        };
+        out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+        Ok(())
+    })
 }

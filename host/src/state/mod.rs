@@ -74,11 +74,13 @@ pub trait Store: Send {
 /// Length of the window prefix of a window-store key.
 const WINDOW_PREFIX: usize = 16;
 
-fn order_preserving(v: i64) -> [u8; 8] {
+/// `v` as 8 bytes whose byte order is numeric order (big-endian, sign flipped).
+pub fn order_preserving(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn from_order_preserving(b: [u8; 8]) -> i64 {
+/// The inverse of [`order_preserving`].
+pub fn from_order_preserving(b: [u8; 8]) -> i64 {
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
 

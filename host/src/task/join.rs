@@ -24,12 +24,9 @@
 use weir_abi::topology::Edge;
 
 use super::stateless::{Target, derive};
-use super::{Env, Pending, TABLE_ROW, Task, TaskError, input_of};
+use super::{Env, Made, Pending, TABLE_ROW, Task, TaskError, input_of};
 use crate::state::window_key;
 use crate::topology::{Stage, TableJoin};
-
-/// What a join made of an input record: (its index, key, value, row).
-type Made = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl Task {
     /// Replaces (or deletes) the rows of the records of `pending` that reach the
@@ -107,7 +104,7 @@ impl Task {
                 }
             };
             if row.is_some() || join.left {
-                joined.push((source, key, value, row));
+                joined.push((source, key, value, row, None));
             } else {
                 env.metrics.join_misses.inc();
             }
@@ -118,7 +115,7 @@ impl Task {
     /// Runs what a join made of `pending`'s records (source, key, value, row)
     /// on from the output of join node `node`, and moves stream time over
     /// `pending`.
-    fn hand_on(
+    pub(super) fn hand_on(
         &mut self,
         env: &mut Env<'_>,
         pending: &[Pending],
@@ -172,9 +169,9 @@ impl Task {
                 _ => ((other.clone(), value), (other, old)),
             };
             if kind.matches(now.0.is_some(), now.1.is_some()) {
-                made.push((source, Some(key), now.0, now.1));
+                made.push((source, Some(key), now.0, now.1, None));
             } else if kind.matches(before.0.is_some(), before.1.is_some()) {
-                made.push((source, Some(key), None, None));
+                made.push((source, Some(key), None, None, None));
             }
         }
         self.hand_on(env, pending, made, &stream_times, node)

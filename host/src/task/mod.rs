@@ -33,6 +33,7 @@ pub mod outbox;
 mod planned;
 mod side;
 mod stateless;
+mod stream_join;
 
 use std::collections::{HashMap, HashSet};
 
@@ -163,6 +164,11 @@ struct Span {
     len: u32,
 }
 
+/// What a join or the operators before an aggregation made of an input
+/// record: (its index, key, value, row or other side, timestamp if not the
+/// input's).
+type Made = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>);
+
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     key: Option<Span>,
@@ -197,6 +203,8 @@ pub enum Kind {
     Latest,
     /// Two tables of latest values joined on key, in the task's side stores.
     JoinTables,
+    /// Two streams joined within a time window, in the task's side store.
+    JoinStreams,
 }
 
 /// A sliding or session aggregation.
@@ -214,6 +222,7 @@ impl Kind {
         let spec = match stage {
             Stage::Stateless => None,
             Stage::Join(_) => return Ok(Kind::JoinTables),
+            Stage::JoinStreams(_) => return Ok(Kind::JoinStreams),
             Stage::Aggregate(a) => match a.folds {
                 Folds::Windows(w) => Some(w),
                 Folds::Table => return Ok(Kind::Table { changes: false }),
@@ -242,7 +251,7 @@ impl Kind {
 
     /// Whether its state is in the task's first store (the aggregation's).
     fn has_primary(&self) -> bool {
-        !matches!(self, Kind::Stateless | Kind::JoinTables)
+        !matches!(self, Kind::Stateless | Kind::JoinTables | Kind::JoinStreams)
     }
 
     /// Whether it keeps one row per key (whose rows never close).
@@ -667,6 +676,7 @@ impl Task {
             result = match self.kind {
                 _ if let Some(join) = join => self.process_join(env, run, join),
                 Kind::JoinTables => self.process_tables_join(env, run),
+                Kind::JoinStreams => self.process_streams_join(env, run),
                 Kind::Latest => self.process_latest(env, run),
                 Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, run),
                 Kind::Time(_) | Kind::Table { .. } => self.process_records(env, run),

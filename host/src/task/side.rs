@@ -37,6 +37,19 @@ impl SideStore {
         }
     }
 
+    /// Every current key in `[from, to)`, ordered.
+    pub(super) fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut keys: BTreeMap<Vec<u8>, bool> =
+            self.store.keys_between(from, to)?.into_iter().map(|k| (k, true)).collect();
+        for (k, v) in self.dirty.range(from.to_vec()..to.to_vec()) {
+            keys.insert(k.clone(), v.is_some());
+        }
+        Ok(keys.into_iter().filter(|(_, live)| *live).map(|(k, _)| k).collect())
+    }
+
     /// Bytes of uncommitted changes.
     pub(super) fn uncommitted_bytes(&self) -> usize {
         self.bytes

@@ -176,8 +176,11 @@ impl Task {
     pub(super) fn process_split(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {
         let agg = self.aggregation(env)?.node;
         let (reached, _, stream_times) = self.split_off(env, pending, agg)?;
-        let (derived, arena) =
-            derive(pending, reached.into_iter().map(|(source, key, value)| (source, key, value, None)), &stream_times);
+        let (derived, arena) = derive(
+            pending,
+            reached.into_iter().map(|(source, key, value)| (source, key, value, None, None)),
+            &stream_times,
+        );
         let input_arena = std::mem::replace(&mut self.arena, arena);
         let folded = self.fold(env, &derived, None);
         self.arena = input_arena;
@@ -382,12 +385,12 @@ fn read(env: &mut Env<'_>, answer: &[u8], range: std::ops::Range<usize>, target:
     Ok(Answer { emitted, rejects })
 }
 
-/// Records made from input records (`source`, key, value, row), in an arena of
-/// their own: each keeps its input's timestamp, offset and input, and its
-/// stream time as a floor.
+/// Records made from input records ([`super::Made`]), in an arena of their
+/// own: each keeps its input's offset and input, its timestamp unless it has
+/// one of its own, and its input's stream time as a floor.
 pub(super) fn derive(
     pending: &[Pending],
-    made: impl Iterator<Item = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    made: impl Iterator<Item = super::Made>,
     stream_times: &[i64],
 ) -> (Vec<Pending>, Vec<u8>) {
     let mut arena = Vec::new();
@@ -399,13 +402,13 @@ pub(super) fn derive(
             super::Span { start, len: b.len() as u32 }
         })
     };
-    for (source, key, value, old) in made {
+    for (source, key, value, old, timestamp) in made {
         let input = &pending[source];
         derived.push(Pending {
             key: span(key, &mut arena),
             value: span(value, &mut arena),
             old: span(old, &mut arena),
-            timestamp: input.timestamp,
+            timestamp: timestamp.or(input.timestamp),
             offset: input.offset,
             input: input.input,
             floor: stream_times[source],

@@ -41,7 +41,7 @@ pub mod describe;
 
 use std::collections::BTreeMap;
 
-use weir_abi::topology::{Edge, Emit, JoinKind, Op, StoreSpec, Topology, TopologyError, WindowSpec};
+use weir_abi::topology::{Edge, Emit, JoinKind, JoinWindow, Op, StoreSpec, Topology, TopologyError, WindowSpec};
 
 use crate::window::Windowing;
 
@@ -184,6 +184,21 @@ impl TablesJoin {
     }
 }
 
+/// A join of two streams within a time window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsJoin {
+    /// The join node.
+    pub node: u32,
+    /// Inner, left or outer.
+    pub kind: JoinKind,
+    /// Its window.
+    pub window: JoinWindow,
+    /// The store of both sides.
+    pub store: StoreSpec,
+    /// The sub-topology inputs of the left and the right stream.
+    pub sides: [usize; 2],
+}
+
 /// What runs in a sub-topology after its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
@@ -193,6 +208,8 @@ pub enum Stage {
     Aggregate(Aggregation),
     /// A join of two tables.
     Join(TablesJoin),
+    /// A join of two streams within a time window.
+    JoinStreams(StreamsJoin),
 }
 
 /// The topic a sub-topology reads.
@@ -230,7 +247,7 @@ impl Sub {
     pub fn aggregation(&self) -> Option<&Aggregation> {
         match &self.stage {
             Stage::Aggregate(a) => Some(a),
-            Stage::Stateless | Stage::Join(_) => None,
+            Stage::Stateless | Stage::Join(_) | Stage::JoinStreams(_) => None,
         }
     }
 
@@ -239,6 +256,7 @@ impl Sub {
         match &self.stage {
             Stage::Aggregate(a) => vec![&a.store],
             Stage::Join(j) => j.sides.iter().map(|s| &s.store).collect(),
+            Stage::JoinStreams(j) => vec![&j.store],
             Stage::Stateless => Vec::new(),
         }
     }
@@ -339,13 +357,14 @@ impl Shape {
         // its input and its store (sources and repartitions compare equal above,
         // so their indices name the same topics).
         // A join may change its joiner, not what it joins or how.
-        type Place = (Vec<Input>, Vec<String>, Vec<(usize, bool)>, Option<JoinKind>);
+        type Place = (Vec<Input>, Vec<String>, Vec<(usize, bool)>, Option<(JoinKind, Option<JoinWindow>)>);
         let subs = |s: &Shape| -> Vec<Place> {
             let inputs = |sub: &Sub| sub.inputs.iter().map(|i| i.input).collect();
             let stores = |sub: &Sub| sub.stores().iter().map(|s| s.name.clone()).collect();
             let joins = |sub: &Sub| sub.joins.iter().map(|j| (j.input, j.left)).collect();
             let kind = |sub: &Sub| match &sub.stage {
-                Stage::Join(j) => Some(j.kind),
+                Stage::Join(j) => Some((j.kind, None)),
+                Stage::JoinStreams(j) => Some((j.kind, Some(j.window))),
                 _ => None,
             };
             s.subs.iter().map(|sub| (inputs(sub), stores(sub), joins(sub), kind(sub))).collect()
@@ -394,6 +413,13 @@ impl Shape {
                         j.sides[0].store.name,
                         j.sides[1].store.name,
                         j.kind
+                    ),
+                    Stage::JoinStreams(j) => format!(
+                        "{n}: {} joined within {} ({:?}) in `{}`",
+                        reads.join(" ⋈ "),
+                        j.window,
+                        j.kind,
+                        j.store.name
                     ),
                     Stage::Stateless => format!("{n}: {}", reads.join(" + ")),
                 }
@@ -476,6 +502,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         // The sub-topology's nodes, except the repartitions it writes (host exits).
         let own = |n: u32| part.nodes.contains(&n) && !part.writes_repartitions.contains(&n);
         let tables_join = tables_join(t, &part, &input_nodes, &segment_of)?;
+        let streams_join = streams_join(t, &part, &input_nodes, &segment_of)?;
         let sides: Vec<u32> = tables_join.iter().flat_map(|j| j.sides.iter().map(|s| s.table)).collect();
         let aggregates: Vec<u32> = part
             .nodes
@@ -497,7 +524,18 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         let joins = joins(t, &part, &input_nodes, aggregates.first().copied(), &segment_of)?;
         let joined: Vec<u32> = joins.iter().map(|j| input_nodes[j.input]).collect();
         let agg_inputs: Vec<u32> = input_nodes.iter().copied().filter(|n| !joined.contains(n)).collect();
+        if let Some(j) = &streams_join {
+            let other = aggregates.first().copied().or(joins.first().map(|j| j.node));
+            if let Some(other) = other.or(tables_join.as_ref().map(|t| t.node)) {
+                return Err(refuse(
+                    t,
+                    other,
+                    format!("beside the join of streams `{}` in one sub-topology: {LATER}", t.node(j.node).name),
+                ));
+            }
+        }
         let stage = match aggregates.first() {
+            None if let Some(j) = streams_join => Stage::JoinStreams(j),
             None if let Some(j) = tables_join => {
                 if let Some(stream_join) = joins.first() {
                     return Err(refuse(
@@ -524,14 +562,18 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         // rendered output or a join, and end at sinks, repartitions, the
         // aggregation or a join.
         let mut join_nodes: Vec<u32> = joins.iter().map(|j| j.node).collect();
-        if let Stage::Join(j) = &stage {
-            join_nodes.push(j.node);
-            join_nodes.extend(j.sides.iter().map(|s| s.table));
+        match &stage {
+            Stage::Join(j) => {
+                join_nodes.push(j.node);
+                join_nodes.extend(j.sides.iter().map(|s| s.table));
+            }
+            Stage::JoinStreams(j) => join_nodes.push(j.node),
+            _ => {}
         }
         for seg in segments.iter().filter(|s| s.nodes.iter().any(|&n| own(n))) {
             let render = match &stage {
                 Stage::Aggregate(a) => a.render_from,
-                Stage::Stateless | Stage::Join(_) => None,
+                _ => None,
             };
             for &e in &seg.entries {
                 if let Some(bad) = t
@@ -549,7 +591,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             }
             let agg = match &stage {
                 Stage::Aggregate(a) => Some(a.node),
-                Stage::Stateless | Stage::Join(_) => None,
+                _ => None,
             };
             if let Some(&bad) = seg.exits.iter().find(|&&x| {
                 !matches!(t.node(x).op, Op::Sink { .. } | Op::Repartition { .. })
@@ -724,6 +766,37 @@ fn tables_join<'s>(
         return Err(refuse(t, node, format!("a sub-topology joining two tables reads other topics too: {LATER}")));
     }
     Ok(Some(TablesJoin { node, kind, sides: [left, right] }))
+}
+
+/// The join of two streams in a sub-topology (`part`, reading `inputs`), if
+/// it has one: each side read from an input of its own.
+fn streams_join<'s>(
+    t: &Topology,
+    part: &weir_abi::topology::SubTopology,
+    inputs: &[u32],
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Option<StreamsJoin>, TopologyError> {
+    let mut found = part.nodes.iter().copied().filter(|&n| matches!(t.node(n).op, Op::JoinStreams { .. }));
+    let Some(node) = found.next() else { return Ok(None) };
+    if let Some(second) = found.next() {
+        return Err(refuse(t, second, format!("a second join of streams in one sub-topology: {LATER}")));
+    }
+    let Op::JoinStreams { kind, window, store } = &t.node(node).op else { return Ok(None) };
+    let mut sides = [0usize; 2];
+    for (side, edge) in t.node(node).inputs.iter().enumerate() {
+        let input = input_reaching(t, *edge, inputs, segment_of).ok_or_else(|| {
+            refuse(t, node, format!("joins a stream that does not come from one topic of its sub-topology: {LATER}"))
+        })?;
+        leads_only_to(t, input, node, segment_of)?;
+        sides[side] = inputs.iter().position(|&i| i == input).unwrap_or(0);
+    }
+    if sides[0] == sides[1] {
+        return Err(refuse(t, node, format!("joins a stream with itself: {LATER}")));
+    }
+    if inputs.len() != 2 {
+        return Err(refuse(t, node, format!("a sub-topology joining two streams reads other topics too: {LATER}")));
+    }
+    Ok(Some(StreamsJoin { node, kind: *kind, window: *window, store: store.clone(), sides }))
 }
 
 /// The aggregation `agg` of a sub-topology reading `inputs` (input nodes).
