@@ -275,3 +275,201 @@ fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node, topic, partition and offset");
     Ok(())
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+struct SearchResult {
+    session: String,
+    query: String,
+    url: Option<String>,
+    position: Option<u32>,
+}
+
+const SESSIONS: usize = 500;
+/// How far clicks may follow a search, and the join's grace.
+const CLICK_WINDOW: i64 = 5_000;
+const GRACE: i64 = 3_000;
+
+/// Searches and clicks over `span` (ms after `START`): each search at a time of
+/// its own, most followed by a click or two up to seven seconds later (some
+/// outside the window), stray clicks, and some records that are no valid
+/// search or click. Each topic is written in arrival order: event time plus
+/// a delay of up to two seconds (out of order, within the grace).
+fn searches_and_clicks(seed: u64, searches: usize, (from, to): (i64, i64)) -> (Vec<RawRecord>, Vec<RawRecord>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut s, mut c) = (Vec::new(), Vec::new());
+    let arrive = |rng: &mut StdRng, out: &mut Vec<(i64, RawRecord)>, key: String, value: String, ts: i64| {
+        out.push((ts + rng.random_range(0..2_000), (Some(key.into_bytes()), Some(value.into_bytes()), ts)));
+    };
+    let (mut s_arrivals, mut c_arrivals) = (Vec::new(), Vec::new());
+    for i in 0..searches {
+        let session = format!("s{:03}", rng.random_range(0..SESSIONS));
+        // Ends of the span are kept clear of the window so parts do not overlap.
+        let ts = START + rng.random_range(from..to - 8_000);
+        let value = match i % 97 {
+            3 => "{\"query\":".to_owned(),
+            50 => r#"{"query":"","results":2}"#.to_owned(),
+            _ => format!(r#"{{"query":"q{seed}-{i}","results":{}}}"#, rng.random_range(1..50)),
+        };
+        arrive(&mut rng, &mut s_arrivals, session.clone(), value, ts);
+        for k in 0..[0, 1, 1, 2][rng.random_range(0..4)] {
+            let at = ts + rng.random_range(0..7_000);
+            let value = if (i + k) % 89 == 7 {
+                r#"{"url":"","position":1}"#.to_owned()
+            } else {
+                format!(r#"{{"url":"u{seed}-{i}-{k}","position":{}}}"#, rng.random_range(1..10))
+            };
+            arrive(&mut rng, &mut c_arrivals, session.clone(), value, at);
+        }
+        if rng.random_bool(0.1) {
+            let at = START + rng.random_range(from..to - 8_000);
+            arrive(&mut rng, &mut c_arrivals, session, format!(r#"{{"url":"stray{seed}-{i}","position":0}}"#), at);
+        }
+    }
+    for (arrivals, out) in [(s_arrivals, &mut s), (c_arrivals, &mut c)] {
+        let mut arrivals = arrivals;
+        arrivals.sort_by_key(|(at, _)| *at);
+        out.extend(arrivals.into_iter().map(|(_, r)| r));
+    }
+    (s, c)
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchIn {
+    query: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ClickIn {
+    url: String,
+    position: u32,
+}
+
+/// What the join must write (each result with its timestamp), whatever the
+/// order of processing within the grace: every search with every click of
+/// its session up to five seconds after it, at the click's time; and each
+/// search no click followed, at its own time, if its window (plus grace) is
+/// behind its partition's last event time. Plus the dead letters.
+fn recompute_clicks(
+    searches_topic: &str,
+    searches: &[Record],
+    clicks_topic: &str,
+    clicks: &[Record],
+) -> (Vec<(SearchResult, i64)>, Bad) {
+    let (mut out, mut bad) = (Vec::new(), Bad::new());
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    let mut valid_clicks = Vec::new();
+    for r in clicks {
+        match serde_json::from_slice::<ClickIn>(r.value.as_deref().unwrap_or_default()) {
+            Ok(c) if !c.url.is_empty() => valid_clicks.push((r, c)),
+            _ => bad.push((clicks_topic.to_owned(), r.partition, r.offset, "valid_click".to_owned())),
+        }
+    }
+    let last: HashMap<i32, i64> = searches.iter().chain(clicks).fold(HashMap::new(), |mut m, r| {
+        let e = m.entry(r.partition).or_insert(i64::MIN);
+        *e = (*e).max(r.timestamp);
+        m
+    });
+    for r in searches {
+        let search = match serde_json::from_slice::<SearchIn>(r.value.as_deref().unwrap_or_default()) {
+            Ok(s) if !s.query.is_empty() => s,
+            _ => {
+                bad.push((searches_topic.to_owned(), r.partition, r.offset, "valid_search".to_owned()));
+                continue;
+            }
+        };
+        let session = text(&r.key);
+        let mut met = false;
+        for (c, click) in valid_clicks.iter().filter(|(c, _)| c.key == r.key) {
+            if c.timestamp >= r.timestamp && c.timestamp <= r.timestamp + CLICK_WINDOW {
+                met = true;
+                let result = SearchResult {
+                    session: session.clone(),
+                    query: search.query.clone(),
+                    url: Some(click.url.clone()),
+                    position: Some(click.position),
+                };
+                out.push((result, c.timestamp));
+            }
+        }
+        if !met && r.timestamp + CLICK_WINDOW + GRACE < last[&r.partition] {
+            let result = SearchResult { session, query: search.query, url: None, position: None };
+            out.push((result, r.timestamp));
+        }
+    }
+    out.sort();
+    bad.sort();
+    (out, bad)
+}
+
+#[test]
+fn searches_meet_the_clicks_that_follow_them_through_a_crash_a_sigkill_and_empty_state_dirs() -> Result<()> {
+    let app = unique("clickthrough");
+    let (searches, clicks_topic) = (format!("{app}-searches"), format!("{app}-clicks"));
+    let (results, dead) = (format!("{app}-results"), format!("{app}-dead"));
+    create_topic(&searches, PARTITIONS)?;
+    create_topic(&clicks_topic, PARTITIONS)?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let topics =
+        [("searches", searches.as_str()), ("clicks", clicks_topic.as_str()), ("search-results", results.as_str())];
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args("search-clicks", &app, &topics, &dir.path().join(state))?;
+        args.extend(strings(&["--dead-letter-topic", &dead]));
+        Ok(args)
+    };
+    // Two parts, the second later in event time and written while no host
+    // runs (as in the enrichment test above).
+    let (s1, c1) = searches_and_clicks(1, 4_000, (0, SPAN / 2));
+    let (s2, c2) = searches_and_clicks(2, 4_000, (SPAN / 2, SPAN));
+    produce(&searches, &s1)?;
+    produce(&clicks_topic, &c1)?;
+    let crash_at = ((s1.len() + c1.len()) / 2).to_string();
+    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
+    let status = wait_exit(&mut first, Duration::from_secs(180))?;
+    assert!(!status.success(), "the first host must die in its commit: {status}");
+    let mut second = spawn_weir(&args("b")?, &log)?;
+    await_committed_at_least(&app, &searches, PARTITIONS, s1.len() as i64 / 2, &mut second)?;
+    second.kill()?;
+    produce(&searches, &s2)?;
+    produce(&clicks_topic, &c2)?;
+    let mut third = spawn_weir(&args("c")?, &log)?;
+    await_caught_up(&app, &searches, &mut third, Duration::from_secs(240))?;
+    await_caught_up(&app, &clicks_topic, &mut third, Duration::from_secs(60))?;
+    terminate(&mut third)?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restarts must restore the join's store from its changelog:\n{text}");
+
+    let (searches_in, clicks_in) = (read_all(&searches)?, read_all(&clicks_topic)?);
+    assert_eq!(searches_in.len(), s1.len() + s2.len());
+    let (want, want_bad) = recompute_clicks(&searches, &searches_in, &clicks_topic, &clicks_in);
+    let unmatched = want.iter().filter(|(r, _)| r.url.is_none()).count();
+    assert!(
+        want.len() > 6_000 && unmatched > 1_000 && unmatched < want.len() / 2,
+        "the feeds must make work: {} results, {unmatched} unmatched",
+        want.len()
+    );
+    let mut got = Vec::new();
+    for r in read_all(&results)? {
+        let result: SearchResult =
+            serde_json::from_slice(r.value.as_deref().unwrap_or_default()).context("search-results value")?;
+        assert_eq!(r.key.as_deref(), Some(result.session.as_bytes()), "the key is the session");
+        got.push((result, r.timestamp));
+    }
+    got.sort();
+    assert_eq!(got.len(), want.len(), "each meeting and each unmatched search once");
+    assert_eq!(got, want, "each meeting and each unmatched search once, with its timestamp");
+
+    let mut got_bad = Bad::new();
+    for letter in read_all(&dead)? {
+        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+        got_bad.push((
+            header("weir.source.topic"),
+            header("weir.source.partition").parse()?,
+            header("weir.source.offset").parse()?,
+            header("weir.node"),
+        ));
+    }
+    got_bad.sort();
+    assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node");
+    Ok(())
+}
