@@ -1,4 +1,8 @@
-//! Stream–table joins on the real broker: `click-enrich` keeps user profiles
+//! Joins on the real broker, each checked against a recomputation in the test
+//! through a crash inside a commit, a SIGKILL mid-stream and two restarts on
+//! empty state directories.
+//!
+//! Stream–table: `click-enrich` keeps user profiles
 //! in a table fed by a change-data-capture topic (creates, updates, deletes,
 //! tombstones, broken envelopes) and enriches a click stream with them. The
 //! output is checked against a recomputation that merges the two topics of
@@ -6,6 +10,15 @@
 //! click enriched exactly once with its user's profile as of the click, through
 //! a crash inside a commit, a SIGKILL mid-stream and two restarts on empty state
 //! directories; every bad record dead-lettered once, naming its node and topic.
+//!
+//! Table–table: `product-stock` joins a catalogue and stock levels on key:
+//! every update of either table gives the product's availability (or a
+//! tombstone when it leaves the catalogue) in the order a per-partition
+//! time merge of both topics gives.
+//!
+//! Stream–stream: `search-clicks` joins each search with the clicks within
+//! five seconds after it, records out of order within the grace: every
+//! meeting once, every search no click followed once its window closed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -471,5 +484,200 @@ fn searches_meet_the_clicks_that_follow_them_through_a_crash_a_sigkill_and_empty
     }
     got_bad.sort();
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node");
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct Availability {
+    name: String,
+    price: u64,
+    units: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProductIn {
+    name: String,
+    price: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct StockIn {
+    units: u64,
+}
+
+/// Changes of one table: rows of `ids` keys, deleted now and then (a null
+/// value), some not decodable, at the times of `parity` (so the two topics
+/// never share a timestamp).
+fn table_changes(
+    seed: u64,
+    count: usize,
+    ids: usize,
+    parity: i64,
+    span: (i64, i64),
+    row: fn(&mut StdRng) -> String,
+) -> Vec<RawRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let times = timed(&mut rng, count, parity, span);
+    times
+        .into_iter()
+        .enumerate()
+        .map(|(i, ts)| {
+            let key = format!("p{:03}", rng.random_range(0..ids));
+            let value = match (i % 83, rng.random_range(0..12)) {
+                (17, _) => Some("{\"name\":".to_owned()),
+                (_, 0) => None,
+                _ => Some(row(&mut rng)),
+            };
+            (Some(key.into_bytes()), value.map(String::into_bytes), ts)
+        })
+        .collect()
+}
+
+/// Availability updates per product, in order, as a recomputation says: both
+/// topics of each partition merged by timestamp, each table a map; after each
+/// change of a row, the product's availability if it is in the catalogue, a
+/// tombstone if it just left it.
+fn recompute_availability(
+    products_topic: &str,
+    products: &[Record],
+    stock_topic: &str,
+    stock: &[Record],
+) -> (BTreeMap<String, Vec<Option<Availability>>>, Bad) {
+    let (mut per_key, mut bad) = (BTreeMap::<String, Vec<Option<Availability>>>::new(), Bad::new());
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    for p in 0..PARTITIONS {
+        let ps: Vec<&Record> = products.iter().filter(|r| r.partition == p).collect();
+        let ss: Vec<&Record> = stock.iter().filter(|r| r.partition == p).collect();
+        let (mut catalogue, mut units): (HashMap<String, ProductIn>, HashMap<String, u64>) = Default::default();
+        let (mut i, mut j) = (0, 0);
+        while i < ps.len() || j < ss.len() {
+            let from_products = j >= ss.len() || (i < ps.len() && ps[i].timestamp < ss[j].timestamp);
+            let r = if from_products { ps[i] } else { ss[j] };
+            if from_products {
+                i += 1
+            } else {
+                j += 1
+            }
+            let key = text(&r.key);
+            let had = catalogue.contains_key(&key);
+            let changed = match (&r.value, from_products) {
+                (None, true) => catalogue.remove(&key).is_some(),
+                (None, false) => units.remove(&key).is_some(),
+                (Some(v), true) => match serde_json::from_slice::<ProductIn>(v) {
+                    Ok(product) => {
+                        catalogue.insert(key.clone(), product);
+                        true
+                    }
+                    Err(_) => {
+                        bad.push((products_topic.to_owned(), p, r.offset, "products-decode".to_owned()));
+                        false
+                    }
+                },
+                (Some(v), false) => match serde_json::from_slice::<StockIn>(v) {
+                    Ok(s) => {
+                        units.insert(key.clone(), s.units);
+                        true
+                    }
+                    Err(_) => {
+                        bad.push((stock_topic.to_owned(), p, r.offset, "stock-decode".to_owned()));
+                        false
+                    }
+                },
+            };
+            if !changed {
+                continue;
+            }
+            match catalogue.get(&key) {
+                Some(product) => per_key.entry(key.clone()).or_default().push(Some(Availability {
+                    name: product.name.clone(),
+                    price: product.price,
+                    units: units.get(&key).copied(),
+                })),
+                None if had => per_key.entry(key).or_default().push(None),
+                None => {}
+            }
+        }
+    }
+    bad.sort();
+    (per_key, bad)
+}
+
+fn product_row(rng: &mut StdRng) -> String {
+    format!(r#"{{"name":"item{}","price":{}}}"#, rng.random_range(0..1_000), rng.random_range(50..5_000))
+}
+
+fn stock_row(rng: &mut StdRng) -> String {
+    format!(r#"{{"units":{}}}"#, rng.random_range(0..100))
+}
+
+#[test]
+fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_state_dirs() -> Result<()> {
+    let app = unique("availability");
+    let (products, stock) = (format!("{app}-products"), format!("{app}-stock"));
+    let (out, dead) = (format!("{app}-availability"), format!("{app}-dead"));
+    create_topic(&products, PARTITIONS)?;
+    create_topic(&stock, PARTITIONS)?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let topics = [("products", products.as_str()), ("stock", stock.as_str()), ("availability", out.as_str())];
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args("product-stock", &app, &topics, &dir.path().join(state))?;
+        args.extend(strings(&["--dead-letter-topic", &dead]));
+        Ok(args)
+    };
+    // Stock is kept for more products than the catalogue has.
+    let part = |seed: u64, span| {
+        (table_changes(seed, 2_000, 200, 0, span, product_row), table_changes(seed + 1, 3_000, 250, 1, span, stock_row))
+    };
+    let (p1, s1) = part(10, (0, SPAN / 2));
+    let (p2, s2) = part(20, (SPAN / 2, SPAN));
+    produce(&products, &p1)?;
+    produce(&stock, &s1)?;
+    let crash_at = ((p1.len() + s1.len()) / 2).to_string();
+    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
+    let status = wait_exit(&mut first, Duration::from_secs(180))?;
+    assert!(!status.success(), "the first host must die in its commit: {status}");
+    let mut second = spawn_weir(&args("b")?, &log)?;
+    await_committed_at_least(&app, &stock, PARTITIONS, s1.len() as i64 / 2, &mut second)?;
+    second.kill()?;
+    produce(&products, &p2)?;
+    produce(&stock, &s2)?;
+    let mut third = spawn_weir(&args("c")?, &log)?;
+    await_caught_up(&app, &stock, &mut third, Duration::from_secs(240))?;
+    await_caught_up(&app, &products, &mut third, Duration::from_secs(60))?;
+    terminate(&mut third)?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restarts must restore both tables from their changelogs:\n{text}");
+
+    let (products_in, stock_in) = (read_all(&products)?, read_all(&stock)?);
+    let (want, want_bad) = recompute_availability(&products, &products_in, &stock, &stock_in);
+    let updates: usize = want.values().map(Vec::len).sum();
+    let tombstones = want.values().flatten().filter(|a| a.is_none()).count();
+    assert!(
+        updates > 4_000 && tombstones > 100,
+        "the feeds must make work: {updates} updates, {tombstones} tombstones"
+    );
+    let mut got = BTreeMap::<String, Vec<Option<Availability>>>::new();
+    for r in read_all(&out)? {
+        let key = String::from_utf8(r.key.clone().unwrap_or_default())?;
+        let value = r.value.as_deref().map(serde_json::from_slice::<Availability>).transpose()?;
+        got.entry(key).or_default().push(value);
+    }
+    assert_eq!(got.len(), want.len());
+    for (key, updates) in &want {
+        assert_eq!(got.get(key), Some(updates), "product {key}: every update once, in order");
+    }
+    let mut got_bad = Bad::new();
+    for letter in read_all(&dead)? {
+        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+        got_bad.push((
+            header("weir.source.topic"),
+            header("weir.source.partition").parse()?,
+            header("weir.source.offset").parse()?,
+            header("weir.node"),
+        ));
+    }
+    got_bad.sort();
+    assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its decoder");
     Ok(())
 }
