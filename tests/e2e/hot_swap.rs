@@ -18,7 +18,7 @@ use weir::runtime::{Plugin, Runtime, Sandbox};
 
 use crate::support::*;
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done()? {
         if Instant::now() > deadline {
@@ -167,7 +167,7 @@ fn stats_config(app: &str, input: &str, state: &std::path::Path) -> Result<RunCo
 }
 
 /// Runs `pipeline` on its own thread while `drive` runs, then stops it.
-fn while_running(mut pipeline: Pipeline, drive: impl FnOnce() -> Result<()>) -> Result<()> {
+pub(crate) fn while_running(mut pipeline: Pipeline, drive: impl FnOnce() -> Result<()>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {
         let running = s.spawn(|| pipeline.run(&stop));
@@ -179,7 +179,7 @@ fn while_running(mut pipeline: Pipeline, drive: impl FnOnce() -> Result<()>) -> 
 }
 
 /// Waits until the group has committed every record of `input`.
-fn await_committed_all(app: &str, input: &str, partitions: i32) -> Result<()> {
+pub(crate) fn await_committed_all(app: &str, input: &str, partitions: i32) -> Result<()> {
     let ends = end_offsets(input)?;
     wait_for("catching up", Duration::from_secs(300), || {
         let done = committed(app, input, partitions)?;

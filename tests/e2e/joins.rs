@@ -681,3 +681,78 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its decoder");
     Ok(())
 }
+
+/// A new joiner swapped in while clicks stream through the join: it takes over
+/// at a commit — in every partition's output, clicks enriched by the first
+/// build, then by the second, never mixed — and every click is enriched once,
+/// with the profile as of its time (the table and the join's place in both
+/// topics carry over the swap).
+#[test]
+fn a_joiner_swapped_mid_stream_takes_over_at_a_commit_and_every_click_is_enriched_once() -> Result<()> {
+    use weir::config::{RunConfig, StateConfig};
+    use weir::metrics::Metrics;
+    use weir::pipeline::Pipeline;
+    use weir::runtime::{Runtime, Sandbox};
+
+    use crate::hot_swap::{await_committed_all, wait_for, while_running};
+
+    let app = unique("joiner-swap");
+    let (profiles, clicks_topic) = (format!("{app}-profiles"), format!("{app}-clicks"));
+    let (enriched, dead) = (format!("{app}-enriched"), format!("{app}-dead"));
+    create_topic(&profiles, PARTITIONS)?;
+    create_topic(&clicks_topic, PARTITIONS)?;
+    let (changes, click_records) = (profile_changes(0x5a, 1_500, (0, SPAN)), clicks(0x5b, 20_000, (0, SPAN)));
+    produce(&profiles, &changes)?;
+    produce(&clicks_topic, &click_records)?;
+    let state = tempfile::tempdir()?;
+    let cfg = RunConfig {
+        application_id: app.clone(),
+        plugin: plugin("click-enrich")?,
+        bootstrap_servers: bootstrap(),
+        topics: [("profiles-cdc", &profiles), ("clicks", &clicks_topic), ("enriched-clicks", &enriched)]
+            .into_iter()
+            .map(|(l, r)| (l.to_owned(), r.clone()))
+            .collect(),
+        dead_letter_topic: Some(dead.clone()),
+        instance_id: Some(format!("{app}-host")),
+        state: StateConfig { dir: state.path().to_path_buf(), ..StateConfig::default() },
+        ..RunConfig::default()
+    };
+    let runtime = Runtime::new()?;
+    let next = runtime.load(&std::fs::read(plugin("click-enrich-next")?)?, Sandbox::default())?;
+    let metrics = Metrics::default();
+    let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
+    let control = pipeline.control();
+    let total = (changes.len() + click_records.len()) as u64;
+    while_running(pipeline, || {
+        wait_for("a third of the stream", Duration::from_secs(120), || Ok(metrics.records_in.get() >= total / 3))?;
+        control.activate("next", next.clone(), false)?;
+        wait_for("the swap", Duration::from_secs(30), || Ok(!control.status().history.is_empty()))?;
+        await_committed_all(&app, &clicks_topic, PARTITIONS)?;
+        await_committed_all(&app, &profiles, PARTITIONS)
+    })?;
+    let status = control.status();
+    assert_eq!(status.active, "next", "{:#?}", status.history);
+    assert!(status.history.iter().all(|e| e.rolled_back.is_none()), "{:#?}", status.history);
+
+    let (want, _) = recompute(&profiles, &read_all(&profiles)?, &clicks_topic, &read_all(&clicks_topic)?);
+    let mut got = PerUser::new();
+    let mut by_partition: BTreeMap<i32, Vec<bool>> = BTreeMap::new();
+    for r in read_all(&enriched)? {
+        let mut c: EnrichedClick = serde_json::from_slice(r.value.as_deref().unwrap_or_default())?;
+        if let Some(region) = &c.region {
+            // Which build enriched it: the second writes regions upper-case.
+            by_partition.entry(r.partition).or_default().push(region.chars().all(|ch| ch.is_ascii_uppercase()));
+            c.region = Some(region.to_lowercase());
+        }
+        got.entry(c.user.clone()).or_default().push(c);
+    }
+    assert_eq!(got, want, "every click once, with the profile as of its time");
+    for (partition, next) in &by_partition {
+        let switched = next.iter().position(|n| *n).unwrap_or(next.len());
+        assert!(next[switched..].iter().all(|n| *n), "partition {partition}: the first build after the second");
+    }
+    let next_share = by_partition.values().flatten().filter(|n| **n).count();
+    assert!(next_share > 0 && next_share < by_partition.values().map(Vec::len).sum::<usize>(), "both builds wrote");
+    Ok(())
+}
