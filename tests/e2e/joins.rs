@@ -756,3 +756,23 @@ fn a_joiner_swapped_mid_stream_takes_over_at_a_commit_and_every_click_is_enriche
     assert!(next_share > 0 && next_share < by_partition.values().map(Vec::len).sum::<usize>(), "both builds wrote");
     Ok(())
 }
+
+/// Tables joined on key whose topics have different partition counts: the
+/// pipeline is refused at start, naming the topic and both counts.
+#[test]
+fn tables_that_are_not_co_partitioned_are_refused_at_start() -> Result<()> {
+    let app = unique("join-refused");
+    let (products, stock) = (format!("{app}-products"), format!("{app}-stock"));
+    create_topic(&products, 3)?;
+    create_topic(&stock, 2)?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let topics = [("products", products.as_str()), ("stock", stock.as_str())];
+    let mut weir = spawn_weir(&topology_args("product-stock", &app, &topics, dir.path())?, &log)?;
+    let status = wait_exit(&mut weir, Duration::from_secs(60))?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(!status.success(), "{status}\n{text}");
+    assert!(text.contains(stock.as_str()) && text.contains(&format!("read with {products} (3 partitions)")), "{text}");
+    assert!(text.contains("it has 2 partitions") && text.contains("co-partitioned"), "{text}");
+    Ok(())
+}

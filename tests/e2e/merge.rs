@@ -217,7 +217,7 @@ fn topics_that_cannot_be_merged_are_refused_at_start() -> Result<()> {
     create_topic(&west, 2)?;
     let dir = tempfile::tempdir()?;
     for (name, west_topic, says) in [
-        ("counts", west.as_str(), format!("merged with {east} (3 partitions)")),
+        ("counts", west.as_str(), format!("read with {east} (3 partitions)")),
         ("twice", east.as_str(), "two sources would read it".to_owned()),
     ] {
         let log = dir.path().join(format!("{name}.log"));

@@ -309,9 +309,9 @@ impl Pipeline {
                 return Err(KafkaIoError::Topic {
                     topic: names[at].clone(),
                     reason: format!(
-                        "it has {} partitions and is merged with {} ({} partitions) in one sub-topology; merged \
-                         topics must be co-partitioned (the same number of partitions, keyed alike) — repartition \
-                         one of them first, or give them the same partition count",
+                        "it has {} partitions and is read with {} ({} partitions) in one sub-topology (merged or \
+                         joined); such topics must be co-partitioned (the same number of partitions, keyed alike) — \
+                         repartition one of them first, or give them the same partition count",
                         counts[at], names[0], counts[0]
                     ),
                 }
