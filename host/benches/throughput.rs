@@ -13,7 +13,15 @@
 //!     also as a ratio to (b), the `Aggregator` shorthand (target: within 5%) —
 //!     the median of that ratio over the table's pair and three more pairs run
 //!     back to back, (b) then (e), since the machine's speed drifts over a run;
-//! (f) top10, two sub-topologies through a repartition topic, exactly_once.
+//! (f) top10, two sub-topologies through a repartition topic, exactly_once;
+//! (g) click-enrich, a stream–table join: N clicks enriched from a table of
+//!     N/100 users that N/20 change-data-capture records keep current,
+//!     exactly_once (records/s counts the records of both topics);
+//! (h) search-clicks, a windowed stream–stream left join (5 s): N/2 searches,
+//!     N/2 clicks, exactly_once;
+//! (i) table restore: a table of N/2 users built from N change records, then a
+//!     host on an empty state directory restoring it from its changelog —
+//!     changelog records/s, from the first record restored to the last.
 //! Rates are records/s from the first record consumed to the commit that covers
 //! the last one; ratios are against (a) measured in the same run.
 
@@ -77,6 +85,8 @@ fn main() -> Result<()> {
         compression: weir::config::Compression::None,
     };
     weir::generator::run(&trades, base_config(&bootstrap, &Default::default()), &AtomicBool::new(false))?;
+    eprintln!("generating the join inputs…");
+    joins::generate(&bootstrap, &input, records)?;
 
     let modes = [
         ("(a) pass-through, exactly_once, no plugin", "passthrough"),
@@ -85,11 +95,14 @@ fn main() -> Result<()> {
         ("(d) as (b), hot swap every 250 ms", "swapping"),
         ("(e) weir stock-stats in the DSL, exactly_once", "dsl"),
         ("(f) weir top10 (two sub-topologies, one repartition), exactly_once", "top10"),
+        ("(g) weir click-enrich (stream–table join), exactly_once", "enrich"),
+        ("(h) weir search-clicks (windowed stream–stream join), exactly_once", "windowed"),
+        ("(i) table restore from its changelog (records/s)", "restore"),
     ];
     let mut rows = Vec::new();
     let mut swaps = None;
     // `run_id` names the run's application (and so its group, which must be new).
-    let run = |label: &str, mode: &str, run_id: &str| -> Result<Measured> {
+    let run = |label: &str, mode: &str, run_id: &str| -> Result<Outcome> {
         eprintln!("running {label}…");
         let out = Command::new(std::env::current_exe()?)
             .args(["--child", mode, &bootstrap, &input, &records.to_string(), &plugin, run_id])
@@ -99,25 +112,20 @@ fn main() -> Result<()> {
             bail!("{label} failed: {}", out.status);
         }
         let line = out.stdout.lines().map_while(Result::ok).last().context("no result line")?;
-        let mut parts = line.split_whitespace().map(|p| p.parse::<f64>());
-        let (secs, rss) = (parts.next().context("secs")??, parts.next().context("rss")??);
-        let swaps = match (parts.next(), parts.next(), parts.next()) {
-            (Some(n), Some(p50), Some(p99)) => Some((n?, p50?, p99?)),
-            _ => None,
-        };
-        Ok((secs, rss, swaps))
+        let m: Outcome = serde_json::from_str(&line).with_context(|| format!("result line {line:?}"))?;
+        Ok(m)
     };
     for (label, mode) in modes {
-        let (secs, rss, swapped) = run(label, mode, &id.to_string())?;
-        swaps = swaps.or(swapped);
-        rows.push((label, records as f64 / secs, secs, rss));
+        let m = run(label, mode, &id.to_string())?;
+        swaps = swaps.or(m.swaps);
+        rows.push((label, m.records.unwrap_or(records) as f64 / m.secs, m.secs, m.rss));
     }
     // (e)/(b) in pairs run back to back: the table's, and three more.
     let mut pairs = vec![rows[4].1 / rows[1].1];
     for round in 1..=3 {
         let run_id = format!("{id}-pair{round}");
-        let (shorthand, _, _) = run(&format!("pair {round}: (b)"), "exactly_once", &run_id)?;
-        let (dsl, _, _) = run(&format!("pair {round}: (e)"), "dsl", &run_id)?;
+        let shorthand = run(&format!("pair {round}: (b)"), "exactly_once", &run_id)?.secs;
+        let dsl = run(&format!("pair {round}: (e)"), "dsl", &run_id)?.secs;
         pairs.push(shorthand / dsl);
     }
     let base = rows[0].1;
@@ -139,42 +147,58 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One mode's run: seconds, peak RSS in MiB, and for (d) the swaps (count, p50
-/// and p99 pause in µs).
-type Measured = (f64, f64, Option<(f64, f64, f64)>);
+/// One mode's run, as its child prints it (one JSON line): seconds, peak RSS in
+/// MiB, the records the rate counts if not the trades, and for (d) the swaps
+/// (count, p50 and p99 pause in µs).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Outcome {
+    secs: f64,
+    rss: f64,
+    records: Option<u64>,
+    swaps: Option<(f64, f64, f64)>,
+}
 
 fn rows_rate(rates: &[f64], i: usize) -> f64 {
     rates.get(i).copied().unwrap_or(f64::NAN)
 }
 
-/// Runs one mode and prints `seconds peak_rss_mib`.
+/// Runs one mode and prints its [`Outcome`].
 fn child(args: &[String]) -> Result<()> {
     let [mode, bootstrap, input, records, plugin, id] = args else { bail!("bad child arguments") };
     let records: u64 = records.parse()?;
-    let secs = match mode.as_str() {
-        "passthrough" => (passthrough(bootstrap, input, records, id)?, None),
-        "exactly_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, false)?,
-        "at_least_once" => weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce, false)?,
-        "swapping" => weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, true)?,
-        "dsl" => {
-            let dsl = plugin.replace("stock_stats.wasm", "stock_stats_dsl.wasm");
-            weir_run(bootstrap, input, records, &dsl, id, Guarantee::ExactlyOnce, false)?
-        }
+    let other = |name: &str| plugin.replace("stock_stats.wasm", name);
+    let ((secs, pauses), counted) = match mode.as_str() {
+        "passthrough" => ((passthrough(bootstrap, input, records, id)?, None), None),
+        "exactly_once" => (weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, false)?, None),
+        "at_least_once" => (weir_run(bootstrap, input, records, plugin, id, Guarantee::AtLeastOnce, false)?, None),
+        "swapping" => (weir_run(bootstrap, input, records, plugin, id, Guarantee::ExactlyOnce, true)?, None),
+        "dsl" => (
+            weir_run(bootstrap, input, records, &other("stock_stats_dsl.wasm"), id, Guarantee::ExactlyOnce, false)?,
+            None,
+        ),
         "top10" => {
-            let top10 = plugin.replace("stock_stats.wasm", "top10.wasm");
-            weir_run(bootstrap, input, records, &top10, id, Guarantee::ExactlyOnce, false)?
+            (weir_run(bootstrap, input, records, &other("top10.wasm"), id, Guarantee::ExactlyOnce, false)?, None)
+        }
+        "enrich" => {
+            let (secs, n) = joins::enrich(bootstrap, input, records, &other("click_enrich.wasm"), id)?;
+            ((secs, None), Some(n))
+        }
+        "windowed" => {
+            let (secs, n) = joins::windowed(bootstrap, input, records, &other("search_clicks.wasm"), id)?;
+            ((secs, None), Some(n))
+        }
+        "restore" => {
+            let (secs, n) = joins::restore(bootstrap, input, records, &other("click_enrich.wasm"), id)?;
+            ((secs, None), Some(n))
         }
         other => bail!("unknown mode {other}"),
     };
-    let (secs, pauses) = secs;
-    match pauses {
-        Some(mut p) if !p.is_empty() => {
-            p.sort_unstable();
-            let at = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize];
-            println!("{secs:.4} {:.1} {} {} {}", peak_rss_mib(), p.len(), at(0.5), at(0.99));
-        }
-        _ => println!("{secs:.4} {:.1}", peak_rss_mib()),
-    }
+    let swaps = pauses.filter(|p| !p.is_empty()).map(|mut p| {
+        p.sort_unstable();
+        let at = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize] as f64;
+        (p.len() as f64, at(0.5), at(0.99))
+    });
+    println!("{}", serde_json::to_string(&Outcome { secs, rss: peak_rss_mib(), records: counted, swaps })?);
     Ok(())
 }
 
@@ -303,30 +327,7 @@ fn weir_run(
                 Ok(())
             });
         }
-        while metrics.records_in.get() == 0 && !handle.is_finished() {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // The first batch of records is in; the clock starts with it.
-        let started = Instant::now();
-        while metrics.records_in.get() < records && !handle.is_finished() {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        let next_commit = || {
-            let commits = metrics.commits.get();
-            while metrics.commits.get() == commits && !handle.is_finished() {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        };
-        next_commit();
-        // With a repartition topic, the second sub-topology is done once it has
-        // read (and committed) everything the first wrote; after the commit
-        // above the first writes nothing more.
-        if metrics.repartition_out.get() > 0 {
-            while metrics.repartition_in.get() < metrics.repartition_out.get() && !handle.is_finished() {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            next_commit();
-        }
+        let started = await_through(&metrics, records, || handle.is_finished());
         let secs = started.elapsed().as_secs_f64();
         finished.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
@@ -335,3 +336,37 @@ fn weir_run(
         Ok((secs, pauses))
     })
 }
+
+/// Waits for the first record, then until `records` were read and the commit
+/// covering them (and, with repartition topics, what they led to) is done, or
+/// `stopped`. Returns when the first record came.
+fn await_through(metrics: &Metrics, records: u64, stopped: impl Fn() -> bool) -> Instant {
+    while metrics.records_in.get() == 0 && !stopped() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // The first batch of records is in; the clock starts with it.
+    let started = Instant::now();
+    while metrics.records_in.get() < records && !stopped() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let next_commit = || {
+        let commits = metrics.commits.get();
+        while metrics.commits.get() == commits && !stopped() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    next_commit();
+    // With a repartition topic, the second sub-topology is done once it has
+    // read (and committed) everything the first wrote; after the commit above
+    // the first writes nothing more.
+    if metrics.repartition_out.get() > 0 {
+        while metrics.repartition_in.get() < metrics.repartition_out.get() && !stopped() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        next_commit();
+    }
+    started
+}
+
+#[path = "throughput/joins.rs"]
+mod joins;

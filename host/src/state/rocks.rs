@@ -103,7 +103,11 @@ impl Store for RocksStore {
 
     fn keys_between(&self, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut keys = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
+        // The bound lets RocksDB stop at `to` instead of stepping over the
+        // deleted keys after the range to find the next live one.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_upper_bound(to.to_vec());
+        for item in self.db.iterator_opt(IteratorMode::From(from, Direction::Forward), options) {
             let (key, _) = item.map_err(|e| self.err(e))?;
             if &*key >= to {
                 break;

@@ -320,6 +320,8 @@ pub struct Task {
     store: Box<dyn Store>,
     /// Stores beside the aggregation's (a join's).
     side: Vec<side::SideStore>,
+    /// Where a join of streams' scans start.
+    cursors: stream_join::Cursors,
     /// Uncommitted accumulators by window-store key.
     dirty: HashMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values in `dirty`.
@@ -368,6 +370,7 @@ impl Task {
         .unwrap_or_else(|| Box::new(crate::state::MemoryStore::default()));
         Self {
             side: stores.map(side::SideStore::new).collect(),
+            cursors: stream_join::Cursors::default(),
             partition: id.partition,
             sub: id.sub,
             kind,
@@ -1034,6 +1037,7 @@ impl Task {
         for side in &mut self.side {
             side.rewind();
         }
+        self.cursors = stream_join::Cursors::default();
         self.schema = self.committed_schema;
         self.pending.clear();
         self.arena.clear();

@@ -97,6 +97,22 @@ fn split_timed(stored: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((side, key, &rest[4 + len..]))
 }
 
+/// Where the scans of a task's join of streams may start: below these, the
+/// store holds no unmatched record (by close) and no record (by time) — those
+/// went in this task's earlier runs. Reset by a rewind (the committed store may
+/// hold again what the forgotten runs deleted).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cursors {
+    outer: i64,
+    expiry: i64,
+}
+
+impl Default for Cursors {
+    fn default() -> Self {
+        Self { outer: i64::MIN, expiry: i64::MIN }
+    }
+}
+
 fn corrupt() -> TaskError {
     TaskError::Frame("corrupt key in a stream join's store".into())
 }
@@ -148,9 +164,12 @@ impl Task {
             fanned = if last_source == Some(source) { fanned + 1 } else { 0 };
             last_source = Some(source);
             let seq = (pending[source].offset as u64) << 10 | (fanned & 0x3ff);
-            // The unmatched whose windows closed go first.
+            // The unmatched whose windows closed go first. (Below the cursor
+            // they are gone: each is kept with a close not behind stream time.)
             if keeps(LEFT) || keeps(RIGHT) {
-                for stored in self.side[0].keys_between(&time_bound(OUTER, i64::MIN), &time_bound(OUTER, now))? {
+                let from = time_bound(OUTER, self.cursors.outer);
+                self.cursors.outer = self.cursors.outer.max(now);
+                for stored in self.side[0].keys_between(&from, &time_bound(OUTER, now))? {
                     let (s, k, tail) = split_timed(&stored).ok_or_else(corrupt)?;
                     let at =
                         tail.get(..8).and_then(|t| t.try_into().ok()).map(from_order_preserving).ok_or_else(corrupt)?;
@@ -187,7 +206,9 @@ impl Task {
         if let Some(&now) = stream_times.last().filter(|st| **st > i64::MIN) {
             let retention = ms(w.before_ms).saturating_add(ms(w.after_ms)).saturating_add(grace);
             let expired = now.saturating_sub(retention);
-            for stored in self.side[0].keys_between(&time_bound(EXPIRY, i64::MIN), &time_bound(EXPIRY, expired))? {
+            let from = time_bound(EXPIRY, self.cursors.expiry);
+            self.cursors.expiry = self.cursors.expiry.max(expired);
+            for stored in self.side[0].keys_between(&from, &time_bound(EXPIRY, expired))? {
                 let time =
                     stored.get(1..9).and_then(|t| t.try_into().ok()).map(from_order_preserving).ok_or_else(corrupt)?;
                 let (s, k, tail) = split_timed(&stored).ok_or_else(corrupt)?;
