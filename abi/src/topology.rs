@@ -202,6 +202,26 @@ pub enum Op {
         /// The store holding both sides and the records still unmatched.
         store: StoreSpec,
     },
+    /// Reads the logical topic `topic` whole, on every host, as a table (a
+    /// global table): read only by [`Op::JoinGlobal`]s.
+    GlobalTable {
+        /// Logical topic name.
+        topic: String,
+        /// The store holding the rows.
+        store: StoreSpec,
+    },
+    /// The user's key selector of a join with a global table: each record
+    /// leaves with the key of the row it joins as its key, and its own key
+    /// beside it (in [`crate::calls::Rec::old`]), towards the join.
+    GlobalKey,
+    /// Joins each record (from a [`Op::GlobalKey`], input 0) with the row of
+    /// its selected key in a global table (input 1): the host looks it up and
+    /// hands the record on under its own key with the row beside it, to the
+    /// [`Op::Joiner`] reading it. An inner join drops a record without a row.
+    JoinGlobal {
+        /// Whether records without a row are kept (a left join).
+        left: bool,
+    },
 }
 
 /// The window of a join of two streams.
@@ -397,6 +417,10 @@ pub enum Flow {
     /// Stream records with the table row a join found for them, on their way
     /// to a joiner.
     Joined,
+    /// A global table (only joins read it).
+    Global,
+    /// Stream records under the key of the global table row they join.
+    Selected,
 }
 
 impl fmt::Display for Flow {
@@ -407,6 +431,8 @@ impl fmt::Display for Flow {
             Flow::WindowedTable => "a windowed table",
             Flow::Changes => "re-grouped table updates",
             Flow::Joined => "joined records",
+            Flow::Global => "a global table",
+            Flow::Selected => "records keyed for a global table",
         })
     }
 }
@@ -445,6 +471,10 @@ impl Op {
             Op::JoinStreams { kind: JoinKind::Inner, .. } => "stream-stream join",
             Op::JoinStreams { kind: JoinKind::Left, .. } => "stream-stream left join",
             Op::JoinStreams { kind: JoinKind::Outer, .. } => "stream-stream outer join",
+            Op::GlobalTable { .. } => "global table",
+            Op::GlobalKey => "global key",
+            Op::JoinGlobal { left: false } => "stream-global join",
+            Op::JoinGlobal { left: true } => "stream-global left join",
         }
     }
 
@@ -466,13 +496,14 @@ impl Op {
                 | Op::Encode
                 | Op::TableGroupBy
                 | Op::Joiner
+                | Op::GlobalKey
         )
     }
 
     /// Whether the operator may give records a new key (so grouping after it
     /// needs a repartition).
     pub fn changes_key(&self) -> bool {
-        matches!(self, Op::Map | Op::FlatMap | Op::SelectKey | Op::TableGroupBy)
+        matches!(self, Op::Map | Op::FlatMap | Op::SelectKey | Op::TableGroupBy | Op::GlobalKey)
     }
 
     /// The store the operator owns, if any.
@@ -481,7 +512,8 @@ impl Op {
             Op::Aggregate { store, .. }
             | Op::TableAggregate { store, .. }
             | Op::ToTable { store }
-            | Op::JoinStreams { store, .. } => Some(store),
+            | Op::JoinStreams { store, .. }
+            | Op::GlobalTable { store, .. } => Some(store),
             _ => None,
         }
     }
@@ -679,7 +711,7 @@ impl Topology {
                 }
             }
             match &node.op {
-                Op::Source { topic } | Op::Sink { topic } => {
+                Op::Source { topic } | Op::Sink { topic } | Op::GlobalTable { topic, .. } => {
                     check_name("a topic name", topic).map_err(|r| at(node, r))?;
                 }
                 Op::Split { branches, .. } => {
@@ -719,14 +751,18 @@ impl Topology {
             }
             let inputs = node.inputs.len();
             match &node.op {
-                Op::Source { .. } if inputs > 0 => return Err(at(node, "a source reads a topic, not other nodes")),
-                Op::Source { .. } => {}
+                Op::Source { .. } | Op::GlobalTable { .. } if inputs > 0 => {
+                    return Err(at(node, "a source reads a topic, not other nodes"));
+                }
+                Op::Source { .. } | Op::GlobalTable { .. } => {}
                 Op::Merge if inputs == 0 => return Err(at(node, "a merge needs inputs")),
                 Op::Merge => {}
-                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } if inputs != 2 => {
+                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } | Op::JoinGlobal { .. }
+                    if inputs != 2 =>
+                {
                     return Err(at(node, format!("a join reads two inputs; it has {inputs}")));
                 }
-                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } => {}
+                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } | Op::JoinGlobal { .. } => {}
                 _ if inputs == 0 => {
                     return Err(at(node, format!("no path reaches this {}: it has no input", node.op.kind())));
                 }
@@ -775,6 +811,22 @@ impl Topology {
             };
             let out = match &node.op {
                 Op::Source { .. } => Flow::Stream,
+                Op::GlobalTable { .. } => Flow::Global,
+                Op::GlobalKey => {
+                    needs(&[Flow::Stream])?;
+                    Flow::Selected
+                }
+                Op::JoinGlobal { .. } => {
+                    let (stream, table) = (input_flows.first().copied(), input_flows.get(1).copied());
+                    if stream != Some(Flow::Selected) || table != Some(Flow::Global) {
+                        return Err(at(
+                            node,
+                            "a join with a global table reads a global key selector (first) and a global table \
+                             (second)",
+                        ));
+                    }
+                    Flow::Joined
+                }
                 Op::Sink { .. } | Op::Encode => {
                     needs(&[Flow::Stream])?;
                     Flow::Stream
@@ -883,7 +935,14 @@ impl Topology {
             };
             flow[i as usize] = out;
             rekeyed[i as usize] = match &node.op {
-                Op::Source { .. } | Op::Repartition { .. } => false,
+                Op::Source { .. } | Op::Repartition { .. } | Op::GlobalTable { .. } => false,
+                // Records leave a join with a global table under their own key
+                // again: as they reached its key selector.
+                Op::JoinGlobal { .. } => node
+                    .inputs
+                    .first()
+                    .and_then(|e| self.nodes[e.node as usize].inputs.first())
+                    .is_some_and(|e| rekeyed[e.node as usize]),
                 op => input_rekeyed || op.changes_key(),
             };
         }
@@ -895,8 +954,10 @@ impl Topology {
     /// their first node.
     pub fn subtopologies(&self) -> Result<Vec<SubTopology>, TopologyError> {
         let order = self.topological_order()?;
-        // Connected over every edge except those out of a repartition.
-        let mut parent = self.components(|from, _| !matches!(self.nodes[from].op, Op::Repartition { .. }));
+        // Connected over every edge except those out of a repartition or a
+        // global table (which every task reads whole).
+        let mut parent =
+            self.components(|from, _| !matches!(self.nodes[from].op, Op::Repartition { .. } | Op::GlobalTable { .. }));
         let mut parts: Vec<(usize, SubTopology)> = Vec::new();
         for &i in &order {
             let r = root(&mut parent, i as usize);

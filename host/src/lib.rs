@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod faults;
 pub mod generator;
+pub mod global;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

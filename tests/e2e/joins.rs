@@ -19,6 +19,9 @@
 //! Stream–stream: `search-clicks` joins each search with the clicks within
 //! five seconds after it, records out of order within the grace: every
 //! meeting once, every search no click followed once its window closed.
+//!
+//! Stream–global table: `order-pricing` prices orders (three partitions)
+//! from a price topic of one partition that every host reads whole first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -774,5 +777,125 @@ fn tables_that_are_not_co_partitioned_are_refused_at_start() -> Result<()> {
     assert!(!status.success(), "{status}\n{text}");
     assert!(text.contains(stock.as_str()) && text.contains(&format!("read with {products} (3 partitions)")), "{text}");
     assert!(text.contains("it has 2 partitions") && text.contains("co-partitioned"), "{text}");
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+struct Priced {
+    product: String,
+    qty: u64,
+    cents: Option<u64>,
+    total: Option<u64>,
+}
+
+/// Orders of `products` products (some never priced, some with no product),
+/// keyed by order id.
+fn orders(seed: u64, count: usize, products: usize, first: usize) -> Vec<RawRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let product = if i % 71 == 9 { String::new() } else { format!("p{}", rng.random_range(0..products)) };
+            let value = format!(r#"{{"product":"{product}","qty":{}}}"#, rng.random_range(1..10));
+            (Some(format!("o{}", first + i).into_bytes()), Some(value.into_bytes()), START + i as i64)
+        })
+        .collect()
+}
+
+/// A global table of prices on a topic of one partition, orders on three:
+/// every host reads the whole price topic before it processes an order, so
+/// each order is priced from the prices written before the host started —
+/// through a SIGKILL and a restart on an empty state directory (which reads
+/// the prices again), and with prices changed while no host ran.
+#[test]
+fn orders_are_priced_from_a_global_table_through_a_sigkill_and_an_empty_state_dir() -> Result<()> {
+    let app = unique("pricing");
+    let (prices, orders_topic, out) = (format!("{app}-prices"), format!("{app}-orders"), format!("{app}-priced"));
+    let dead = format!("{app}-dead");
+    create_topic(&prices, 1)?;
+    create_topic(&orders_topic, 3)?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let topics = [("prices", prices.as_str()), ("orders", orders_topic.as_str()), ("priced-orders", out.as_str())];
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args("order-pricing", &app, &topics, &dir.path().join(state))?;
+        args.extend(strings(&["--dead-letter-topic", &dead]));
+        Ok(args)
+    };
+    // Products p0..p39 priced (p40..p49 never), some priced twice, p7 deleted.
+    let price = |p: usize, cents: u64| {
+        (Some(format!("p{p}").into_bytes()), Some(format!(r#"{{"cents":{cents}}}"#).into_bytes()), START)
+    };
+    let mut first_prices: Vec<RawRecord> = (0..40).map(|p| price(p, 100 + p as u64)).collect();
+    first_prices.extend((0..10).map(|p| price(p, 1_000 + p as u64)));
+    first_prices.push((Some(b"p7".to_vec()), None, START));
+    produce(&prices, &first_prices)?;
+    let first_orders = orders(1, 6_000, 50, 0);
+    produce(&orders_topic, &first_orders)?;
+    let mut first = spawn_weir(&args("a")?, &log)?;
+    await_committed_at_least(&app, &orders_topic, 3, first_orders.len() as i64 / 2, &mut first)?;
+    first.kill()?;
+    // While no host runs: p1 and p40 get (new) prices; more orders come.
+    produce(&prices, &[price(1, 5_000), price(40, 4_000)])?;
+    let more_orders = orders(2, 3_000, 50, first_orders.len());
+    produce(&orders_topic, &more_orders)?;
+    let mut second = spawn_weir(&args("b")?, &log)?;
+    await_caught_up(&app, &orders_topic, &mut second, Duration::from_secs(180))?;
+    terminate(&mut second)?;
+
+    // The prices each order may have seen: an order of the first part the old
+    // ones (if the first host committed it) or the new; every later order the
+    // new ones.
+    let table = |changes: &[RawRecord]| -> HashMap<String, u64> {
+        let mut t = HashMap::new();
+        for (k, v, _) in changes {
+            let k = String::from_utf8(k.clone().unwrap_or_default()).unwrap_or_default();
+            match v {
+                Some(v) => t.insert(
+                    k,
+                    serde_json::from_slice::<serde_json::Value>(v).ok().and_then(|j| j["cents"].as_u64()).unwrap_or(0),
+                ),
+                None => t.remove(&k),
+            };
+        }
+        t
+    };
+    let before = table(&first_prices);
+    let after = table(&[first_prices.clone(), vec![price(1, 5_000), price(40, 4_000)]].concat());
+    let mut got: BTreeMap<String, Priced> = BTreeMap::new();
+    for r in read_all(&out)? {
+        let key = String::from_utf8(r.key.clone().unwrap_or_default())?;
+        let p: Priced = serde_json::from_slice(r.value.as_deref().unwrap_or_default())?;
+        assert!(got.insert(key.clone(), p).is_none(), "order {key} priced twice");
+    }
+    let mut unpriced = 0;
+    for (i, (k, v, _)) in first_orders.iter().chain(&more_orders).enumerate() {
+        let key = String::from_utf8(k.clone().unwrap_or_default())?;
+        let order: serde_json::Value = serde_json::from_slice(v.as_deref().unwrap_or_default())?;
+        let product = order["product"].as_str().unwrap_or_default().to_owned();
+        if product.is_empty() {
+            assert!(!got.contains_key(&key), "order {key} names no product: dead-lettered");
+            continue;
+        }
+        let p = got.get(&key).with_context(|| format!("order {key} not priced"))?;
+        let qty = order["qty"].as_u64().unwrap_or(0);
+        // An order the first host committed saw its prices; the others the new ones.
+        let (old, new) = (before.get(&product).copied(), after.get(&product).copied());
+        let want = if i < first_orders.len() && old != new { [old, new] } else { [new, new] };
+        assert!(want.contains(&p.cents), "order {key} of {product}: {p:?}, want one of {want:?}");
+        if i >= first_orders.len() {
+            assert_eq!(p.cents, new, "order {key} came after the restart: the new prices");
+        }
+        assert_eq!(p.total, p.cents.map(|c| c * qty));
+        unpriced += usize::from(p.cents.is_none());
+    }
+    assert!(unpriced > 100, "products without a price (p7 deleted, p41.. never) leave orders unpriced");
+    let dead_letters = read_all(&dead)?;
+    assert!(
+        !dead_letters.is_empty()
+            && dead_letters.iter().all(|l| l.headers.get("weir.node").map(String::as_str) == Some("product_of")),
+        "orders naming no product are dead-lettered by the selector"
+    );
+    let text = std::fs::read_to_string(&log)?;
+    assert!(text.matches("global tables loaded").count() >= 2, "each host reads the prices first:\n{text}");
     Ok(())
 }

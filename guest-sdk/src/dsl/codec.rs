@@ -279,6 +279,22 @@ impl ValueCodec {
         }
     }
 
+    /// Records keyed for a global table: `(K, V)`, their own key and value;
+    /// written as the value with the own key beside it (where a table update's
+    /// old row goes). Only the host reads them.
+    pub fn with_own_key<K: Data, V: Data>() -> Self {
+        Self {
+            decode: Box::new(|_, _| Err("internal: records keyed for a global table are never read".to_owned())),
+            encode: Box::new(|pair| {
+                let (key, value) = cast::<(K, V)>(pair)?;
+                Ok((encode_text_or_json(value)?, encode_text_or_json(key)?))
+            }),
+            clone: Box::new(|pair| Ok(Box::new(cast::<(K, V)>(pair)?.clone()) as Obj)),
+            deletes: false,
+            stored: false,
+        }
+    }
+
     /// Whether values are in the stored encoding.
     pub fn is_stored(&self) -> bool {
         self.stored

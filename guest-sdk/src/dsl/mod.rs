@@ -64,6 +64,7 @@ pub(crate) use codec::{Codec, Item, KeyCodec, Obj, Rows, ValueCodec, cast, cast_
 pub(crate) use grouped::{FoldOf, no_merge, no_subtract};
 pub use grouped::{KGroupedStream, SessionWindowedStream, WindowedStream};
 pub use stream::{KStream, Split};
+
 pub use table::{KGroupedTable, KTable};
 
 /// A guest operator: takes a record and pushes `(port, record)` outputs; an
@@ -388,6 +389,25 @@ impl StreamsBuilder {
         rows.to_table(&format!("{topic}-table"))
     }
 
+    /// The topic `topic` read whole, on every host, as a table (Kafka Streams'
+    /// `GlobalKTable`): a stream joins it with a key it computes from each
+    /// record ([`KStream::join_global`]). Its store is named `<topic>-global`.
+    /// Rows are the values as read; a null value deletes.
+    pub fn global_table<K: crate::Data, V: crate::Data>(&self, topic: &str) -> GlobalKTable<K, V> {
+        let output = Codec::new(Rc::new(codec::KeyCodec::plain::<K>()), codec::ValueCodec::text_rows::<V>());
+        let mut g = self.g.borrow_mut();
+        let node = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![],
+            op: Op::GlobalTable { topic: topic.to_owned(), store: store_spec() },
+            output: Some(output),
+            run: Run::Host,
+        });
+        g.rename(node, &format!("{topic}-global"));
+        drop(g);
+        GlobalKTable { node, _t: std::marker::PhantomData }
+    }
+
     fn source<K: crate::Data, V: crate::Data>(&self, topic: &str, value: codec::ValueCodec) -> KStream<K, V> {
         let key = Rc::new(codec::KeyCodec::plain::<K>());
         let output = Codec::new(key, value);
@@ -420,7 +440,8 @@ impl StreamsBuilder {
             if let Op::Aggregate { store, .. }
             | Op::TableAggregate { store, .. }
             | Op::ToTable { store }
-            | Op::JoinStreams { store, .. } = &mut op
+            | Op::JoinStreams { store, .. }
+            | Op::GlobalTable { store, .. } = &mut op
             {
                 store.name = name.clone();
             }
@@ -531,6 +552,13 @@ impl SessionWindows {
     pub fn spec(&self) -> WindowSpec {
         self.spec
     }
+}
+
+/// A topic read whole by every task, for joins by a key computed from the
+/// stream: see [`StreamsBuilder::global_table`].
+pub struct GlobalKTable<K, V> {
+    pub(crate) node: u32,
+    _t: std::marker::PhantomData<fn() -> (K, V)>,
 }
 
 /// The window of a join of two streams, for [`KStream::join_windowed`]: a

@@ -337,18 +337,37 @@ impl<K: Data, V: Data> KStream<K, V> {
         name: Option<String>,
         joiner: impl Fn(&K, &V, Option<&R>) -> Option<V2> + 'static,
     ) -> KStream<K, V2> {
-        let mut g = self.g.borrow_mut();
         let mut input = self.from;
         if self.rekeyed {
+            let mut g = self.g.borrow_mut();
             let node = g.next_index() + 1;
             let r = g.add_repartition(input, self.codec.clone(), node);
             input = Edge { node: r, port: 0 };
         }
-        let pairs = Codec::new(self.codec.key.clone(), ValueCodec::joined::<V, R>(table.rows));
+        let rows = Edge { node: table.node, port: 0 };
+        self.join_node_from(input, rows, Op::JoinTable { left }, table.rows, name, joiner)
+    }
+
+    /// A host join node `op` reading `input` and `rows`, and the joiner after
+    /// it: records leave the join with the row beside them, in `rows_form`.
+    fn join_node_from<R: Data, V2: Data>(
+        &self,
+        input: Edge,
+        rows: Edge,
+        op: Op,
+        rows_form: Rows,
+        name: Option<String>,
+        joiner: impl Fn(&K, &V, Option<&R>) -> Option<V2> + 'static,
+    ) -> KStream<K, V2> {
+        // A stream–table join reads a repartitioned stream if keys changed; a
+        // join with a global table keeps the stream's partitioning.
+        let rekeyed = matches!(op, Op::JoinGlobal { .. }) && self.rekeyed;
+        let mut g = self.g.borrow_mut();
+        let pairs = Codec::new(self.codec.key.clone(), ValueCodec::joined::<V, R>(rows_form));
         let join = g.add(NewNode {
             fn_name: name.as_ref().map(|n| format!("{n}-join")),
-            inputs: vec![input, Edge { node: table.node, port: 0 }],
-            op: Op::JoinTable { left },
+            inputs: vec![input, rows],
+            op,
             output: Some(pairs),
             run: Run::Host,
         });
@@ -369,7 +388,80 @@ impl<K: Data, V: Data> KStream<K, V> {
             run: Run::Step(step),
         });
         drop(g);
-        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
+        KStream::new(self.g.clone(), Edge { node, port: 0 }, output, rekeyed)
+    }
+
+    /// Joins each record with the row of `global` whose key `selector` computes
+    /// from it (an `Err` dead-letters the record, naming the selector):
+    /// `joiner(value, row)`, under the record's own key. A record whose
+    /// selected key has no row is dropped. The global table is read whole on
+    /// every host, so the stream need not be partitioned like its topic; rows
+    /// are as read so far (not synchronised with the stream's event time).
+    pub fn join_global<KG: Data, VG: Data, V2: Data, S, F>(
+        &self,
+        global: &super::GlobalKTable<KG, VG>,
+        selector: S,
+        joiner: F,
+    ) -> KStream<K, V2>
+    where
+        S: Fn(&K, &V) -> Result<KG, String> + 'static,
+        F: Fn(&V, &VG) -> V2 + 'static,
+    {
+        self.global_join(global, false, selector, fn_name::<F>(), move |_, v, r| r.map(|r| joiner(v, r)))
+    }
+
+    /// Like [`KStream::join_global`], but a record whose selected key has no
+    /// row is joined with `None` rather than dropped.
+    pub fn left_join_global<KG: Data, VG: Data, V2: Data, S, F>(
+        &self,
+        global: &super::GlobalKTable<KG, VG>,
+        selector: S,
+        joiner: F,
+    ) -> KStream<K, V2>
+    where
+        S: Fn(&K, &V) -> Result<KG, String> + 'static,
+        F: Fn(&V, Option<&VG>) -> V2 + 'static,
+    {
+        self.global_join(global, true, selector, fn_name::<F>(), move |_, v, r| Some(joiner(v, r)))
+    }
+
+    fn global_join<KG: Data, VG: Data, V2: Data, S>(
+        &self,
+        global: &super::GlobalKTable<KG, VG>,
+        left: bool,
+        selector: S,
+        name: Option<String>,
+        joiner: impl Fn(&K, &V, Option<&VG>) -> Option<V2> + 'static,
+    ) -> KStream<K, V2>
+    where
+        S: Fn(&K, &V) -> Result<KG, String> + 'static,
+    {
+        let select: Step = Box::new(move |item, out| {
+            let Some(value) = item.value else { return Ok(()) };
+            let (key, value) = (super::take::<K>(item.key)?, take::<V>(value)?);
+            let selected = selector(&key, &value)?;
+            let pair = Box::new((key, value)) as super::Obj;
+            out.push((0, Item { key: Box::new(selected), value: Some(pair), timestamp: item.timestamp }));
+            Ok(())
+        });
+        let selected = Codec::new(Rc::new(KeyCodec::plain::<KG>()), ValueCodec::with_own_key::<K, V>());
+        let mut g = self.g.borrow_mut();
+        let selector_node = g.add(NewNode {
+            fn_name: fn_name::<S>(),
+            inputs: vec![self.from],
+            op: Op::GlobalKey,
+            output: Some(selected),
+            run: Run::Step(select),
+        });
+        drop(g);
+        self.join_node_from(
+            Edge { node: selector_node, port: 0 },
+            Edge { node: global.node, port: 0 },
+            Op::JoinGlobal { left },
+            Rows::Text,
+            name,
+            joiner,
+        )
     }
 
     /// Joins this stream with `other` within `windows`: for each record of

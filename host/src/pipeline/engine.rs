@@ -28,6 +28,7 @@ use super::swap::{ControlCommand, SwapError, SwapEvent, Versions};
 use super::{CRASH_ENV, PipelineError};
 use crate::config::{EmitMode, RunConfig};
 use crate::faults;
+use crate::global::Globals;
 use crate::kafka::KafkaIoError;
 use crate::kafka::queries::{Queries, Question, Resume};
 use crate::kafka::restore::Restorer;
@@ -63,6 +64,8 @@ pub struct Topics {
     pub inputs: Vec<Vec<String>>,
     /// Per sub-topology: its stores' changelogs, in the order of its stores.
     pub changelogs: Vec<Vec<String>>,
+    /// The global tables' topics, in the order of the shape's global tables.
+    pub globals: Vec<String>,
     /// Dead letters.
     pub dead_letter: String,
 }
@@ -94,6 +97,7 @@ impl Topics {
                 .iter()
                 .map(|sub| sub.stores().iter().map(|s| cfg.changelog_topic(&s.name)).collect())
                 .collect(),
+            globals: shape.globals.iter().map(|g| cfg.topic(&g.topic, None)).collect(),
             sources,
             repartitions,
             inputs,
@@ -158,6 +162,8 @@ pub(super) struct Engine {
     outbox: Outbox,
     restorer: Restorer,
     queries: Queries,
+    /// The global tables, kept up to date between polls.
+    pub(super) globals: Globals,
     epoch: u64,
     rocks: Option<RocksOptions>,
     /// Set once the pipeline failed: nothing is committed any more.
@@ -185,6 +191,7 @@ pub(super) struct Parts {
     pub(super) restorer: Restorer,
     pub(super) queries: Queries,
     pub(super) rocks: Option<RocksOptions>,
+    pub(super) globals: Globals,
 }
 
 impl Engine {
@@ -202,6 +209,7 @@ impl Engine {
             outbox: Outbox::default(),
             restorer: parts.restorer,
             queries: parts.queries,
+            globals: parts.globals,
             epoch: 0,
             rocks: parts.rocks,
             failed: false,
@@ -305,6 +313,7 @@ impl Engine {
                 metrics: &self.metrics,
                 input_topics: topics,
                 policy: policies[id.sub],
+                globals: &self.globals,
             };
             task.process_pending(&mut env, caught_up.as_deref())?;
         }
@@ -377,6 +386,7 @@ impl Engine {
                 metrics: &self.metrics,
                 input_topics: &self.topics.inputs[id.sub],
                 policy: policies[id.sub],
+                globals: &self.globals,
             };
             prepared.push((*id, task.prepare_commit(&mut env)?));
             for (input, topic) in self.topics.inputs[id.sub].iter().enumerate() {

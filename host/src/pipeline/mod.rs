@@ -35,6 +35,7 @@ pub use swap::{Control, SwapError, SwapEvent, SwapStatus};
 use swap::{ControlCommand, Versions};
 
 use crate::config::{Guarantee, RunConfig, StateBackend};
+use crate::global::Globals;
 use crate::kafka::admin::{TopicSpec, ensure_topics, partition_count};
 use crate::kafka::health::Health;
 use crate::kafka::queries::Queries;
@@ -44,7 +45,7 @@ use crate::kafka::source::{self, SourceContext};
 use crate::kafka::{KafkaIoError, base_config};
 use crate::metrics::Metrics;
 use crate::runtime::{GuestError, LoadError, Plugin, Runtime};
-use crate::state::RocksOptions;
+use crate::state::{RocksOptions, RocksStore};
 use crate::task::TaskError;
 use crate::topology::Input;
 
@@ -80,6 +81,15 @@ pub enum PipelineError {
     /// Another thread panicked while holding the pipeline.
     #[error("pipeline state poisoned by an earlier panic")]
     Poisoned,
+}
+
+impl From<crate::global::GlobalError> for PipelineError {
+    fn from(e: crate::global::GlobalError) -> Self {
+        match e {
+            crate::global::GlobalError::Kafka(e) => PipelineError::Kafka(e),
+            crate::global::GlobalError::Store(e) => PipelineError::Task(TaskError::Store(e)),
+        }
+    }
 }
 
 impl PipelineError {
@@ -355,6 +365,20 @@ impl Pipeline {
         let consumer_config = source::consumer_config(&base, &cfg.application_id, &self.member);
         let rocks = (cfg.state.backend == StateBackend::Rocksdb)
             .then(|| RocksOptions::new(cfg.state.cache_mb << 20, cfg.state.write_buffer_mb << 20));
+        // Global tables are read whole before any task runs.
+        let mut global_stores: Vec<(String, Box<dyn crate::state::Store>)> = Vec::new();
+        for (global, topic) in shape.globals.iter().zip(&topics.globals) {
+            let store: Box<dyn crate::state::Store> = match &rocks {
+                Some(options) => {
+                    let dir = cfg.state.dir.join(&cfg.application_id).join(&global.store.name);
+                    Box::new(RocksStore::open(&dir, options).map_err(TaskError::from)?)
+                }
+                None => Box::new(crate::state::MemoryStore::default()),
+            };
+            global_stores.push((topic.clone(), store));
+        }
+        let mut globals = Globals::new(&base, exactly_once, self.health.clone(), global_stores)?;
+        globals.bootstrap(SETUP_TIMEOUT)?;
         self.health.setting_up(None);
         let Some((versions, control)) = self.versions.take() else { return Err(PipelineError::Poisoned) };
         let engine = Arc::new(Mutex::new(Engine::new(Parts {
@@ -367,6 +391,7 @@ impl Pipeline {
             restorer,
             queries,
             rocks,
+            globals,
         })));
         let result = self.drive(&engine, &consumer_config, stop);
         // Whatever happened, the versions (and the swap history) live on. A
@@ -499,6 +524,9 @@ impl Pipeline {
                 let mut engine = Self::engine(engine)?;
                 if let Some(e) = engine.fatal.take() {
                     return Err(engine.fail(e));
+                }
+                if let Err(e) = engine.globals.poll(Duration::ZERO) {
+                    return Err(engine.fail(e.into()));
                 }
                 let budget = if engine.is_restoring() { Duration::from_millis(20) } else { Duration::ZERO };
                 if let Err(e) = engine.drive_restores(consumer, budget) {

@@ -232,6 +232,7 @@ impl PluginInfo {
             repartitions: Vec::new(),
             exits: Default::default(),
             subs: Vec::new(),
+            globals: Vec::new(),
         };
         Self {
             name: String::new(),

@@ -26,7 +26,7 @@ use weir_abi::topology::Edge;
 use super::stateless::{Target, derive};
 use super::{Env, Made, Pending, TABLE_ROW, Task, TaskError, input_of};
 use crate::state::window_key;
-use crate::topology::{Stage, TableJoin};
+use crate::topology::{GlobalJoin, Stage, TableJoin};
 
 impl Task {
     /// Replaces (or deletes) the rows of the records of `pending` that reach the
@@ -175,5 +175,30 @@ impl Task {
             }
         }
         self.hand_on(env, pending, made, &stream_times, node)
+    }
+
+    /// Joins the records of `pending` that reach `join` with the rows of their
+    /// selected keys in its global table, and runs them on from the join's
+    /// output under their own keys.
+    pub(super) fn process_global_join(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        join: GlobalJoin,
+    ) -> Result<(), TaskError> {
+        let (reached, _, stream_times) = self.split_off_with_old(env, pending, join.node)?;
+        let mut joined = Vec::with_capacity(reached.len());
+        for (source, selected, value, own_key) in reached {
+            let row = match &selected {
+                Some(k) => env.globals.get(join.table, k)?,
+                None => None,
+            };
+            if row.is_some() || join.left {
+                joined.push((source, own_key, value, row, None));
+            } else {
+                env.metrics.join_misses.inc();
+            }
+        }
+        self.hand_on(env, pending, joined, &stream_times, join.node)
     }
 }

@@ -19,6 +19,7 @@ use weir_sdk::dsl::{StreamsBuilder, Topology as Built};
 
 use super::planned_tests::{Native, native_env};
 use super::*;
+use crate::config::{EmitMode, FailurePolicy};
 use crate::state::{MemoryStore, Store};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -632,5 +633,89 @@ fn records_meet_at_both_ends_of_the_window_whichever_comes_first() {
             want.sort();
             assert_eq!(got, want, "{kind:?}, reading {order:?} first");
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    product: String,
+    qty: u32,
+}
+
+fn product_of(_: &String, o: &Order) -> Result<String, String> {
+    if o.product.is_empty() { Err("an order without a product".to_owned()) } else { Ok(o.product.clone()) }
+}
+
+fn priced(o: &Order, price: Option<&u64>) -> String {
+    format!("{}x{}@{}", o.qty, o.product, price.map_or("-".to_owned(), u64::to_string))
+}
+
+fn priced_inner(o: &Order, price: &u64) -> String {
+    priced(o, Some(price))
+}
+
+/// `orders ⋈ products (global, by the order's product)` to `priced`.
+fn orders_products(left: bool) -> Built {
+    let b = StreamsBuilder::new();
+    let products = b.global_table::<String, u64>("products");
+    let orders = b.stream::<String, Order>("orders");
+    let priced_orders = if left {
+        orders.left_join_global(&products, product_of, priced)
+    } else {
+        orders.join_global(&products, product_of, priced_inner)
+    };
+    priced_orders.to("priced");
+    b.build().unwrap()
+}
+
+#[test]
+fn orders_join_a_global_table_by_a_key_they_select() {
+    for left in [false, true] {
+        let built = orders_products(left);
+        let info = PluginInfo::of("orders".into(), "1".into(), built.describe().clone()).unwrap();
+        assert_eq!((info.shape.subs.len(), info.shape.globals.len()), (1, 1), "{:?}", info.shape);
+        assert_eq!(info.shape.subs[0].inputs.len(), 1, "the global table is no input of a task");
+        assert_eq!(info.shape.subs[0].global_joins.len(), 1);
+        let health = crate::kafka::health::Health::new("test", Default::default());
+        let mut globals =
+            crate::global::Globals::of_stores(health, vec![("products".into(), Box::new(MemoryStore::default()))]);
+        globals.apply(0, b"p1", Some(b"150")).unwrap();
+        globals.apply(0, b"p2", Some(b"99")).unwrap();
+        let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+        let mut task = Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![], &[None], None, 1);
+        let mut guest = Native(built);
+        let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+        let topics = ["orders".to_owned()];
+        let orders: [&[u8]; 4] = [
+            br#"{"product":"p1","qty":2}"#,
+            br#"{"product":"p3","qty":1}"#,
+            br#"{"product":"","qty":5}"#,
+            br#"{"product":"p2","qty":7}"#,
+        ];
+        for (i, order) in orders.iter().enumerate() {
+            assert!(task.accept(0, i as i64, Some(format!("o{i}").as_bytes()), Some(order), Some(i as i64)));
+        }
+        let policy =
+            Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
+        let mut env = Env {
+            info: &info,
+            guest: &mut guest,
+            outbox: &mut outbox,
+            metrics: &metrics,
+            input_topics: &topics,
+            policy,
+            globals: &globals,
+        };
+        task.process_pending(&mut env, None).unwrap();
+        let mut ran = Ran::default();
+        ran.take(env.outbox);
+        let mut want = vec![("o0".to_owned(), Some("2xp1@150".to_owned()))];
+        if left {
+            want.push(("o1".to_owned(), Some("1xp3@-".to_owned())));
+        }
+        want.push(("o3".to_owned(), Some("7xp2@99".to_owned())));
+        assert_eq!(ran.enriched, want, "left: {left}; each order under its own key");
+        assert_eq!(ran.dead, [("product_of".to_owned(), "orders".to_owned())], "the selector refused an order");
+        assert_eq!(metrics.join_misses.get(), u64::from(!left));
     }
 }

@@ -144,6 +144,8 @@ pub struct Env<'a> {
     pub input_topics: &'a [String],
     /// How failures are treated.
     pub policy: Policy,
+    /// The pipeline's global tables.
+    pub globals: &'a crate::global::Globals,
 }
 
 impl Env<'_> {
@@ -168,6 +170,10 @@ struct Span {
 /// record: (its index, key, value, row or other side, timestamp if not the
 /// input's).
 type Made = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>);
+
+/// A record that reached a host node from guest operators: (its input
+/// record's index, key, value, what it carries beside the value).
+type Made4 = (usize, Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -676,8 +682,10 @@ impl Task {
         let mut result = Ok(());
         for run in pending.chunk_by(|a, b| a.input == b.input) {
             let join = sub.and_then(|s| s.join_of(input_of(run))).copied();
+            let global = sub.and_then(|s| s.global_join_of(input_of(run))).copied();
             result = match self.kind {
                 _ if let Some(join) = join => self.process_join(env, run, join),
+                _ if let Some(join) = global => self.process_global_join(env, run, join),
                 Kind::JoinTables => self.process_tables_join(env, run),
                 Kind::JoinStreams => self.process_streams_join(env, run),
                 Kind::Latest => self.process_latest(env, run),

@@ -25,7 +25,12 @@ pub(super) fn native_env<'a>(
 ) -> Env<'a> {
     let policy =
         Policy { retries: 0, probation: false, on_failure: FailurePolicy::DeadLetter, emit: EmitMode::Updates };
-    Env { info, guest, outbox, metrics, input_topics: inputs, policy }
+    Env { info, guest, outbox, metrics, input_topics: inputs, policy, globals: no_globals() }
+}
+
+/// No global tables (leaked: a test's environment borrows them).
+pub(super) fn no_globals() -> &'static crate::global::Globals {
+    Box::leak(Box::new(crate::global::Globals::none(crate::kafka::health::Health::new("test", Default::default()))))
 }
 
 impl Guest for Native {

@@ -52,6 +52,9 @@ pub(super) type Reached = (usize, Option<Vec<u8>>, Option<Vec<u8>>);
 /// which inputs were dead-lettered, and the stream time after each input.
 pub(super) type SplitOff = (Vec<Reached>, Vec<bool>, Vec<i64>);
 
+/// [`SplitOff`] with what each record carries beside its value.
+pub(super) type SplitOffWithOld = (Vec<super::Made4>, Vec<bool>, Vec<i64>);
+
 /// What one chunk gave: records that left, and refusals.
 struct Answer {
     emitted: Vec<Emitted>,
@@ -112,7 +115,7 @@ impl Task {
 
     /// Runs `pending` through every guest operator reading the sub-topology's
     /// input, writing what reaches sinks and repartition topics. Returns what
-    /// reaches aggregation `agg` — every input record if `agg` reads the input
+    /// reaches host node `agg` — every input record if `agg` reads the input
     /// itself —, which inputs were dead-lettered, and the stream time after each
     /// input (every record read moves it, except one dead-lettered).
     pub(super) fn split_off(
@@ -121,6 +124,18 @@ impl Task {
         pending: &[Pending],
         agg: u32,
     ) -> Result<SplitOff, TaskError> {
+        let (reached, excluded, stream_times) = self.split_off_with_old(env, pending, agg)?;
+        Ok((reached.into_iter().map(|(source, key, value, _)| (source, key, value)).collect(), excluded, stream_times))
+    }
+
+    /// [`Task::split_off`], each record reaching `agg` with what it carries
+    /// beside its value (the key a global key selector kept).
+    pub(super) fn split_off_with_old(
+        &mut self,
+        env: &mut Env<'_>,
+        pending: &[Pending],
+        agg: u32,
+    ) -> Result<SplitOffWithOld, TaskError> {
         let from = self.entry(env, input_of(pending))?;
         let nodes = &env.info.topology.nodes;
         let guests_read = env.info.topology.consumers(from.node).any(|(c, _)| nodes[c as usize].op.is_guest());
@@ -131,7 +146,7 @@ impl Task {
         self.write_direct(env, pending, from)?;
         self.write_exits(env, pending, &emitted)?;
         let reads_input = env.info.topology.nodes.get(agg as usize).is_some_and(|n| n.inputs.contains(&from));
-        let reached: Vec<Reached> = if reads_input {
+        let reached: Vec<super::Made4> = if reads_input {
             pending
                 .iter()
                 .enumerate()
@@ -140,13 +155,14 @@ impl Task {
                         i,
                         span_bytes(&self.arena, p.key).map(<[u8]>::to_vec),
                         span_bytes(&self.arena, p.value).map(<[u8]>::to_vec),
+                        None,
                     )
                 })
                 .collect()
         } else {
             let into_agg =
                 |e: &Emitted| env.info.topology.consumers(e.node).any(|(c, port)| c == agg && port == e.port);
-            emitted.into_iter().filter(|e| into_agg(e)).map(|e| (e.source, e.key, e.value)).collect()
+            emitted.into_iter().filter(|e| into_agg(e)).map(|e| (e.source, e.key, e.value, e.old)).collect()
         };
         let stream_times = self.stream_times(pending, &excluded);
         Ok((reached, excluded, stream_times))

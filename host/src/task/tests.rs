@@ -226,6 +226,7 @@ impl Run {
             metrics: &self.metrics,
             input_topics: &*INPUTS,
             policy: self.policy,
+            globals: super::planned_tests::no_globals(),
         }
     }
 

@@ -33,9 +33,12 @@
 //! A **stream–table join** reads another input of the sub-topology whose table
 //! (a `to_table` or a non-windowed aggregate) it looks rows up in: the records
 //! of that input (through the operators before the join, in a call of their
-//! own) leave the join with their row beside them towards the joiner. Joins of
-//! two tables, of two streams and with global tables come later; they are
-//! refused with the node named.
+//! own) leave the join with their row beside them towards the joiner. A
+//! sub-topology may instead hold one join of two tables or of two streams, each
+//! side fed by an input of its own; and any input may be joined with global
+//! tables (read whole by every task, so no part of any sub-topology), by a key
+//! a guest selector computes. Foreign-key joins come later; what this host
+//! cannot run is refused with the node named.
 
 pub mod describe;
 
@@ -141,6 +144,32 @@ impl Aggregation {
     }
 }
 
+/// A global table: a topic every task of every host reads whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// The global table node.
+    pub node: u32,
+    /// Its logical topic.
+    pub topic: String,
+    /// Its store.
+    pub store: StoreSpec,
+}
+
+/// A join with a global table in a sub-topology: the records of one input,
+/// through the operators before the join (the last a key selector), look the
+/// selected key's row up in the global table and go on under their own key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalJoin {
+    /// The join node.
+    pub node: u32,
+    /// The sub-topology input whose records are joined.
+    pub input: usize,
+    /// Whether records without a row go on (a left join).
+    pub left: bool,
+    /// The global table, by index into [`Shape::globals`].
+    pub table: usize,
+}
+
 /// A stream–table join in a sub-topology: the records of one input (through
 /// the guest operators before the join, if any) look their key's row up in the
 /// sub-topology's table (its aggregation) and go on to the joiner with it.
@@ -240,6 +269,8 @@ pub struct Sub {
     pub stage: Stage,
     /// Stream–table joins against the aggregation's table.
     pub joins: Vec<TableJoin>,
+    /// Joins with global tables.
+    pub global_joins: Vec<GlobalJoin>,
 }
 
 impl Sub {
@@ -265,6 +296,11 @@ impl Sub {
     pub fn join_of(&self, input: usize) -> Option<&TableJoin> {
         self.joins.iter().find(|j| j.input == input)
     }
+
+    /// The join with a global table that reads `input`, if any.
+    pub fn global_join_of(&self, input: usize) -> Option<&GlobalJoin> {
+        self.global_joins.iter().find(|j| j.input == input)
+    }
 }
 
 /// The plan the host runs.
@@ -280,6 +316,8 @@ pub struct Shape {
     pub exits: BTreeMap<(u32, u32), Vec<Exit>>,
     /// The sub-topologies, in the order [`Topology::subtopologies`] gives.
     pub subs: Vec<Sub>,
+    /// The global tables, in node order.
+    pub globals: Vec<Global>,
 }
 
 impl Shape {
@@ -295,7 +333,7 @@ impl Shape {
 
     /// The store named `name`.
     pub fn store(&self, name: &str) -> Option<&StoreSpec> {
-        self.subs.iter().flat_map(Sub::stores).find(|s| s.name == name)
+        self.subs.iter().flat_map(Sub::stores).chain(self.globals.iter().map(|g| &g.store)).find(|s| s.name == name)
     }
 
     /// What keeps this version from taking over from `old` at a transaction
@@ -311,6 +349,14 @@ impl Shape {
         }
         if sinks != old_sinks {
             return Some(format!("it writes {sinks:?} where the running version writes {old_sinks:?}"));
+        }
+        let globals = |s: &Shape| s.globals.iter().map(|g| (g.topic.clone(), g.store.name.clone())).collect::<Vec<_>>();
+        if globals(self) != globals(old) {
+            return Some(format!(
+                "its global tables are {:?} where the running version's are {:?}",
+                globals(self),
+                globals(old)
+            ));
         }
         let names = |s: &Shape| s.repartitions.iter().map(|r| (r.name.clone(), r.partitions)).collect::<Vec<_>>();
         if names(self) != names(old) {
@@ -361,7 +407,10 @@ impl Shape {
         let subs = |s: &Shape| -> Vec<Place> {
             let inputs = |sub: &Sub| sub.inputs.iter().map(|i| i.input).collect();
             let stores = |sub: &Sub| sub.stores().iter().map(|s| s.name.clone()).collect();
-            let joins = |sub: &Sub| sub.joins.iter().map(|j| (j.input, j.left)).collect();
+            let joins = |sub: &Sub| {
+                let global = sub.global_joins.iter().map(|j| (j.input + (1 << 20) * (j.table + 1), j.left));
+                sub.joins.iter().map(|j| (j.input, j.left)).chain(global).collect()
+            };
             let kind = |sub: &Sub| match &sub.stage {
                 Stage::Join(j) => Some((j.kind, None)),
                 Stage::JoinStreams(j) => Some((j.kind, Some(j.window))),
@@ -443,11 +492,14 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
     t.validate()?;
     let segments = t.segments()?;
     let segment_of = |node: u32| segments.iter().find(|s| s.nodes.contains(&node));
-    let (mut sources, mut sinks, mut repartitions) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sources, mut sinks, mut repartitions, mut globals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let flows = t.flows()?;
     for (i, n) in t.nodes.iter().enumerate() {
         match &n.op {
             Op::Source { topic } => sources.push(Endpoint { node: i as u32, topic: topic.clone() }),
+            Op::GlobalTable { topic, store } => {
+                globals.push(Global { node: i as u32, topic: topic.clone(), store: store.clone() })
+            }
             Op::Sink { topic } => sinks.push(Endpoint { node: i as u32, topic: topic.clone() }),
             Op::Repartition { partitions } => {
                 let input = n.inputs[0];
@@ -482,6 +534,10 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
     }
     let mut subs = Vec::new();
     for part in t.subtopologies()? {
+        // A global table is read whole by every task, not by tasks of its own.
+        if part.nodes.iter().all(|&n| matches!(t.node(n).op, Op::GlobalTable { .. })) {
+            continue;
+        }
         let mut input_nodes: Vec<u32> = part.sources.iter().chain(&part.reads_repartitions).copied().collect();
         input_nodes.sort_unstable();
         if input_nodes.is_empty() {
@@ -522,7 +578,12 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             return Err(refuse(t, *second, format!("a second aggregation or table in one sub-topology: {LATER}")));
         }
         let joins = joins(t, &part, &input_nodes, aggregates.first().copied(), &segment_of)?;
-        let joined: Vec<u32> = joins.iter().map(|j| input_nodes[j.input]).collect();
+        let global_joins = global_joins(t, &part, &input_nodes, &globals, &segment_of)?;
+        let joined: Vec<u32> = joins
+            .iter()
+            .map(|j| input_nodes[j.input])
+            .chain(global_joins.iter().map(|j| input_nodes[j.input]))
+            .collect();
         let agg_inputs: Vec<u32> = input_nodes.iter().copied().filter(|n| !joined.contains(n)).collect();
         if let Some(j) = &streams_join {
             let other = aggregates.first().copied().or(joins.first().map(|j| j.node));
@@ -550,7 +611,10 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 // Guest segments lead from the input to sinks and repartitions.
                 for &n in part.nodes.iter().filter(|&&n| own(n)) {
                     let node = t.node(n);
-                    if !(node.op.is_guest() || input_nodes.contains(&n) || matches!(node.op, Op::Sink { .. })) {
+                    if !(node.op.is_guest()
+                        || input_nodes.contains(&n)
+                        || matches!(node.op, Op::Sink { .. } | Op::JoinGlobal { .. }))
+                    {
                         return Err(refuse(t, n, format!("a {}: {LATER}", node.op.kind())));
                     }
                 }
@@ -561,7 +625,8 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         // Every guest segment must start at the input, the aggregation's
         // rendered output or a join, and end at sinks, repartitions, the
         // aggregation or a join.
-        let mut join_nodes: Vec<u32> = joins.iter().map(|j| j.node).collect();
+        let mut join_nodes: Vec<u32> =
+            joins.iter().map(|j| j.node).chain(global_joins.iter().map(|j| j.node)).collect();
         match &stage {
             Stage::Join(j) => {
                 join_nodes.push(j.node);
@@ -601,9 +666,9 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 return Err(refuse(t, bad, format!("is fed by guest operators: {LATER}")));
             }
         }
-        subs.push(Sub { inputs, stage, joins });
+        subs.push(Sub { inputs, stage, joins, global_joins });
     }
-    Ok(Shape { sources, sinks, repartitions, exits, subs })
+    Ok(Shape { sources, sinks, repartitions, exits, subs, globals })
 }
 
 /// The stream–table joins of a sub-topology (`part`, reading `inputs`, input
@@ -712,6 +777,37 @@ fn leads_only_to<'s>(
         }
     }
     Ok(())
+}
+
+/// The joins with global tables of a sub-topology (`part`, reading `inputs`):
+/// each joins the records of one input, through guest operators ending in its
+/// key selector, that lead only to it (and to sinks and repartitions).
+fn global_joins<'s>(
+    t: &Topology,
+    part: &weir_abi::topology::SubTopology,
+    inputs: &[u32],
+    globals: &[Global],
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Vec<GlobalJoin>, TopologyError> {
+    let mut found: Vec<GlobalJoin> = Vec::new();
+    for &n in &part.nodes {
+        let Op::JoinGlobal { left } = t.node(n).op else { continue };
+        let (stream, rows) = (t.node(n).inputs[0], t.node(n).inputs[1]);
+        let table = globals
+            .iter()
+            .position(|g| g.node == rows.node)
+            .ok_or_else(|| refuse(t, n, format!("joins `{}`, which is not a global table", t.node(rows.node).name)))?;
+        let input = input_reaching(t, stream, inputs, segment_of).ok_or_else(|| {
+            refuse(t, n, format!("joins records that do not come from one topic of its sub-topology: {LATER}"))
+        })?;
+        leads_only_to(t, input, n, segment_of)?;
+        let at = inputs.iter().position(|&i| i == input).unwrap_or(0);
+        if found.iter().any(|j| j.input == at) {
+            return Err(refuse(t, n, format!("a second join of the topic `{}`: {LATER}", t.node(input).name)));
+        }
+        found.push(GlobalJoin { node: n, input: at, left, table });
+    }
+    Ok(found)
 }
 
 /// The join of two tables in a sub-topology (`part`, reading `inputs`), if it
