@@ -72,9 +72,20 @@ pub fn describe(cfg: &RunConfig, info: &PluginInfo) -> String {
     for real in &topics.repartitions {
         let _ = writeln!(out, "  repartition {real} (purged once read and committed)");
     }
-    for ((_, a), changelog) in info.shape.aggregations().zip(topics.changelogs.iter().flatten()) {
-        let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", a.store.name);
-        if let Some(w) = a.window() {
+    for (global, real) in info.shape.globals.iter().zip(&topics.globals) {
+        let _ = writeln!(
+            out,
+            "  global      {} → {real} (read whole on every host; store {})",
+            global.topic, global.store.name
+        );
+    }
+    for (sub, changelogs) in info.shape.subs.iter().zip(&topics.changelogs) {
+        for (store, changelog) in sub.stores().into_iter().zip(changelogs) {
+            let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", store.name);
+        }
+        if let Some(a) = sub.aggregation()
+            && let Some(w) = a.window()
+        {
             let grace = cfg.grace_ms.unwrap_or(a.grace_ms);
             let emit = cfg.emit.map_or_else(|| format!("{:?}", a.emit).to_lowercase(), |e| value_name(&e));
             let _ = writeln!(out, "  windows     {w}; in effect: grace {grace} ms, emit {emit}");

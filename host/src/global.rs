@@ -151,17 +151,27 @@ impl Globals {
             for p in partitions {
                 let from = table.next.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
                 tpl.add_partition_offset(&table.topic, p, from)?;
-                let (_, high) = consumer.fetch_watermarks(&table.topic, p, timeout)?;
-                ends.insert((table.topic.clone(), p), high);
+                let (low, high) = consumer.fetch_watermarks(&table.topic, p, timeout)?;
+                // Nothing to read where every record is gone (or none came).
+                if low < high && table.next.get(&p).is_none_or(|at| *at < high) {
+                    ends.insert((table.topic.clone(), p), high);
+                }
             }
         }
         consumer.assign(&tpl)?;
         let started = Instant::now();
         let mut read = 0u64;
         loop {
+            // The consumer's position passes transaction markers and aborted
+            // records, which no message shows.
+            let positions = match &self.consumer {
+                Some(consumer) => consumer.position()?,
+                None => TopicPartitionList::new(),
+            };
             let behind = ends.iter().any(|((topic, p), end)| {
                 let at = self.tables.iter().find(|t| &t.topic == topic).and_then(|t| t.next.get(p).copied());
-                at.unwrap_or(0) < *end
+                let position = positions.find_partition(topic, *p).and_then(|e| e.offset().to_raw());
+                at.max(position).unwrap_or(0) < *end
             });
             if !behind {
                 break;

@@ -33,8 +33,21 @@ fn details(node: &Node, app: Option<&str>) -> String {
             store.schema
         ),
         Op::TableAggregate { store, fold } => format!("{fold:?}; store `{}` (schema {})", store.name, store.schema),
+        Op::ToTable { store } => format!("latest value per key (a null value deletes); store `{}`", store.name),
+        Op::JoinTable { .. } => "looks each record's key up in the table".to_owned(),
+        Op::JoinTables { kind } => format!("{kind:?} join on key; each update joined with the other side's row"),
+        Op::JoinStreams { kind, window, store } => format!("{kind:?}, {window}; store `{}`", store.name),
+        Op::GlobalTable { topic, store } => {
+            format!("reads `{topic}` whole on every host; store `{}`, restored from its topic", store.name)
+        }
+        Op::JoinGlobal { .. } => "looks the selected key up in the global table".to_owned(),
         _ => String::new(),
     }
+}
+
+/// Whether a part of the graph is a global table (read by every task, run by none).
+fn is_global(t: &Topology, nodes: &[u32]) -> bool {
+    nodes.iter().all(|&n| matches!(t.node(n).op, Op::GlobalTable { .. }))
 }
 
 /// The topology as text.
@@ -43,8 +56,11 @@ pub fn text(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
     let mut out = String::new();
     let subs = t.subtopologies()?;
     let segments = t.segments()?;
-    let _ = writeln!(out, "{name} {version}: {} nodes, {} sub-topologies", t.nodes.len(), subs.len());
-    for (i, sub) in subs.iter().enumerate() {
+    let tasks = subs.iter().filter(|s| !is_global(t, &s.nodes)).count();
+    let _ = writeln!(out, "{name} {version}: {} nodes, {tasks} sub-topologies", t.nodes.len());
+    // Sub-topologies are numbered as their tasks are; global tables have none.
+    let mut i = 0;
+    for sub in &subs {
         let reads: Vec<String> = sub
             .sources
             .iter()
@@ -56,7 +72,13 @@ pub fn text(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
                 sub.reads_repartitions.iter().map(|&r| format!("`{}`", internal(app, &t.node(r).name, "repartition"))),
             )
             .collect();
+        if is_global(t, &sub.nodes) {
+            let node = t.node(sub.nodes[0]);
+            let _ = writeln!(out, "\nglobal table {}: {}", node.name, details(node, app));
+            continue;
+        }
         let _ = writeln!(out, "\nsub-topology {i}: one task per partition of {}", reads.join(" and "));
+        i += 1;
         for &n in &sub.nodes {
             let node = t.node(n);
             let from: Vec<String> = node
@@ -79,11 +101,18 @@ pub fn text(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
         let names = |ix: &[u32]| ix.iter().map(|&i| t.node(i).name.clone()).collect::<Vec<_>>().join(", ");
         let _ = writeln!(out, "  [{}] → {}", names(&s.nodes), names(&s.exits));
     }
-    let stores: Vec<_> = t.nodes.iter().filter_map(|n| n.op.store()).collect();
+    let stores: Vec<_> = t.nodes.iter().filter_map(|n| n.op.store().map(|s| (n, s))).collect();
     if !stores.is_empty() {
         let _ = writeln!(out, "\nstores:");
-        for s in stores {
-            let _ = writeln!(out, "  {}  changelog `{}`", s.name, internal(app, &s.name, "changelog"));
+        for (n, s) in stores {
+            match &n.op {
+                Op::GlobalTable { topic, .. } => {
+                    let _ = writeln!(out, "  {}  restored from its topic `{topic}`", s.name);
+                }
+                _ => {
+                    let _ = writeln!(out, "  {}  changelog `{}`", s.name, internal(app, &s.name, "changelog"));
+                }
+            }
         }
     }
     Ok(out)
@@ -111,8 +140,15 @@ pub fn json(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
         .iter()
         .filter_map(|n| n.op.store().map(|s| (n, s)))
         .map(|(n, s)| {
-            let changelog = internal(app, &s.name, "changelog");
-            internal_topics.push(json!({"name": changelog, "kind": "changelog", "cleanup_policy": "compact"}));
+            let changelog = match &n.op {
+                // A global table restores from its own topic.
+                Op::GlobalTable { topic, .. } => topic.clone(),
+                _ => {
+                    let changelog = internal(app, &s.name, "changelog");
+                    internal_topics.push(json!({"name": changelog, "kind": "changelog", "cleanup_policy": "compact"}));
+                    changelog
+                }
+            };
             json!({"name": s.name, "node": n.name, "schema": s.schema, "migrates_from": s.migrates_from, "changelog": changelog})
         })
         .collect();
@@ -124,7 +160,8 @@ pub fn json(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
     Ok(json!({
         "name": name,
         "version": version,
-        "subtopologies": subs.iter().enumerate().map(|(i, s)| json!({
+        "global_tables": subs.iter().filter(|s| is_global(t, &s.nodes)).flat_map(|s| s.nodes.iter().map(|&n| node_json(n))).collect::<Vec<_>>(),
+        "subtopologies": subs.iter().filter(|s| !is_global(t, &s.nodes)).enumerate().map(|(i, s)| json!({
             "id": i,
             "nodes": s.nodes.iter().map(|&n| node_json(n)).collect::<Vec<_>>(),
             "reads": s.sources.iter().filter_map(|&n| match &t.node(n).op { Op::Source { topic } => Some(topic.clone()), _ => None })
