@@ -206,6 +206,69 @@ fn recompute(profiles_topic: &str, profiles: &[Record], clicks_topic: &str, clic
     (per_user, bad)
 }
 
+/// A join's pipeline run through failures, as every join test here does: the
+/// first part of both input topics written, a host that crashes inside a
+/// commit half way, one SIGKILLed once half the first part of `inputs[1]` is
+/// committed, the second part written while no host runs, and a third host on
+/// another empty state directory to the end. Each host but the first starts
+/// on an empty state directory, so state comes from the changelogs.
+fn through_failures(
+    plugin: &str,
+    app: &str,
+    topics: &[(&str, &str)],
+    inputs: [&str; 2],
+    parts: [[&[RawRecord]; 2]; 2],
+    dead: &str,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("weir.log");
+    let args = |state: &str| -> Result<Vec<String>> {
+        let mut args = topology_args(plugin, app, topics, &dir.path().join(state))?;
+        args.extend(strings(&["--dead-letter-topic", dead]));
+        Ok(args)
+    };
+    let [first_part, second_part] = parts;
+    produce(inputs[0], first_part[0])?;
+    produce(inputs[1], first_part[1])?;
+    // A crash inside a commit (everything of the transaction written, nothing
+    // committed) half way through the first part.
+    let crash_at = ((first_part[0].len() + first_part[1].len()) / 2).to_string();
+    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
+    let status = wait_exit(&mut first, Duration::from_secs(180))?;
+    assert!(!status.success(), "the first host must die in its commit: {status}");
+    // Back on an empty state directory, and SIGKILLed half way.
+    let mut second = spawn_weir(&args("b")?, &log)?;
+    await_committed_at_least(app, inputs[1], PARTITIONS, first_part[1].len() as i64 / 2, &mut second)?;
+    second.kill()?;
+    // The second part arrives while no host runs; the third host comes back on
+    // another empty state directory.
+    produce(inputs[0], second_part[0])?;
+    produce(inputs[1], second_part[1])?;
+    let mut third = spawn_weir(&args("c")?, &log)?;
+    await_caught_up(app, inputs[1], &mut third, Duration::from_secs(240))?;
+    await_caught_up(app, inputs[0], &mut third, Duration::from_secs(60))?;
+    terminate(&mut third)?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(restored_records(&text) > 0, "the restarts must restore the join's state from its changelog:\n{text}");
+    Ok(())
+}
+
+/// (topic, partition, offset, node) of every dead letter in `dead`, sorted.
+fn dead_letters(dead: &str) -> Result<Bad> {
+    let mut got = Bad::new();
+    for letter in read_all(dead)? {
+        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+        got.push((
+            header("weir.source.topic"),
+            header("weir.source.partition").parse()?,
+            header("weir.source.offset").parse()?,
+            header("weir.node"),
+        ));
+    }
+    got.sort();
+    Ok(got)
+}
+
 #[test]
 fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_and_empty_state_dirs() -> Result<()> {
     let app = unique("enrich");
@@ -213,18 +276,11 @@ fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_
     let (enriched, dead) = (format!("{app}-enriched"), format!("{app}-dead"));
     create_topic(&profiles, PARTITIONS)?;
     create_topic(&clicks_topic, PARTITIONS)?;
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("weir.log");
     let topics = [
         ("profiles-cdc", profiles.as_str()),
         ("clicks", clicks_topic.as_str()),
         ("enriched-clicks", enriched.as_str()),
     ];
-    let args = |state: &str| -> Result<Vec<String>> {
-        let mut args = topology_args("click-enrich", &app, &topics, &dir.path().join(state))?;
-        args.extend(strings(&["--dead-letter-topic", &dead]));
-        Ok(args)
-    };
     // The stream comes in two parts, the second later in event time than the
     // first, and each is on the broker before a host reads it: which profile a
     // click sees depends only on timestamps, never on when records arrive.
@@ -232,30 +288,8 @@ fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_
     let (changes, click_records) = (profile_changes(0xcdc, 1_500, half), clicks(0xc11c, 10_000, half));
     let rest = (SPAN / 2, SPAN);
     let (more_changes, more_clicks) = (profile_changes(0xcdc2, 1_500, rest), clicks(0xc11c2, 10_000, rest));
-    produce(&profiles, &changes)?;
-    produce(&clicks_topic, &click_records)?;
-
-    // A crash inside a commit (everything of the transaction written, nothing
-    // committed) half way through the first part.
-    let crash_at = ((changes.len() + click_records.len()) / 2).to_string();
-    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
-    let status = wait_exit(&mut first, Duration::from_secs(180))?;
-    assert!(!status.success(), "the first host must die in its commit: {status}");
-    // Back on an empty state directory, and SIGKILLed once half the first
-    // part's clicks are committed.
-    let mut second = spawn_weir(&args("b")?, &log)?;
-    await_committed_at_least(&app, &clicks_topic, PARTITIONS, click_records.len() as i64 / 2, &mut second)?;
-    second.kill()?;
-    // The second part arrives while no host runs; the third comes back on
-    // another empty state directory: the profiles so far from the changelog.
-    produce(&profiles, &more_changes)?;
-    produce(&clicks_topic, &more_clicks)?;
-    let mut third = spawn_weir(&args("c")?, &log)?;
-    await_caught_up(&app, &clicks_topic, &mut third, Duration::from_secs(240))?;
-    await_caught_up(&app, &profiles, &mut third, Duration::from_secs(60))?;
-    terminate(&mut third)?;
-    let text = std::fs::read_to_string(&log)?;
-    assert!(restored_records(&text) > 0, "the restarts must restore the profiles from the changelog:\n{text}");
+    let parts = [[&changes[..], &click_records[..]], [&more_changes[..], &more_clicks[..]]];
+    through_failures("click-enrich", &app, &topics, [&profiles, &clicks_topic], parts, &dead)?;
     let (changes, click_records) = ([changes, more_changes].concat(), [click_records, more_clicks].concat());
 
     let (profiles_in, clicks_in) = (read_all(&profiles)?, read_all(&clicks_topic)?);
@@ -277,17 +311,7 @@ fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_
     }
     assert_eq!(got.len(), want.len());
 
-    let mut got_bad = Bad::new();
-    for letter in read_all(&dead)? {
-        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
-        got_bad.push((
-            header("weir.source.topic"),
-            header("weir.source.partition").parse()?,
-            header("weir.source.offset").parse()?,
-            header("weir.node"),
-        ));
-    }
-    got_bad.sort();
+    let got_bad = dead_letters(&dead)?;
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node, topic, partition and offset");
     Ok(())
 }
@@ -424,36 +448,14 @@ fn searches_meet_the_clicks_that_follow_them_through_a_crash_a_sigkill_and_empty
     let (results, dead) = (format!("{app}-results"), format!("{app}-dead"));
     create_topic(&searches, PARTITIONS)?;
     create_topic(&clicks_topic, PARTITIONS)?;
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("weir.log");
     let topics =
         [("searches", searches.as_str()), ("clicks", clicks_topic.as_str()), ("search-results", results.as_str())];
-    let args = |state: &str| -> Result<Vec<String>> {
-        let mut args = topology_args("search-clicks", &app, &topics, &dir.path().join(state))?;
-        args.extend(strings(&["--dead-letter-topic", &dead]));
-        Ok(args)
-    };
     // Two parts, the second later in event time and written while no host
     // runs (as in the enrichment test above).
     let (s1, c1) = searches_and_clicks(1, 4_000, (0, SPAN / 2));
     let (s2, c2) = searches_and_clicks(2, 4_000, (SPAN / 2, SPAN));
-    produce(&searches, &s1)?;
-    produce(&clicks_topic, &c1)?;
-    let crash_at = ((s1.len() + c1.len()) / 2).to_string();
-    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
-    let status = wait_exit(&mut first, Duration::from_secs(180))?;
-    assert!(!status.success(), "the first host must die in its commit: {status}");
-    let mut second = spawn_weir(&args("b")?, &log)?;
-    await_committed_at_least(&app, &searches, PARTITIONS, s1.len() as i64 / 2, &mut second)?;
-    second.kill()?;
-    produce(&searches, &s2)?;
-    produce(&clicks_topic, &c2)?;
-    let mut third = spawn_weir(&args("c")?, &log)?;
-    await_caught_up(&app, &searches, &mut third, Duration::from_secs(240))?;
-    await_caught_up(&app, &clicks_topic, &mut third, Duration::from_secs(60))?;
-    terminate(&mut third)?;
-    let text = std::fs::read_to_string(&log)?;
-    assert!(restored_records(&text) > 0, "the restarts must restore the join's store from its changelog:\n{text}");
+    let parts = [[&c1[..], &s1[..]], [&c2[..], &s2[..]]];
+    through_failures("search-clicks", &app, &topics, [&clicks_topic, &searches], parts, &dead)?;
 
     let (searches_in, clicks_in) = (read_all(&searches)?, read_all(&clicks_topic)?);
     assert_eq!(searches_in.len(), s1.len() + s2.len());
@@ -475,17 +477,7 @@ fn searches_meet_the_clicks_that_follow_them_through_a_crash_a_sigkill_and_empty
     assert_eq!(got.len(), want.len(), "each meeting and each unmatched search once");
     assert_eq!(got, want, "each meeting and each unmatched search once, with its timestamp");
 
-    let mut got_bad = Bad::new();
-    for letter in read_all(&dead)? {
-        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
-        got_bad.push((
-            header("weir.source.topic"),
-            header("weir.source.partition").parse()?,
-            header("weir.source.offset").parse()?,
-            header("weir.node"),
-        ));
-    }
-    got_bad.sort();
+    let got_bad = dead_letters(&dead)?;
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its node");
     Ok(())
 }
@@ -620,37 +612,21 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
     let (out, dead) = (format!("{app}-availability"), format!("{app}-dead"));
     create_topic(&products, PARTITIONS)?;
     create_topic(&stock, PARTITIONS)?;
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("weir.log");
     let topics = [("products", products.as_str()), ("stock", stock.as_str()), ("availability", out.as_str())];
-    let args = |state: &str| -> Result<Vec<String>> {
-        let mut args = topology_args("product-stock", &app, &topics, &dir.path().join(state))?;
-        args.extend(strings(&["--dead-letter-topic", &dead]));
-        Ok(args)
-    };
     // Stock is kept for more products than the catalogue has.
     let part = |seed: u64, span| {
         (table_changes(seed, 2_000, 200, 0, span, product_row), table_changes(seed + 1, 3_000, 250, 1, span, stock_row))
     };
     let (p1, s1) = part(10, (0, SPAN / 2));
     let (p2, s2) = part(20, (SPAN / 2, SPAN));
-    produce(&products, &p1)?;
-    produce(&stock, &s1)?;
-    let crash_at = ((p1.len() + s1.len()) / 2).to_string();
-    let mut first = spawn_weir_with_env(&args("a")?, &log, &[("WEIR_TEST_CRASH_AFTER_FLUSH", &crash_at)])?;
-    let status = wait_exit(&mut first, Duration::from_secs(180))?;
-    assert!(!status.success(), "the first host must die in its commit: {status}");
-    let mut second = spawn_weir(&args("b")?, &log)?;
-    await_committed_at_least(&app, &stock, PARTITIONS, s1.len() as i64 / 2, &mut second)?;
-    second.kill()?;
-    produce(&products, &p2)?;
-    produce(&stock, &s2)?;
-    let mut third = spawn_weir(&args("c")?, &log)?;
-    await_caught_up(&app, &stock, &mut third, Duration::from_secs(240))?;
-    await_caught_up(&app, &products, &mut third, Duration::from_secs(60))?;
-    terminate(&mut third)?;
-    let text = std::fs::read_to_string(&log)?;
-    assert!(restored_records(&text) > 0, "the restarts must restore both tables from their changelogs:\n{text}");
+    through_failures(
+        "product-stock",
+        &app,
+        &topics,
+        [&products, &stock],
+        [[&p1[..], &s1[..]], [&p2[..], &s2[..]]],
+        &dead,
+    )?;
 
     let (products_in, stock_in) = (read_all(&products)?, read_all(&stock)?);
     let (want, want_bad) = recompute_availability(&products, &products_in, &stock, &stock_in);
@@ -670,17 +646,7 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
     for (key, updates) in &want {
         assert_eq!(got.get(key), Some(updates), "product {key}: every update once, in order");
     }
-    let mut got_bad = Bad::new();
-    for letter in read_all(&dead)? {
-        let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
-        got_bad.push((
-            header("weir.source.topic"),
-            header("weir.source.partition").parse()?,
-            header("weir.source.offset").parse()?,
-            header("weir.node"),
-        ));
-    }
-    got_bad.sort();
+    let got_bad = dead_letters(&dead)?;
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its decoder");
     Ok(())
 }
