@@ -229,6 +229,22 @@ impl Graph {
         }
     }
 
+    /// Puts a guest operator `step` (its output `output`) in front of node
+    /// `node`, which must read one input and nothing yet read; `node` then
+    /// writes `node_output`. Returns false (changing nothing) otherwise.
+    pub(crate) fn insert_before(&mut self, node: u32, new: NewNode, node_output: Codec) -> bool {
+        let read = self.nodes.iter().any(|n| n.inputs.iter().any(|e| e.node == node));
+        let Some(input) = self.nodes.get(node as usize).and_then(|n| n.inputs.first().copied()) else { return false };
+        if read || self.nodes[node as usize].inputs.len() != 1 {
+            return false;
+        }
+        let step = self.add(NewNode { inputs: vec![input], ..new });
+        let target = &mut self.nodes[node as usize];
+        target.inputs = vec![Edge { node: step, port: 0 }];
+        target.output = Some(node_output);
+        true
+    }
+
     pub(crate) fn op_mut(&mut self, node: u32) -> Option<&mut Op> {
         self.nodes.get_mut(node as usize).map(|n| &mut n.op)
     }

@@ -94,6 +94,63 @@ impl<K: Data, A: Data> KTable<K, A> {
         KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
     }
 
+    /// The table of the rows `f` accepts: a row it refuses is deleted (so a
+    /// key whose row stops passing leaves the table, with a tombstone
+    /// downstream, and one that never passed writes nothing) — Kafka Streams'
+    /// `KTable#filter`. For a table read from a topic (`table`, `table_with`,
+    /// `to_table`) before anything reads it: the filter runs before the store,
+    /// which keeps only the rows that pass.
+    pub fn filter<F>(self, f: F) -> KTable<K, A>
+    where
+        F: Fn(&K, &A) -> bool + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let value = match item.value {
+                Some(v) if f(cast::<K>(item.key.as_ref())?, cast::<A>(v.as_ref())?) => Some(v),
+                _ => None,
+            };
+            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+            Ok(())
+        });
+        self.before_store(Op::Filter, fn_name::<F>(), step, "filter")
+    }
+
+    /// The table of each row mapped by `f` (a deleted row stays deleted) —
+    /// Kafka Streams' `KTable#mapValues`. For a table read from a topic before
+    /// anything reads it: the store keeps the mapped rows.
+    pub fn map_values<V2: Data, F>(self, f: F) -> KTable<K, V2>
+    where
+        F: Fn(&K, A) -> V2 + 'static,
+    {
+        let step: Step = Box::new(move |item, out| {
+            let value = match item.value {
+                Some(v) => Some(Box::new(f(cast::<K>(item.key.as_ref())?, super::take::<A>(v)?)) as super::Obj),
+                None => None,
+            };
+            out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
+            Ok(())
+        });
+        self.before_store(Op::MapValues, fn_name::<F>(), step, "map_values")
+    }
+
+    /// This table with guest operator `step` (rows of type `A` in, `V2` out,
+    /// a `None` value a deletion) run before its store.
+    fn before_store<V2: Data>(self, op: Op, name: Option<String>, step: Step, what: &str) -> KTable<K, V2> {
+        let from_topic = self.rows == Rows::Text && !self.joined;
+        let rows = Codec::new(self.key.clone(), ValueCodec::text_rows::<V2>());
+        let new = NewNode { fn_name: name, inputs: vec![], op, output: Some(rows), run: Run::Step(step) };
+        let node_output = Codec::new(self.key.clone(), ValueCodec::text_change::<V2>());
+        let mut g = self.g.borrow_mut();
+        if !(from_topic && g.insert_before(self.node, new, node_output)) {
+            g.error(format!(
+                "a table's {what} applies, in this version, to a table read from a topic (`table`, `table_with`, \
+                 `to_table`) before anything reads it"
+            ));
+        }
+        drop(g);
+        KTable { g: self.g, node: self.node, key: self.key, rows: Rows::Text, joined: false, _t: PhantomData }
+    }
+
     /// Joins this table with `other` on their key: for every key with a row in
     /// both, `joiner(left, right)`; each update of either side makes the key's
     /// new result, and a key whose match ends is deleted (a tombstone). Both

@@ -719,3 +719,71 @@ fn orders_join_a_global_table_by_a_key_they_select() {
         assert_eq!(metrics.join_misses.get(), u64::from(!left));
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Member {
+    name: String,
+    active: bool,
+}
+
+fn is_active(_: &String, m: &Member) -> bool {
+    m.active
+}
+
+fn shout(_: &String, m: Member) -> String {
+    m.name.to_uppercase()
+}
+
+/// A table read from a topic, filtered and mapped before its store, written
+/// as its stream of updates: a row that stops passing is a tombstone, one that
+/// never passed writes nothing, a deleted row stays deleted.
+#[test]
+fn a_filtered_and_mapped_table_deletes_the_rows_that_stop_passing() {
+    let b = StreamsBuilder::new();
+    b.table::<String, Member>("members").filter(is_active).map_values(shout).to_stream().to("active");
+    let built = b.build().unwrap();
+    let info = PluginInfo::of("members".into(), "1".into(), built.describe().clone()).unwrap();
+    assert_eq!(info.shape.subs[0].stores().len(), 1, "one store, of the filtered rows");
+    let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+    let mut task =
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
+    let mut guest = Native(built);
+    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    let topics = ["members".to_owned()];
+    let updates: [(&str, Option<&str>, Option<&str>); 6] = [
+        ("u1", Some(r#"{"name":"ann","active":true}"#), Some("ANN")),
+        ("u1", Some(r#"{"name":"ann","active":false}"#), None),
+        ("u2", Some(r#"{"name":"bob","active":false}"#), None),
+        ("u2", Some(r#"{"name":"bob","active":true}"#), Some("BOB")),
+        ("u2", None, None),
+        ("u3", None, None),
+    ];
+    let mut written = Vec::new();
+    for (i, (key, value, _)) in updates.iter().enumerate() {
+        assert!(task.accept(0, i as i64, Some(key.as_bytes()), value.map(str::as_bytes), Some(i as i64)));
+        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+        task.process_pending(&mut env, None).unwrap();
+        let prepared = task.prepare_commit(&mut env).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
+        let mut ran = Ran::default();
+        ran.take(&mut outbox);
+        assert!(ran.dead.is_empty(), "{:?}", ran.dead);
+        written.push(ran.enriched);
+    }
+    let one = |k: &str, v: Option<&str>| vec![(k.to_owned(), v.map(str::to_owned))];
+    assert_eq!(
+        written,
+        [one("u1", Some("ANN")), one("u1", None), vec![], one("u2", Some("BOB")), one("u2", None), vec![]],
+        "a row that stops passing is deleted; one that never passed, or an unknown key's deletion, writes nothing"
+    );
+}
+
+#[test]
+fn filtering_a_table_something_reads_already_is_refused_at_build() {
+    let b = StreamsBuilder::new();
+    let members = b.table::<String, Member>("members");
+    members.to_stream().to("all");
+    members.filter(is_active).to_stream().to("active");
+    let e = b.build().unwrap_err();
+    assert!(e.reason.contains("before anything reads it"), "{e}");
+}
