@@ -787,3 +787,18 @@ fn filtering_a_table_something_reads_already_is_refused_at_build() {
     let e = b.build().unwrap_err();
     assert!(e.reason.contains("before anything reads it"), "{e}");
 }
+
+#[test]
+fn a_record_meeting_more_than_the_fan_out_limit_is_dead_lettered_naming_the_join() {
+    use weir_abi::topology::JoinKind;
+    // 1,030 clicks of one key within a search's window.
+    let clicks: Vec<Read> = (0..1_030).map(|i| (1, "k".to_owned(), format!("c{i}"), 100)).collect();
+    let searches = vec![(0, "k".to_owned(), "s".to_owned(), 101)];
+    let ran = run_with(
+        || searches_clicks(JoinKind::Inner),
+        [&searches, &clicks],
+        &Feed { order: &[false], cut: 2_000, commit_every: 1, crash_every: None },
+    );
+    assert!(ran.enriched.is_empty(), "nothing joined for the flooding search");
+    assert_eq!(ran.dead, [("pair-join".to_owned(), "profiles".to_owned())], "topic names are the harness's");
+}

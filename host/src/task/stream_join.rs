@@ -24,7 +24,7 @@
 
 use weir_abi::topology::JoinKind;
 
-use super::{Env, Made, Pending, Task, TaskError, input_of};
+use super::{Env, MAX_FANOUT, Made, Pending, Task, TaskError, input_of};
 use crate::state::{from_order_preserving, order_preserving};
 use crate::topology::Stage;
 
@@ -179,14 +179,25 @@ impl Task {
                     self.side[0].put(&stored, None);
                 }
             }
-            self.side[0].put(&side_key(me, &key, time, seq), Some(value.clone()));
-            self.side[0].put(&expiry_key(time, me, &key, seq), Some(Vec::new()));
             let (from, to) = (
                 side_bound(other, &key, time.saturating_sub(before)),
                 side_bound(other, &key, time.saturating_add(after).saturating_add(1)),
             );
+            let meets = self.side[0].keys_between(&from, &to)?;
+            // Each meeting is a record to hand on: a key flooding the window
+            // would make the output grow with the square of its records.
+            if meets.len() > MAX_FANOUT {
+                let reason = format!(
+                    "meets {} records of the other side within its window; the limit is {MAX_FANOUT}",
+                    meets.len()
+                );
+                self.exclude(env, pending, &mut excluded, vec![(source, (reason, Some(name.clone())))]);
+                continue;
+            }
+            self.side[0].put(&side_key(me, &key, time, seq), Some(value.clone()));
+            self.side[0].put(&expiry_key(time, me, &key, seq), Some(Vec::new()));
             let mut met = false;
-            for stored in self.side[0].keys_between(&from, &to)? {
+            for stored in meets {
                 let (at, other_seq) = side_tail(&stored).ok_or_else(corrupt)?;
                 let Some(theirs) = self.side[0].get(&stored)? else { continue };
                 met = true;
