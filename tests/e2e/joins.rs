@@ -670,9 +670,16 @@ fn a_joiner_swapped_mid_stream_takes_over_at_a_commit_and_every_click_is_enriche
     let (enriched, dead) = (format!("{app}-enriched"), format!("{app}-dead"));
     create_topic(&profiles, PARTITIONS)?;
     create_topic(&clicks_topic, PARTITIONS)?;
-    let (changes, click_records) = (profile_changes(0x5a, 1_500, (0, SPAN)), clicks(0x5b, 20_000, (0, SPAN)));
+    // The profiles change in the first two thirds of the span, with the
+    // clicks of that part; the rest of the clicks (later in event time, so
+    // every one of them meets the final profiles whatever the order they are
+    // read in) are written only once the swap has taken effect: both builds
+    // write, however fast the host reads.
+    let cut = SPAN * 2 / 3;
+    let (changes, first_clicks) = (profile_changes(0x5a, 1_500, (0, cut)), clicks(0x5b, 14_000, (0, cut)));
+    let later_clicks = clicks(0x5c, 6_000, (cut, SPAN));
     produce(&profiles, &changes)?;
-    produce(&clicks_topic, &click_records)?;
+    produce(&clicks_topic, &first_clicks)?;
     let state = tempfile::tempdir()?;
     let cfg = RunConfig {
         application_id: app.clone(),
@@ -692,11 +699,13 @@ fn a_joiner_swapped_mid_stream_takes_over_at_a_commit_and_every_click_is_enriche
     let metrics = Metrics::default();
     let pipeline = Pipeline::new(cfg, &runtime, metrics.clone())?;
     let control = pipeline.control();
-    let total = (changes.len() + click_records.len()) as u64;
+    let first_part = (changes.len() + first_clicks.len()) as u64;
     while_running(pipeline, || {
-        wait_for("a third of the stream", Duration::from_secs(120), || Ok(metrics.records_in.get() >= total / 3))?;
+        wait_for("a third of the stream", Duration::from_secs(120), || Ok(metrics.records_in.get() >= first_part / 3))?;
         control.activate("next", next.clone(), false)?;
         wait_for("the swap", Duration::from_secs(30), || Ok(!control.status().history.is_empty()))?;
+        wait_for("the first part", Duration::from_secs(120), || Ok(metrics.records_in.get() >= first_part))?;
+        produce(&clicks_topic, &later_clicks)?;
         await_committed_all(&app, &clicks_topic, PARTITIONS)?;
         await_committed_all(&app, &profiles, PARTITIONS)
     })?;
