@@ -42,6 +42,20 @@ pub struct ChangeFrame<'a> {
     pub old: Option<&'a [u8]>,
 }
 
+/// The value a foreign-key extractor ([`crate::topology::Op::ForeignKey`])
+/// hands back for a left table update: the foreign key of the new row and of
+/// the row it replaces (`None`: no row, or a row without a foreign key), in
+/// the right table's key encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignKeys<'a> {
+    /// The new row's foreign key.
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
+    pub new: Option<&'a [u8]>,
+    /// The old row's foreign key.
+    #[serde(borrow, serialize_with = "crate::bytes::opt")]
+    pub old: Option<&'a [u8]>,
+}
+
 /// `run`: a batch of records leaving host node output `from` towards the guest
 /// operators that read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

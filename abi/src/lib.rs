@@ -5,7 +5,7 @@
 //! accumulators are borrowed from the frame. Both sides depend on this one crate, so
 //! the encoding cannot drift between them.
 
-mod bytes;
+pub mod bytes;
 pub mod calls;
 pub mod topology;
 

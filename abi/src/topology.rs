@@ -222,6 +222,38 @@ pub enum Op {
         /// Whether records without a row are kept (a left join).
         left: bool,
     },
+    /// The user's foreign-key extractor of a foreign-key join, reading the
+    /// updates of the left table (a [`Op::ToTable`], with the rows they
+    /// replace): for each update it hands back the foreign keys of the new and
+    /// the old row as a [`crate::calls::ForeignKeys`] value, towards the
+    /// repartition topic of the join's subscriptions (the host writes the
+    /// subscriptions themselves).
+    ForeignKey,
+    /// The right half of a foreign-key join: reads the subscriptions (input 0,
+    /// the repartition topic after a [`Op::ForeignKey`], keyed by foreign key)
+    /// and the right table (input 1, a [`Op::ToTable`] read by nothing else,
+    /// co-partitioned with them). It keeps who subscribes to which foreign
+    /// key in `store`, and answers each subscription — and, for every
+    /// subscriber, each update of the right table — with the right row,
+    /// towards the repartition topic of responses it feeds (keyed by the left
+    /// key, written to the left row's partition).
+    JoinForeign {
+        /// Inner or left (a foreign-key join has no outer kind).
+        kind: JoinKind,
+        /// Who subscribes to which foreign key.
+        store: StoreSpec,
+    },
+    /// The left half of a foreign-key join: reads the responses (input 0, the
+    /// repartition topic after a [`Op::JoinForeign`]) and the left table
+    /// (input 1, the table the [`Op::ForeignKey`] reads). A response that
+    /// answers the left row as it is now (its hash matches) is handed on,
+    /// left row as the value and right row beside it, to the [`Op::Joiner`]
+    /// reading it; one for a row since changed is dropped; one that ends a
+    /// match is handed on with neither row, for a tombstone.
+    ForeignResponse {
+        /// Inner or left: as the [`Op::JoinForeign`] answering it.
+        kind: JoinKind,
+    },
 }
 
 /// The window of a join of two streams.
@@ -421,6 +453,11 @@ pub enum Flow {
     Global,
     /// Stream records under the key of the global table row they join.
     Selected,
+    /// A left table's updates with their foreign keys, on their way to a
+    /// foreign-key join.
+    Subscriptions,
+    /// A foreign-key join's answers, on their way back to the left table.
+    Responses,
 }
 
 impl fmt::Display for Flow {
@@ -433,6 +470,8 @@ impl fmt::Display for Flow {
             Flow::Joined => "joined records",
             Flow::Global => "a global table",
             Flow::Selected => "records keyed for a global table",
+            Flow::Subscriptions => "foreign-key subscriptions",
+            Flow::Responses => "foreign-key join responses",
         })
     }
 }
@@ -475,6 +514,10 @@ impl Op {
             Op::GlobalKey => "global key",
             Op::JoinGlobal { left: false } => "stream-global join",
             Op::JoinGlobal { left: true } => "stream-global left join",
+            Op::ForeignKey => "foreign key",
+            Op::JoinForeign { kind: JoinKind::Left, .. } => "foreign-key left join",
+            Op::JoinForeign { .. } => "foreign-key join",
+            Op::ForeignResponse { .. } => "foreign-key join response",
         }
     }
 
@@ -497,13 +540,14 @@ impl Op {
                 | Op::TableGroupBy
                 | Op::Joiner
                 | Op::GlobalKey
+                | Op::ForeignKey
         )
     }
 
     /// Whether the operator may give records a new key (so grouping after it
     /// needs a repartition).
     pub fn changes_key(&self) -> bool {
-        matches!(self, Op::Map | Op::FlatMap | Op::SelectKey | Op::TableGroupBy | Op::GlobalKey)
+        matches!(self, Op::Map | Op::FlatMap | Op::SelectKey | Op::TableGroupBy | Op::GlobalKey | Op::ForeignKey)
     }
 
     /// The store the operator owns, if any.
@@ -513,6 +557,7 @@ impl Op {
             | Op::TableAggregate { store, .. }
             | Op::ToTable { store }
             | Op::JoinStreams { store, .. }
+            | Op::JoinForeign { store, .. }
             | Op::GlobalTable { store, .. } => Some(store),
             _ => None,
         }
@@ -757,12 +802,22 @@ impl Topology {
                 Op::Source { .. } | Op::GlobalTable { .. } => {}
                 Op::Merge if inputs == 0 => return Err(at(node, "a merge needs inputs")),
                 Op::Merge => {}
-                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } | Op::JoinGlobal { .. }
+                Op::JoinTable { .. }
+                | Op::JoinTables { .. }
+                | Op::JoinStreams { .. }
+                | Op::JoinGlobal { .. }
+                | Op::JoinForeign { .. }
+                | Op::ForeignResponse { .. }
                     if inputs != 2 =>
                 {
                     return Err(at(node, format!("a join reads two inputs; it has {inputs}")));
                 }
-                Op::JoinTable { .. } | Op::JoinTables { .. } | Op::JoinStreams { .. } | Op::JoinGlobal { .. } => {}
+                Op::JoinTable { .. }
+                | Op::JoinTables { .. }
+                | Op::JoinStreams { .. }
+                | Op::JoinGlobal { .. }
+                | Op::JoinForeign { .. }
+                | Op::ForeignResponse { .. } => {}
                 _ if inputs == 0 => {
                     return Err(at(node, format!("no path reaches this {}: it has no input", node.op.kind())));
                 }
@@ -849,8 +904,35 @@ impl Topology {
                     Flow::Stream
                 }
                 Op::Repartition { .. } => {
-                    needs(&[Flow::Stream, Flow::Changes])?;
+                    needs(&[Flow::Stream, Flow::Changes, Flow::Subscriptions, Flow::Responses])?;
                     first.unwrap_or(Flow::Stream)
+                }
+                Op::ForeignKey => {
+                    needs(&[Flow::Table])?;
+                    Flow::Subscriptions
+                }
+                Op::JoinForeign { kind, .. } | Op::ForeignResponse { kind } => {
+                    if *kind == JoinKind::Outer {
+                        return Err(at(node, "a foreign-key join is inner or left; it has no outer kind"));
+                    }
+                    let want = match node.op {
+                        Op::JoinForeign { .. } => (Flow::Subscriptions, Flow::Responses),
+                        _ => (Flow::Responses, Flow::Joined),
+                    };
+                    let (from, table) = (input_flows.first().copied(), input_flows.get(1).copied());
+                    let through_repartition =
+                        node.inputs.first().is_some_and(|e| matches!(self.node(e.node).op, Op::Repartition { .. }));
+                    if from != Some(want.0) || table != Some(Flow::Table) || !through_repartition {
+                        return Err(at(
+                            node,
+                            format!(
+                                "a {} reads {} through a repartition topic (first) and a table (second)",
+                                node.op.kind(),
+                                want.0
+                            ),
+                        ));
+                    }
+                    want.1
                 }
                 Op::Aggregate { window, .. } => {
                     needs(&[Flow::Stream])?;

@@ -20,6 +20,10 @@
 //! five seconds after it, records out of order within the grace: every
 //! meeting once, every search no click followed once its window closed.
 //!
+//! Foreign key: `order-products` joins orders with the product each names
+//! (topics of different partition counts); the output ends as the final rows
+//! of both tables make it.
+//!
 //! Stream–global table: `order-pricing` prices orders (three partitions)
 //! from a price topic of one partition that every host reads whole first.
 
@@ -210,8 +214,10 @@ fn recompute(profiles_topic: &str, profiles: &[Record], clicks_topic: &str, clic
 /// first part of both input topics written, a host that crashes inside a
 /// commit half way, one SIGKILLed once half the first part of `inputs[1]` is
 /// committed, the second part written while no host runs, and a third host on
-/// another empty state directory to the end. Each host but the first starts
-/// on an empty state directory, so state comes from the changelogs.
+/// another empty state directory to the end (and, once both inputs are
+/// committed, until `settled` says what runs through internal topics is done
+/// too). Each host but the first starts on an empty state directory, so state
+/// comes from the changelogs.
 fn through_failures(
     plugin: &str,
     app: &str,
@@ -219,6 +225,7 @@ fn through_failures(
     inputs: [&str; 2],
     parts: [[&[RawRecord]; 2]; 2],
     dead: &str,
+    settled: &dyn Fn() -> Result<bool>,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("weir.log");
@@ -247,6 +254,16 @@ fn through_failures(
     let mut third = spawn_weir(&args("c")?, &log)?;
     await_caught_up(app, inputs[1], &mut third, Duration::from_secs(240))?;
     await_caught_up(app, inputs[0], &mut third, Duration::from_secs(60))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !settled()? {
+        if let Some(status) = third.exited()? {
+            return third.fail(format!("weir exited early with {status}"));
+        }
+        if std::time::Instant::now() > deadline {
+            return third.fail("the output did not settle in 180 s".to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     terminate(&mut third)?;
     let text = std::fs::read_to_string(&log)?;
     assert!(restored_records(&text) > 0, "the restarts must restore the join's state from its changelog:\n{text}");
@@ -289,7 +306,7 @@ fn clicks_are_enriched_with_profiles_as_of_their_time_through_a_crash_a_sigkill_
     let rest = (SPAN / 2, SPAN);
     let (more_changes, more_clicks) = (profile_changes(0xcdc2, 1_500, rest), clicks(0xc11c2, 10_000, rest));
     let parts = [[&changes[..], &click_records[..]], [&more_changes[..], &more_clicks[..]]];
-    through_failures("click-enrich", &app, &topics, [&profiles, &clicks_topic], parts, &dead)?;
+    through_failures("click-enrich", &app, &topics, [&profiles, &clicks_topic], parts, &dead, &|| Ok(true))?;
     let (changes, click_records) = ([changes, more_changes].concat(), [click_records, more_clicks].concat());
 
     let (profiles_in, clicks_in) = (read_all(&profiles)?, read_all(&clicks_topic)?);
@@ -455,7 +472,7 @@ fn searches_meet_the_clicks_that_follow_them_through_a_crash_a_sigkill_and_empty
     let (s1, c1) = searches_and_clicks(1, 4_000, (0, SPAN / 2));
     let (s2, c2) = searches_and_clicks(2, 4_000, (SPAN / 2, SPAN));
     let parts = [[&c1[..], &s1[..]], [&c2[..], &s2[..]]];
-    through_failures("search-clicks", &app, &topics, [&clicks_topic, &searches], parts, &dead)?;
+    through_failures("search-clicks", &app, &topics, [&clicks_topic, &searches], parts, &dead, &|| Ok(true))?;
 
     let (searches_in, clicks_in) = (read_all(&searches)?, read_all(&clicks_topic)?);
     assert_eq!(searches_in.len(), s1.len() + s2.len());
@@ -626,6 +643,7 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
         [&products, &stock],
         [[&p1[..], &s1[..]], [&p2[..], &s2[..]]],
         &dead,
+        &|| Ok(true),
     )?;
 
     let (products_in, stock_in) = (read_all(&products)?, read_all(&stock)?);
@@ -648,6 +666,147 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
     }
     let got_bad = dead_letters(&dead)?;
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its decoder");
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct OrderIn {
+    product: String,
+    qty: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct CatalogueIn {
+    name: String,
+    cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct Line {
+    product: String,
+    qty: u64,
+    name: String,
+    cents: u64,
+    total: u64,
+}
+
+fn order_row(rng: &mut StdRng) -> String {
+    let product = match rng.random_range(0..25) {
+        0 => String::new(),
+        _ => format!("p{:03}", rng.random_range(0..60)),
+    };
+    format!(r#"{{"product":"{product}","qty":{}}}"#, rng.random_range(1..10))
+}
+
+fn catalogue_row(rng: &mut StdRng) -> String {
+    format!(r#"{{"name":"item{}","cents":{}}}"#, rng.random_range(0..1_000), rng.random_range(50..5_000))
+}
+
+/// The order lines the final rows of both tables make (each table's last
+/// valid row per key; a record that does not decode changes nothing and is
+/// dead-lettered), and the dead letters.
+fn recompute_lines(
+    orders_topic: &str,
+    orders: &[Record],
+    products_topic: &str,
+    products: &[Record],
+) -> Result<(BTreeMap<String, Line>, Bad)> {
+    let mut bad = Bad::new();
+    let mut last = |topic: &str, records: &[Record], node: &str| -> Result<HashMap<String, Vec<u8>>> {
+        let mut rows = HashMap::new();
+        for r in records {
+            let key = String::from_utf8(r.key.clone().unwrap_or_default())?;
+            match &r.value {
+                None => {
+                    rows.remove(&key);
+                }
+                Some(v) if serde_json::from_slice::<serde_json::Value>(v).is_err() => {
+                    bad.push((topic.to_owned(), r.partition, r.offset, node.to_owned()));
+                }
+                Some(v) => {
+                    rows.insert(key, v.clone());
+                }
+            }
+        }
+        Ok(rows)
+    };
+    // Records of one partition are in offset order: later offsets win.
+    let orders = last(orders_topic, orders, "orders-decode")?;
+    let products = last(products_topic, products, "products-decode")?;
+    let mut lines = BTreeMap::new();
+    for (key, order) in orders {
+        let order: OrderIn = serde_json::from_slice(&order)?;
+        if order.product.is_empty() {
+            continue;
+        }
+        if let Some(product) = products.get(&order.product) {
+            let product: CatalogueIn = serde_json::from_slice(product)?;
+            let total = order.qty * product.cents;
+            let line = Line { product: order.product, qty: order.qty, name: product.name, cents: product.cents, total };
+            lines.insert(key, line);
+        }
+    }
+    bad.sort();
+    Ok((lines, bad))
+}
+
+/// The table the output topic holds: the last value per key (a tombstone deletes).
+fn final_lines(topic: &str) -> Result<BTreeMap<String, Line>> {
+    let mut table = BTreeMap::new();
+    for r in read_all(topic)? {
+        let key = String::from_utf8(r.key.clone().unwrap_or_default())?;
+        match r.value.as_deref() {
+            Some(v) => table.insert(key, serde_json::from_slice::<Line>(v)?),
+            None => table.remove(&key),
+        };
+    }
+    Ok(table)
+}
+
+/// Orders (three partitions) joined by foreign key with products (two: the
+/// tables need not be co-partitioned), orders moving between products,
+/// products changing and leaving under them: once everything has gone
+/// through both repartition topics, the output holds exactly the lines the
+/// final rows make — through a crash inside a commit, a SIGKILL mid-stream
+/// and two restarts on empty state directories.
+#[test]
+fn orders_joined_with_products_by_foreign_key_end_exact_through_a_crash_a_sigkill_and_empty_state_dirs() -> Result<()> {
+    let app = unique("order-lines");
+    let (orders, products) = (format!("{app}-orders"), format!("{app}-products"));
+    let (out, dead) = (format!("{app}-lines"), format!("{app}-dead"));
+    create_topic(&orders, 3)?;
+    create_topic(&products, PARTITIONS)?;
+    let topics = [("orders", orders.as_str()), ("products", products.as_str()), ("order-lines", out.as_str())];
+    let order_changes = |seed: u64, span| {
+        let mut rows = table_changes(seed, 3_000, 400, 0, span, order_row);
+        for (key, _, _) in &mut rows {
+            if let Some(k) = key {
+                k[0] = b'o';
+            }
+        }
+        rows
+    };
+    let (o1, c1) = (order_changes(30, (0, SPAN / 2)), table_changes(31, 600, 60, 1, (0, SPAN / 2), catalogue_row));
+    let (o2, c2) =
+        (order_changes(40, (SPAN / 2, SPAN)), table_changes(41, 600, 60, 1, (SPAN / 2, SPAN), catalogue_row));
+    let want = || -> Result<_> { recompute_lines(&orders, &read_all(&orders)?, &products, &read_all(&products)?) };
+    let settled = || -> Result<bool> { Ok(final_lines(&out)? == want()?.0) };
+    through_failures(
+        "order-products",
+        &app,
+        &topics,
+        [&orders, &products],
+        [[&o1[..], &c1[..]], [&o2[..], &c2[..]]],
+        &dead,
+        &settled,
+    )?;
+    let (want, want_bad) = want()?;
+    assert!(want.len() > 200, "the feeds must make work: {} lines", want.len());
+    let written = read_all(&out)?;
+    let tombstones = written.iter().filter(|r| r.value.is_none()).count();
+    assert!(tombstones > 10, "lines must end as orders and products change: {tombstones} tombstones");
+    assert_eq!(final_lines(&out)?, want, "the lines the final rows make, after the last host stopped");
+    assert_eq!(dead_letters(&dead)?, want_bad, "each bad record dead-lettered once, naming its decoder");
     Ok(())
 }
 

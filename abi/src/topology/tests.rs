@@ -239,3 +239,39 @@ fn a_repartition_topic_of_absurd_size_is_refused() {
     t.nodes[at].op = Op::Repartition { partitions: Some(MAX_PARTITIONS) };
     assert!(t.validate().is_ok());
 }
+
+/// orders ⋈fk products: two tables, the extractor, both repartition topics
+/// and both halves of the join, with `kind`.
+fn foreign_join(kind: JoinKind) -> Topology {
+    Topology {
+        nodes: vec![
+            node("orders", &[], Op::Source { topic: "orders".into() }),
+            node("orders-table", &[0], Op::ToTable { store: store("orders-table") }),
+            node("products", &[], Op::Source { topic: "products".into() }),
+            node("products-table", &[2], Op::ToTable { store: store("products-table") }),
+            node("fk", &[1], Op::ForeignKey),
+            node("fk-repartition", &[4], Op::Repartition { partitions: None }),
+            node("lines", &[5, 3], Op::JoinForeign { kind, store: store("lines") }),
+            node("lines-repartition", &[6], Op::Repartition { partitions: None }),
+            node("answers", &[7, 1], Op::ForeignResponse { kind }),
+            node("joiner", &[8], Op::Joiner),
+            node("out", &[9], Op::Sink { topic: "lines".into() }),
+        ],
+    }
+}
+
+#[test]
+fn a_foreign_key_join_is_inner_or_left_and_goes_through_both_repartition_topics() {
+    foreign_join(JoinKind::Inner).validate().unwrap();
+    foreign_join(JoinKind::Left).validate().unwrap();
+    let subs = foreign_join(JoinKind::Inner).subtopologies().unwrap();
+    assert_eq!(subs.len(), 2, "the left table's part and the right table's part: {subs:?}");
+    let e = refused(&foreign_join(JoinKind::Outer));
+    assert_eq!(e.node.as_deref(), Some("lines"));
+    assert!(e.reason.contains("no outer kind"), "{e}");
+    // The subscriptions read without their repartition topic.
+    let mut t = foreign_join(JoinKind::Inner);
+    t.nodes[6].inputs[0].node = 4;
+    let e = refused(&t);
+    assert!(e.reason.contains("through a repartition topic"), "{e}");
+}

@@ -295,6 +295,23 @@ impl ValueCodec {
         }
     }
 
+    /// A foreign-key extractor's output: `(Option<Vec<u8>>, Option<Vec<u8>>)`,
+    /// the encoded foreign keys of an update's new and old row, written as a
+    /// [`weir_abi::calls::ForeignKeys`]. Only the host reads them.
+    pub fn foreign_keys() -> Self {
+        Self {
+            decode: Box::new(|_, _| Err("internal: foreign keys are never read".to_owned())),
+            encode: Box::new(|keys| {
+                let (new, old) = cast::<(Option<Vec<u8>>, Option<Vec<u8>>)>(keys)?;
+                let frame = weir_abi::calls::ForeignKeys { new: new.as_deref(), old: old.as_deref() };
+                Ok((Some(weir_abi::encode(&frame).map_err(|e| e.to_string())?), None))
+            }),
+            clone: Box::new(|keys| Ok(Box::new(cast::<(Option<Vec<u8>>, Option<Vec<u8>>)>(keys)?.clone()) as Obj)),
+            deletes: false,
+            stored: false,
+        }
+    }
+
     /// Whether values are in the stored encoding.
     pub fn is_stored(&self) -> bool {
         self.stored

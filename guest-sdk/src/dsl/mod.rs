@@ -457,6 +457,7 @@ impl StreamsBuilder {
             | Op::TableAggregate { store, .. }
             | Op::ToTable { store }
             | Op::JoinStreams { store, .. }
+            | Op::JoinForeign { store, .. }
             | Op::GlobalTable { store, .. } = &mut op
             {
                 store.name = name.clone();

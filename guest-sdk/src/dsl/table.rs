@@ -211,6 +211,116 @@ impl<K: Data, A: Data> KTable<K, A> {
         KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, joined: true, _t: PhantomData }
     }
 
+    /// Joins this table with `other` by foreign key (Kafka Streams' foreign-key
+    /// join): each row whose `foreign_key` has a row in `other`, as
+    /// `joiner(row, other's row)`, kept under this table's key; a row without
+    /// a foreign key, or whose foreign key has no row, has no result (a
+    /// tombstone if it had one). An update of either side makes new results —
+    /// a row of `other` changing updates every row that refers to it.
+    ///
+    /// `name` names the join's store of subscriptions and its two internal
+    /// topics (`<name>-subscription-repartition`, `<name>-response-repartition`):
+    /// keep it stable across versions. Both tables must come from topics
+    /// (`table`, `to_table`) and be read by nothing else; they need not be
+    /// partitioned alike.
+    pub fn join_foreign<FK: Data, R: Data, V: Data, E, F>(
+        &self,
+        name: &str,
+        other: &KTable<FK, R>,
+        foreign_key: E,
+        joiner: F,
+    ) -> KTable<K, V>
+    where
+        E: Fn(&A) -> Option<FK> + 'static,
+        F: Fn(&A, &R) -> V + 'static,
+    {
+        self.foreign_join(name, other, JoinKind::Inner, foreign_key, move |l, r| Some(joiner(l?, r?)))
+    }
+
+    /// Like [`KTable::join_foreign`], for every row of this table, with the
+    /// row its foreign key refers to if there is one.
+    pub fn left_join_foreign<FK: Data, R: Data, V: Data, E, F>(
+        &self,
+        name: &str,
+        other: &KTable<FK, R>,
+        foreign_key: E,
+        joiner: F,
+    ) -> KTable<K, V>
+    where
+        E: Fn(&A) -> Option<FK> + 'static,
+        F: Fn(&A, Option<&R>) -> V + 'static,
+    {
+        self.foreign_join(name, other, JoinKind::Left, foreign_key, move |l, r| Some(joiner(l?, r)))
+    }
+
+    fn foreign_join<FK: Data, R: Data, V: Data>(
+        &self,
+        name: &str,
+        other: &KTable<FK, R>,
+        kind: JoinKind,
+        foreign_key: impl Fn(&A) -> Option<FK> + 'static,
+        joiner: impl Fn(Option<&A>, Option<&R>) -> Option<V> + 'static,
+    ) -> KTable<K, V> {
+        let mut g = self.g.borrow_mut();
+        for t in [(self.rows, self.joined), (other.rows, other.joined)] {
+            if t != (Rows::Text, false) {
+                g.error("tables joined by foreign key must be read from topics (`table`, `to_table`)".to_owned());
+            }
+        }
+        // The foreign keys of each update's new and old row, in the other
+        // table's key encoding.
+        let extract: Step = Box::new(move |item, out| {
+            let Some(change) = item.value else { return Ok(()) };
+            let change = super::take::<Change<A>>(change)?;
+            let fk = |row: &Option<A>| match row.as_ref().and_then(&foreign_key) {
+                Some(k) => key_bytes(&k),
+                None => Ok(None),
+            };
+            let keys = Box::new((fk(&change.new)?, fk(&change.old)?)) as super::Obj;
+            out.push((0, Item { key: item.key, value: Some(keys), timestamp: item.timestamp }));
+            Ok(())
+        });
+        let keys = Codec::new(self.key.clone(), ValueCodec::foreign_keys());
+        let extractor = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![Edge { node: self.node, port: 0 }],
+            op: Op::ForeignKey,
+            output: Some(keys.clone()),
+            run: Run::Step(extract),
+        });
+        g.rename(extractor, &format!("{name}-foreign-key"));
+        let join = g.next_index() + 1;
+        let subscriptions =
+            g.add_side_repartition(Edge { node: extractor, port: 0 }, keys.clone(), join, "subscription");
+        let join = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![Edge { node: subscriptions, port: 0 }, Edge { node: other.node, port: 0 }],
+            op: Op::JoinForeign { kind, store: store_spec() },
+            output: Some(keys.clone()),
+            run: Run::Host,
+        });
+        g.rename(join, name);
+        let responses = g.add_side_repartition(Edge { node: join, port: 0 }, keys, join, "response");
+        let answered = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![Edge { node: responses, port: 0 }, Edge { node: self.node, port: 0 }],
+            op: Op::ForeignResponse { kind },
+            output: Some(Codec::new(self.key.clone(), ValueCodec::joined_rows::<A, R>())),
+            run: Run::Host,
+        });
+        g.rename(answered, &format!("{name}-response-join"));
+        let node = g.add(NewNode {
+            fn_name: None,
+            inputs: vec![Edge { node: answered, port: 0 }],
+            op: Op::Joiner,
+            output: Some(Codec::new(self.key.clone(), ValueCodec::text_rows::<V>())),
+            run: Run::Step(pair_joiner(joiner)),
+        });
+        g.rename(node, &format!("{name}-joiner"));
+        drop(g);
+        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, joined: true, _t: PhantomData }
+    }
+
     /// Re-groups the table's rows under new keys: `f` maps each row to a new
     /// key and value. Each update of the table takes its old row out of the
     /// group it was in and adds its new row to the group it is in now.

@@ -230,8 +230,41 @@ pub fn caught_up<C: ConsumerContext>(
     if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
         return false;
     }
+    // A topic written in transactions ends in a commit marker, an offset no
+    // record has: the consumer's own position steps over it (and over
+    // aborted records), the position after the last record read does not.
+    let position = match (position, consumer_position(consumer, &topic, partition)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     match position {
         Some(at) => at >= high,
         None => high == 0 || (low >= 0 && low >= high),
+    }
+}
+
+/// The consumer's position in `partition` of `topic` (after the last message
+/// it handed out, control records stepped over), if it has one.
+fn consumer_position<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &std::ffi::CStr,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::bindings as rd;
+    // SAFETY: the list is made, filled, read and destroyed here; librdkafka
+    // copies the topic name into it and writes the offset of each entry.
+    #[allow(unsafe_code)]
+    unsafe {
+        let list = rd::rd_kafka_topic_partition_list_new(1);
+        if list.is_null() {
+            return None;
+        }
+        let entry = rd::rd_kafka_topic_partition_list_add(list, topic.as_ptr(), partition);
+        let err = rd::rd_kafka_position(consumer.client().native_ptr(), list);
+        let offset = (!entry.is_null() && err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .then(|| (*entry).offset)
+            .filter(|&o| o >= 0);
+        rd::rd_kafka_topic_partition_list_destroy(list);
+        offset
     }
 }

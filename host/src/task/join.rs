@@ -20,6 +20,10 @@
 //! right row beside it) if they make a result — both present (inner), the left
 //! one (left), either (outer) — or, if they made one before the update and do
 //! not any more, with neither row, which the joiner writes as a tombstone.
+//!
+//! The left half of a foreign-key join is a join of this kind too: its
+//! records are the right side's answers, joined with the left row only if
+//! they answer it as it is now (see `foreign`).
 
 use weir_abi::topology::Edge;
 
@@ -103,7 +107,18 @@ impl Task {
                     continue;
                 }
             };
-            if row.is_some() || join.left {
+            if join.foreign {
+                // A foreign-key join's answer: joined only with the row it answers.
+                match super::foreign::answer_for(row.as_deref(), value.as_deref()) {
+                    None => {
+                        env.metrics.join_misses.inc();
+                    }
+                    Some(right) if row.is_none() || (right.is_none() && !join.left) => {
+                        joined.push((source, key, None, None, None));
+                    }
+                    Some(right) => joined.push((source, key, row, right, None)),
+                }
+            } else if row.is_some() || join.left {
                 joined.push((source, key, value, row, None));
             } else {
                 env.metrics.join_misses.inc();

@@ -28,6 +28,7 @@
 //! so a crash before that commit leaves the old state and the old schema intact.
 
 mod batch;
+mod foreign;
 mod join;
 pub mod outbox;
 mod planned;
@@ -47,7 +48,7 @@ use crate::faults;
 use crate::metrics::Metrics;
 use crate::runtime::{Guest, GuestError, MAX_REASON_BYTES, PluginInfo, clip};
 use crate::state::{Change, Store, StoreError, split_window_key, window_end_bound};
-use crate::topology::{Aggregation, Exit, Folds, Stage};
+use crate::topology::{Aggregation, Carries, Exit, Folds, Stage};
 use crate::window::{KeyWindows, Planner, SessionPlanner, SlidingPlanner, WindowError, Windowing};
 use batch::Reject;
 pub use outbox::{Dest, Out, Outbox};
@@ -211,6 +212,9 @@ pub enum Kind {
     JoinTables,
     /// Two streams joined within a time window, in the task's side store.
     JoinStreams,
+    /// The right half of a foreign-key join: the right table's rows and the
+    /// subscriptions, in the task's side stores.
+    JoinForeign,
 }
 
 /// A sliding or session aggregation.
@@ -229,6 +233,7 @@ impl Kind {
             Stage::Stateless => None,
             Stage::Join(_) => return Ok(Kind::JoinTables),
             Stage::JoinStreams(_) => return Ok(Kind::JoinStreams),
+            Stage::JoinForeign(_) => return Ok(Kind::JoinForeign),
             Stage::Aggregate(a) => match a.folds {
                 Folds::Windows(w) => Some(w),
                 Folds::Table => return Ok(Kind::Table { changes: false }),
@@ -257,7 +262,7 @@ impl Kind {
 
     /// Whether its state is in the task's first store (the aggregation's).
     fn has_primary(&self) -> bool {
-        !matches!(self, Kind::Stateless | Kind::JoinTables | Kind::JoinStreams)
+        !matches!(self, Kind::Stateless | Kind::JoinTables | Kind::JoinStreams | Kind::JoinForeign)
     }
 
     /// Whether it keeps one row per key (whose rows never close).
@@ -688,6 +693,7 @@ impl Task {
                 _ if let Some(join) = global => self.process_global_join(env, run, join),
                 Kind::JoinTables => self.process_tables_join(env, run),
                 Kind::JoinStreams => self.process_streams_join(env, run),
+                Kind::JoinForeign => self.process_foreign(env, run),
                 Kind::Latest => self.process_latest(env, run),
                 Kind::Time(_) | Kind::Table { .. } if split => self.process_split(env, run),
                 Kind::Time(_) | Kind::Table { .. } => self.process_records(env, run),
@@ -875,7 +881,7 @@ impl Task {
         how: Render,
     ) -> Result<(), TaskError> {
         let mut last = match self.finish_call(env, slots, how)? {
-            Ok(rendered) => return self.emit_rendered(env, rendered),
+            Ok(rendered) => return self.emit_rendered(env, slots, rendered),
             Err(e) => e,
         };
         env.metrics.plugin_failures.inc();
@@ -888,7 +894,7 @@ impl Task {
         for _ in 0..retries {
             env.guest.renew();
             match self.finish_call(env, slots, how)? {
-                Ok(rendered) => return self.emit_rendered(env, rendered),
+                Ok(rendered) => return self.emit_rendered(env, slots, rendered),
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
                     last = e;
@@ -902,7 +908,7 @@ impl Task {
         // Window by window: only the windows that fail alone are given up.
         for slot in slots {
             match self.finish_call(env, std::slice::from_ref(slot), how)? {
-                Ok(rendered) => self.emit_rendered(env, rendered)?,
+                Ok(rendered) => self.emit_rendered(env, std::slice::from_ref(slot), rendered)?,
                 Err(e) => {
                     env.metrics.plugin_failures.inc();
                     env.guest.renew();
@@ -957,8 +963,26 @@ impl Task {
         Ok(rendered)
     }
 
-    fn emit_rendered(&mut self, env: &mut Env<'_>, rendered: Rendered) -> Result<(), TaskError> {
+    /// Queues what rendering `slots` made: results, or, for foreign keys,
+    /// the subscriptions of each slot's row.
+    fn emit_rendered(
+        &mut self,
+        env: &mut Env<'_>,
+        slots: &[(&[u8], Option<&[u8]>)],
+        rendered: Rendered,
+    ) -> Result<(), TaskError> {
         for r in rendered.records {
+            if let Exit::Repartition(to) = r.exit
+                && let Some(kind) = foreign::subscriptions_to(env, to)
+            {
+                let slot = slots.get(r.source).copied().ok_or_else(|| {
+                    TaskError::Frame(format!("internal: a rendered record of row {} of {}", r.source, slots.len()))
+                })?;
+                for out in self.subscriptions(env, (to, kind), slot, r.value.as_deref())? {
+                    env.outbox.push(out);
+                }
+                continue;
+            }
             let out = exit_record(env, r.exit, r.key, r.value, r.old.as_deref(), self.stream_time, r.window)?;
             env.outbox.push(out);
         }
@@ -1089,8 +1113,10 @@ struct Render {
     with_old: bool,
 }
 
-/// A rendered record: where it goes, key, value, the row it replaces and its window.
+/// A rendered record: the row it came from (its index in the call), where it
+/// goes, key, value, the row it replaces and its window.
 struct RenderedRecord {
+    source: usize,
     exit: Exit,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
@@ -1121,7 +1147,7 @@ fn exit_record(
         }
         Exit::Repartition(r) => {
             env.metrics.repartition_out.inc();
-            let changes = env.info.shape.repartitions.get(r).is_some_and(|r| r.changes);
+            let changes = env.info.shape.repartitions.get(r).is_some_and(|r| r.carries == Carries::Changes);
             let value = match changes {
                 true => Some(
                     weir_abi::encode(&weir_abi::calls::ChangeFrame { new: value.as_deref(), old })
@@ -1176,6 +1202,7 @@ fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Re
         }
         for &exit in exits {
             records.push(RenderedRecord {
+                source: e.source as usize,
                 exit,
                 key: e.record.key.map(<[u8]>::to_vec),
                 value: e.record.value.map(<[u8]>::to_vec),
@@ -1296,3 +1323,6 @@ mod merge_tests;
 
 #[cfg(test)]
 mod join_tests;
+
+#[cfg(test)]
+mod foreign_tests;

@@ -268,7 +268,11 @@ fn a_rekeyed_stream_is_counted_under_its_new_key_after_the_repartition() {
     let built = rekeyed();
     let info = PluginInfo::of("rekeyed".into(), "1".into(), built.describe().clone()).unwrap();
     assert_eq!(info.shape.subs.len(), 2);
-    assert!(!info.shape.repartitions[0].changes, "plain records go through the repartition");
+    assert_eq!(
+        info.shape.repartitions[0].carries,
+        crate::topology::Carries::Records,
+        "plain records go through the repartition"
+    );
     let mut guest = Native(built);
     let task = |sub: usize| {
         let grace = info.shape.subs[sub].aggregation().map_or(0, |a| a.grace_ms);

@@ -41,6 +41,15 @@ fn details(node: &Node, app: Option<&str>) -> String {
             format!("reads `{topic}` whole on every host; store `{}`, restored from its topic", store.name)
         }
         Op::JoinGlobal { .. } => "looks the selected key up in the global table".to_owned(),
+        Op::ForeignKey => "each left row's foreign key, subscribing the row to it".to_owned(),
+        Op::JoinForeign { kind, store } => format!(
+            "{kind:?}; answers each subscription, and every subscriber of a right row that changes; subscriptions \
+             in store `{}`",
+            store.name
+        ),
+        Op::ForeignResponse { .. } => {
+            "joins each answer with the left row it answers (dropped if the row has changed since)".to_owned()
+        }
         _ => String::new(),
     }
 }

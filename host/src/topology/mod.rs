@@ -37,14 +37,17 @@
 //! sub-topology may instead hold one join of two tables or of two streams, each
 //! side fed by an input of its own; and any input may be joined with global
 //! tables (read whole by every task, so no part of any sub-topology), by a key
-//! a guest selector computes. Foreign-key joins come later; what this host
-//! cannot run is refused with the node named.
+//! a guest selector computes. A **foreign-key join** spans two sub-topologies
+//! and two repartition topics (see [`ForeignJoin`]): the left table's, whose
+//! updates go through the foreign-key extractor as subscriptions and which
+//! joins the responses with its rows, and the right table's, which answers
+//! them. What this host cannot run is refused with the node named.
 
 pub mod describe;
 
 use std::collections::BTreeMap;
 
-use weir_abi::topology::{Edge, Emit, JoinKind, JoinWindow, Op, StoreSpec, Topology, TopologyError, WindowSpec};
+use weir_abi::topology::{Edge, Emit, Flow, JoinKind, JoinWindow, Op, StoreSpec, Topology, TopologyError, WindowSpec};
 
 use crate::window::Windowing;
 
@@ -66,9 +69,22 @@ pub struct Repartition {
     pub name: String,
     /// Its partition count, if the plugin set one.
     pub partitions: Option<u32>,
-    /// Whether it carries re-grouped table updates (each value a
-    /// [`weir_abi::calls::ChangeFrame`]) rather than plain records.
-    pub changes: bool,
+    /// What its records are.
+    pub carries: Carries,
+}
+
+/// What the records of a repartition topic are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// Plain records, as the guest hands them on.
+    Records,
+    /// Re-grouped table updates, each value a [`weir_abi::calls::ChangeFrame`].
+    Changes,
+    /// A foreign-key join's subscriptions, which the host writes from the
+    /// extractor's foreign keys (see [`crate::task`]'s `foreign`).
+    Subscriptions(JoinKind),
+    /// A foreign-key join's responses, written by the host.
+    Responses,
 }
 
 /// Where records leaving the guest go.
@@ -181,6 +197,9 @@ pub struct TableJoin {
     pub input: usize,
     /// Whether records without a row go on (a left join).
     pub left: bool,
+    /// Whether its records are a foreign-key join's responses, joined with
+    /// the row they answer if it has not changed since (see [`ForeignJoin`]).
+    pub foreign: bool,
 }
 
 /// One side of a join of two tables: the table and the input that feeds it.
@@ -228,6 +247,34 @@ pub struct StreamsJoin {
     pub sides: [usize; 2],
 }
 
+/// The right half of a foreign-key join: the right table, fed by one input,
+/// and the subscriptions, read from the other (a repartition topic), kept in
+/// a store of their own; answers go to the responses' repartition topic.
+///
+/// The left half is a [`TableJoin`] (`foreign`) of the responses with the
+/// left table, in the left table's sub-topology, whose updates are rendered
+/// through the foreign-key extractor into subscriptions: a left row
+/// subscribes to its foreign key (with a hash of itself), the right side
+/// answers with the foreign key's row — now, and again whenever it changes —
+/// and the left side joins an answer only while the row's hash still matches,
+/// so an answer for a row that has changed since (its foreign key with it)
+/// is never written (Kafka Streams' design).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignJoin {
+    /// The [`Op::JoinForeign`] node.
+    pub node: u32,
+    /// Inner or left.
+    pub kind: JoinKind,
+    /// The right table.
+    pub table: TableSide,
+    /// The store of subscriptions.
+    pub store: StoreSpec,
+    /// The sub-topology input of the subscriptions.
+    pub input: usize,
+    /// The responses' repartition topic, by index into [`Shape::repartitions`].
+    pub responses: usize,
+}
+
 /// What runs in a sub-topology after its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
@@ -239,6 +286,8 @@ pub enum Stage {
     Join(TablesJoin),
     /// A join of two streams within a time window.
     JoinStreams(StreamsJoin),
+    /// The right half of a foreign-key join.
+    JoinForeign(ForeignJoin),
 }
 
 /// The topic a sub-topology reads.
@@ -278,7 +327,7 @@ impl Sub {
     pub fn aggregation(&self) -> Option<&Aggregation> {
         match &self.stage {
             Stage::Aggregate(a) => Some(a),
-            Stage::Stateless | Stage::Join(_) | Stage::JoinStreams(_) => None,
+            Stage::Stateless | Stage::Join(_) | Stage::JoinStreams(_) | Stage::JoinForeign(_) => None,
         }
     }
 
@@ -288,6 +337,7 @@ impl Sub {
             Stage::Aggregate(a) => vec![&a.store],
             Stage::Join(j) => j.sides.iter().map(|s| &s.store).collect(),
             Stage::JoinStreams(j) => vec![&j.store],
+            Stage::JoinForeign(j) => vec![&j.table.store, &j.store],
             Stage::Stateless => Vec::new(),
         }
     }
@@ -409,11 +459,13 @@ impl Shape {
             let stores = |sub: &Sub| sub.stores().iter().map(|s| s.name.clone()).collect();
             let joins = |sub: &Sub| {
                 let global = sub.global_joins.iter().map(|j| (j.input + (1 << 20) * (j.table + 1), j.left));
-                sub.joins.iter().map(|j| (j.input, j.left)).chain(global).collect()
+                let foreign = |j: &TableJoin| usize::from(j.foreign) << 30;
+                sub.joins.iter().map(|j| (j.input + foreign(j), j.left)).chain(global).collect()
             };
             let kind = |sub: &Sub| match &sub.stage {
                 Stage::Join(j) => Some((j.kind, None)),
                 Stage::JoinStreams(j) => Some((j.kind, Some(j.window))),
+                Stage::JoinForeign(j) => Some((j.kind, None)),
                 _ => None,
             };
             s.subs.iter().map(|sub| (inputs(sub), stores(sub), joins(sub), kind(sub))).collect()
@@ -470,6 +522,13 @@ impl Shape {
                         j.kind,
                         j.store.name
                     ),
+                    Stage::JoinForeign(j) => format!(
+                        "{n}: {} into `{}`, foreign-key subscriptions ({:?}) in `{}`",
+                        reads.join(" + "),
+                        j.table.store.name,
+                        j.kind,
+                        j.store.name
+                    ),
                     Stage::Stateless => format!("{n}: {}", reads.join(" + ")),
                 }
             })
@@ -503,7 +562,22 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             Op::Sink { topic } => sinks.push(Endpoint { node: i as u32, topic: topic.clone() }),
             Op::Repartition { partitions } => {
                 let input = n.inputs[0];
-                if !t.node(input.node).op.is_guest() {
+                let carries = match flows[input.node as usize] {
+                    Flow::Changes => Carries::Changes,
+                    Flow::Responses => Carries::Responses,
+                    Flow::Subscriptions => {
+                        // The join reading it says which kind of subscriptions to write.
+                        let kind = t.consumers(i as u32).find_map(|(c, _)| match t.node(c).op {
+                            Op::JoinForeign { kind, .. } => Some(kind),
+                            _ => None,
+                        });
+                        Carries::Subscriptions(kind.ok_or_else(|| {
+                            refuse(t, i as u32, "foreign keys repartitioned towards no foreign-key join")
+                        })?)
+                    }
+                    _ => Carries::Records,
+                };
+                if !t.node(input.node).op.is_guest() && carries != Carries::Responses {
                     return Err(refuse(
                         t,
                         i as u32,
@@ -514,7 +588,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                     node: i as u32,
                     name: n.name.clone(),
                     partitions: *partitions,
-                    changes: flows[input.node as usize] == weir_abi::topology::Flow::Changes,
+                    carries,
                 });
             }
             _ => {}
@@ -532,6 +606,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         let input = t.node(r.node).inputs[0];
         exits.entry((input.node, input.port)).or_default().push(Exit::Repartition(i));
     }
+    check_foreign_halves(t)?;
     let mut subs = Vec::new();
     for part in t.subtopologies()? {
         // A global table is read whole by every task, not by tasks of its own.
@@ -559,7 +634,12 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
         let own = |n: u32| part.nodes.contains(&n) && !part.writes_repartitions.contains(&n);
         let tables_join = tables_join(t, &part, &input_nodes, &segment_of)?;
         let streams_join = streams_join(t, &part, &input_nodes, &segment_of)?;
-        let sides: Vec<u32> = tables_join.iter().flat_map(|j| j.sides.iter().map(|s| s.table)).collect();
+        let foreign_join = foreign_join(t, &part, &input_nodes, &repartitions, &segment_of)?;
+        let sides: Vec<u32> = tables_join
+            .iter()
+            .flat_map(|j| j.sides.iter().map(|s| s.table))
+            .chain(foreign_join.iter().map(|j| j.table.table))
+            .collect();
         let aggregates: Vec<u32> = part
             .nodes
             .iter()
@@ -567,11 +647,12 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
             .filter(|&n| matches!(t.node(n).op, Op::Aggregate { .. } | Op::TableAggregate { .. } | Op::ToTable { .. }))
             .filter(|n| !sides.contains(n))
             .collect();
-        if let (Some(j), Some(&agg)) = (&tables_join, aggregates.first()) {
+        let pair = tables_join.as_ref().map(|j| j.node).or(foreign_join.as_ref().map(|j| j.node));
+        if let (Some(j), Some(&agg)) = (pair, aggregates.first()) {
             return Err(refuse(
                 t,
                 agg,
-                format!("an aggregation beside the join `{}` in one sub-topology: {LATER}", t.node(j.node).name),
+                format!("an aggregation beside the join `{}` in one sub-topology: {LATER}", t.node(j).name),
             ));
         }
         if let [_, second, ..] = aggregates.as_slice() {
@@ -595,7 +676,17 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 ));
             }
         }
+        if let (Some(j), Some(other)) =
+            (&foreign_join, streams_join.as_ref().map(|j| j.node).or(joins.first().map(|j| j.node)))
+        {
+            return Err(refuse(
+                t,
+                other,
+                format!("beside the foreign-key join `{}` in one sub-topology: {LATER}", t.node(j.node).name),
+            ));
+        }
         let stage = match aggregates.first() {
+            None if let Some(j) = foreign_join => Stage::JoinForeign(j),
             None if let Some(j) = streams_join => Stage::JoinStreams(j),
             None if let Some(j) = tables_join => {
                 if let Some(stream_join) = joins.first() {
@@ -633,6 +724,7 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 join_nodes.extend(j.sides.iter().map(|s| s.table));
             }
             Stage::JoinStreams(j) => join_nodes.push(j.node),
+            Stage::JoinForeign(j) => join_nodes.extend([j.node, j.table.table]),
             _ => {}
         }
         for seg in segments.iter().filter(|s| s.nodes.iter().any(|&n| own(n))) {
@@ -684,7 +776,11 @@ fn joins<'s>(
 ) -> Result<Vec<TableJoin>, TopologyError> {
     let mut joins: Vec<TableJoin> = Vec::new();
     for &n in &part.nodes {
-        let Op::JoinTable { left } = t.node(n).op else { continue };
+        let (left, foreign) = match t.node(n).op {
+            Op::JoinTable { left } => (left, false),
+            Op::ForeignResponse { kind } => (kind == JoinKind::Left, true),
+            _ => continue,
+        };
         let (stream, rows) = (t.node(n).inputs[0], t.node(n).inputs[1]);
         match table {
             Some(agg) if agg == rows.node => {}
@@ -720,7 +816,10 @@ fn joins<'s>(
         if joins.iter().any(|j| j.input == at) {
             return Err(refuse(t, n, format!("a second join of the topic `{}`: {LATER}", t.node(input).name)));
         }
-        joins.push(TableJoin { node: n, input: at, left });
+        if foreign && !inputs.contains(&stream.node) {
+            return Err(refuse(t, n, "reads its responses from their repartition topic directly"));
+        }
+        joins.push(TableJoin { node: n, input: at, left, foreign });
     }
     if joins.len() == inputs.len() && !joins.is_empty() {
         let first = joins[0].node;
@@ -864,6 +963,89 @@ fn tables_join<'s>(
     Ok(Some(TablesJoin { node, kind, sides: [left, right] }))
 }
 
+/// Checks that each foreign-key join's halves belong together: the responses
+/// a [`Op::ForeignResponse`] reads come from a [`Op::JoinForeign`] of the same
+/// kind answering the subscriptions of the very table it joins them with.
+fn check_foreign_halves(t: &Topology) -> Result<(), TopologyError> {
+    let feeder = |n: u32| t.node(n).inputs.first().map(|e| e.node);
+    for (n, node) in t.nodes.iter().enumerate() {
+        let Op::ForeignResponse { kind } = node.op else { continue };
+        let n = n as u32;
+        let join = feeder(n).and_then(feeder);
+        let extractor = join.and_then(feeder).and_then(feeder);
+        let answered = match (join.map(|j| &t.node(j).op), extractor) {
+            (Some(Op::JoinForeign { kind: k, .. }), Some(e)) if *k == kind => feeder(e),
+            _ => None,
+        };
+        if answered != node.inputs.get(1).map(|e| e.node) {
+            return Err(refuse(
+                t,
+                n,
+                "joins responses with a table other than the one whose foreign keys subscribed (or with a join of \
+                 another kind)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The right half of a foreign-key join in a sub-topology (`part`, reading
+/// `inputs`), if it has one: the subscriptions read from their repartition
+/// topic, the right table (a `to_table` read by the join alone) fed by the
+/// other input, the answers written to a repartition topic and nowhere else.
+fn foreign_join<'s>(
+    t: &Topology,
+    part: &weir_abi::topology::SubTopology,
+    inputs: &[u32],
+    repartitions: &[Repartition],
+    segment_of: &impl Fn(u32) -> Option<&'s weir_abi::topology::Segment>,
+) -> Result<Option<ForeignJoin>, TopologyError> {
+    let mut found = part.nodes.iter().copied().filter(|&n| matches!(t.node(n).op, Op::JoinForeign { .. }));
+    let Some(node) = found.next() else { return Ok(None) };
+    if let Some(second) = found.next() {
+        return Err(refuse(t, second, format!("a second foreign-key join in one sub-topology: {LATER}")));
+    }
+    let Op::JoinForeign { kind, store } = &t.node(node).op else { return Ok(None) };
+    let (subscriptions, right) = (t.node(node).inputs[0], t.node(node).inputs[1]);
+    let Op::ToTable { store: table_store } = &t.node(right.node).op else {
+        return Err(refuse(
+            t,
+            node,
+            format!("joins the {} `{}` by foreign key: {LATER}", t.node(right.node).op.kind(), t.node(right.node).name),
+        ));
+    };
+    if let Some((other, _)) = t.consumers(right.node).find(|&(c, _)| c != node) {
+        return Err(refuse(
+            t,
+            other,
+            format!("reads the table `{}` besides the foreign-key join: {LATER}", t.node(right.node).name),
+        ));
+    }
+    let feed = t.node(right.node).inputs[0];
+    let table_input = input_reaching(t, feed, inputs, segment_of).ok_or_else(|| {
+        refuse(t, right.node, format!("a joined table fed by more than one topic of its sub-topology: {LATER}"))
+    })?;
+    leads_only_to(t, table_input, right.node, segment_of)?;
+    if inputs.len() != 2 || table_input == subscriptions.node {
+        return Err(refuse(t, node, format!("a foreign-key join's sub-topology reads other topics too: {LATER}")));
+    }
+    let readers: Vec<u32> = t.consumers(node).map(|(c, _)| c).collect();
+    let responses = match readers.as_slice() {
+        [one] => repartitions.iter().position(|r| r.node == *one && r.carries == Carries::Responses),
+        _ => None,
+    }
+    .ok_or_else(|| refuse(t, node, "a foreign-key join's answers go to one repartition topic and nowhere else"))?;
+    let at = |n: u32| inputs.iter().position(|&i| i == n).unwrap_or(0);
+    Ok(Some(ForeignJoin {
+        node,
+        kind: *kind,
+        table: TableSide { table: right.node, store: table_store.clone(), input: at(table_input) },
+        store: store.clone(),
+        input: at(subscriptions.node),
+        responses,
+    }))
+}
+
 /// The join of two streams in a sub-topology (`part`, reading `inputs`), if
 /// it has one: each side read from an input of its own.
 fn streams_join<'s>(
@@ -962,12 +1144,19 @@ fn aggregation<'s>(
     // (a table of latest values is folded by the host, after them).
     let fused = !direct && !split && folds != Folds::Latest;
     // Joins look rows up; what reads the rows as updates is one of these.
-    let readers: Vec<u32> =
-        t.consumers(agg).map(|(c, _)| c).filter(|&c| !matches!(t.node(c).op, Op::JoinTable { .. })).collect();
+    let readers: Vec<u32> = t
+        .consumers(agg)
+        .map(|(c, _)| c)
+        .filter(|&c| !matches!(t.node(c).op, Op::JoinTable { .. } | Op::ForeignResponse { .. }))
+        .collect();
     let (render_from, render_old) = match readers.as_slice() {
         [] => (None, false),
         [one] if matches!(t.node(*one).op, Op::ToStream) => (Some(Edge { node: *one, port: 0 }), false),
-        [one] if matches!(t.node(*one).op, Op::TableGroupBy) => (Some(Edge { node: agg, port: 0 }), true),
+        // A group_by takes old rows out of their groups; a foreign-key
+        // extractor unsubscribes them from their foreign keys.
+        [one] if matches!(t.node(*one).op, Op::TableGroupBy | Op::ForeignKey) => {
+            (Some(Edge { node: agg, port: 0 }), true)
+        }
         _ => {
             return Err(refuse(
                 t,

@@ -174,7 +174,7 @@ fn a_regrouped_table_runs_as_two_subtopologies_through_a_repartition() {
     assert_eq!(s.subs.len(), 2);
     assert_eq!(
         s.repartitions,
-        [Repartition { node: 4, name: "top-repartition".into(), partitions: Some(1), changes: true }]
+        [Repartition { node: 4, name: "top-repartition".into(), partitions: Some(1), carries: Carries::Changes }]
     );
     let (first, second) = (s.subs[0].aggregation().unwrap(), s.subs[1].aggregation().unwrap());
     assert_eq!((s.subs[0].inputs[0].input, s.subs[1].inputs[0].input), (Input::Source(0), Input::Repartition(0)));
