@@ -80,8 +80,9 @@ pub fn describe(cfg: &RunConfig, info: &PluginInfo) -> String {
         );
     }
     for (sub, changelogs) in info.shape.subs.iter().zip(&topics.changelogs) {
-        for (store, changelog) in sub.stores().into_iter().zip(changelogs) {
-            let _ = writeln!(out, "  store       {} ({backend}) → {changelog} (compacted)", store.name);
+        for (i, (store, changelog)) in sub.stores().into_iter().zip(changelogs).enumerate() {
+            let how = if sub.source_table(i).is_some() { "its source topic, no changelog" } else { "compacted" };
+            let _ = writeln!(out, "  store       {} ({backend}) → {changelog} ({how})", store.name);
         }
         if let Some(a) = sub.aggregation()
             && let Some(w) = a.window()
@@ -149,7 +150,7 @@ pub fn run(args: &DemoArgs, stop: &Arc<AtomicBool>) -> Result<(), DemoError> {
         .iter()
         .chain(&topics.sinks)
         .chain(&topics.repartitions)
-        .chain(topics.changelogs.iter().flatten())
+        .chain(topics.changelogs.iter().flatten().filter(|c| !topics.sources.contains(c)))
         .chain([&topics.dead_letter])
     {
         cluster.create_topic(topic, partitions, 1)?;

@@ -666,6 +666,13 @@ fn two_tables_joined_on_key_follow_both_through_a_crash_a_sigkill_and_empty_stat
     }
     let got_bad = dead_letters(&dead)?;
     assert_eq!(got_bad, want_bad, "each bad record dead-lettered once, naming its decoder");
+    // Both tables were restored from their topics (the restarts' restored
+    // records, asserted above); neither has a changelog.
+    assert!(topic_exists(&products)?, "the check sees the topics there are");
+    for store in ["products-table", "stock-table"] {
+        let changelog = format!("{app}-{store}-changelog");
+        assert!(!topic_exists(&changelog)?, "{changelog}: a table read from a topic needs no changelog");
+    }
     Ok(())
 }
 

@@ -205,6 +205,15 @@ pub fn end_offsets_on(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, i64>
     Ok(watermarks_on(bootstrap, topic)?.into_iter().map(|(p, (_, high))| (p, high)).collect())
 }
 
+/// Whether the broker has a topic named `name` (asking for every topic's
+/// metadata, which creates none).
+pub fn topic_exists(name: &str) -> Result<bool> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = client_on(&bootstrap()).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata.topics().iter().any(|t| t.name() == name))
+}
+
 /// First offsets of `topic` (above 0 once records were deleted).
 pub fn low_offsets(topic: &str) -> Result<BTreeMap<i32, i64>> {
     Ok(watermarks_on(&bootstrap(), topic)?.into_iter().map(|(p, (low, _))| (p, low)).collect())

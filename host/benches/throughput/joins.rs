@@ -1,6 +1,6 @@
 //! The join modes of the throughput benchmark: their inputs, and runs of
 //! `click-enrich` (stream–table), `search-clicks` (windowed stream–stream) and
-//! a table's restore from its changelog.
+//! a table's restore from its source topic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,7 +182,7 @@ pub fn windowed(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &s
 }
 
 /// (i): builds the big table, then restores it on an empty state directory:
-/// seconds from the first changelog record restored to the last, and how many.
+/// seconds from the first record of its topic restored to the last, and how many.
 pub fn restore(bootstrap: &str, input: &str, records: u64, plugin: &str, id: &str) -> Result<(f64, u64)> {
     let t = topics(input);
     let [.., changes, _] = sizes(records);

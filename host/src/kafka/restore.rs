@@ -1,5 +1,6 @@
-//! Restores task stores from their changelog partitions without blocking the
-//! poll loop: one consumer reads every changelog partition being restored (of
+//! Restores task stores from their changelog partitions (or, for a table read
+//! from a topic, that topic up to the task's committed offset) without
+//! blocking the poll loop: one consumer reads every changelog partition being restored (of
 //! every store), and the pipeline drains it a little on each turn of its loop.
 //!
 //! A restore reads from the store's checkpoint up to the end the partition had
@@ -174,6 +175,11 @@ impl Restorer {
                 Some(Ok(msg)) => {
                     let at = (msg.topic().to_owned(), msg.partition());
                     let Some(reading) = self.reading.get_mut(&at) else { continue };
+                    // What lies beyond the end (in a source topic restoring a
+                    // table: records the task has not processed yet) is not state.
+                    if msg.offset() >= reading.end {
+                        continue;
+                    }
                     reading.records += 1;
                     reading.next = Some(msg.offset() + 1);
                     reading.progressed = Instant::now();

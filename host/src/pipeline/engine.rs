@@ -62,7 +62,8 @@ pub struct Topics {
     /// Per sub-topology: the topics its tasks read (a task reads the same
     /// partition of each), in the order of the sub-topology's inputs.
     pub inputs: Vec<Vec<String>>,
-    /// Per sub-topology: its stores' changelogs, in the order of its stores.
+    /// Per sub-topology: its stores' changelogs, in the order of its stores
+    /// (a table restored from its source topic: that topic, never written).
     pub changelogs: Vec<Vec<String>>,
     /// The global tables' topics, in the order of the shape's global tables.
     pub globals: Vec<String>,
@@ -77,7 +78,7 @@ impl Topics {
         let only_sink = (shape.sinks.len() == 1).then_some(&cfg.output_topic);
         let sources: Vec<String> = shape.sources.iter().map(|s| cfg.topic(&s.topic, only_source)).collect();
         let repartitions: Vec<String> = shape.repartitions.iter().map(|r| cfg.repartition_topic(&r.name)).collect();
-        let inputs = shape
+        let inputs: Vec<Vec<String>> = shape
             .subs
             .iter()
             .map(|sub| {
@@ -95,7 +96,14 @@ impl Topics {
             changelogs: shape
                 .subs
                 .iter()
-                .map(|sub| sub.stores().iter().map(|s| cfg.changelog_topic(&s.name)).collect())
+                .zip(&inputs)
+                .map(|(sub, topics)| {
+                    let of = |(i, s): (usize, &&weir_abi::topology::StoreSpec)| match sub.source_table(i) {
+                        Some(t) => topics.get(t.input).cloned().unwrap_or_default(),
+                        None => cfg.changelog_topic(&s.name),
+                    };
+                    sub.stores().iter().enumerate().map(of).collect()
+                })
                 .collect(),
             globals: shape.globals.iter().map(|g| cfg.topic(&g.topic, None)).collect(),
             sources,
@@ -415,9 +423,13 @@ impl Engine {
         let mut stale = Vec::new();
         for (id, commit) in prepared {
             let Some(task) = self.tasks.get_mut(&id) else { continue };
-            let next: Vec<Option<i64>> = self.topics.changelogs[id.sub]
-                .iter()
-                .map(|c| changelog_offsets.get(&(c.clone(), id.partition)).map(|o| o + 1))
+            // A table restored from its topic is as far as the task's commit in it.
+            let source = |store: usize| info.shape.subs.get(id.sub).and_then(|s| s.source_table(store));
+            let next: Vec<Option<i64>> = (self.topics.changelogs[id.sub].iter().enumerate())
+                .map(|(store, c)| match source(store) {
+                    Some(t) => task.next_offset(t.input),
+                    None => changelog_offsets.get(&(c.clone(), id.partition)).map(|o| o + 1),
+                })
                 .collect();
             if let Err(e) = task.complete_commit(commit, &next) {
                 // Kafka has the commit; the store does not: bring it up to date
@@ -610,10 +622,32 @@ impl Engine {
                 ready.push(id);
             }
         }
+        let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
+        let info = self.versions.worker.plugin().shared_info();
         let restoring = &mut self.restoring;
         let metrics = &self.metrics;
+        let (guest, topics, globals) = (&mut self.versions.worker, &self.topics, &self.globals);
         let finished = self.restorer.poll(budget, |id, store, changes, next| {
             metrics.restored_records.inc_by(changes.len() as u64);
+            // A table restored from its topic: the records make rows through
+            // the operators before it, as when they were first read.
+            let changes = match info.shape.subs.get(id.sub).and_then(|s| s.source_table(store)) {
+                Some(table) => {
+                    let mut discard = Outbox::default();
+                    let mut env = Env {
+                        info: &info,
+                        guest: &mut *guest,
+                        outbox: &mut discard,
+                        metrics,
+                        input_topics: topics.inputs.get(id.sub).map_or(&[], Vec::as_slice),
+                        policy: policies.get(id.sub).copied().unwrap_or(policies[0]),
+                        globals,
+                    };
+                    Task::table_rows(&mut env, id, table, changes)
+                        .map_err(|e| KafkaIoError::Setup(format!("restoring a table from its topic: {e}")))?
+                }
+                None => changes,
+            };
             match restoring.get_mut(&id).and_then(|r| r.stores.get_mut(store)) {
                 Some(store) => {
                     store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("state store: {e}")))
@@ -652,6 +686,7 @@ impl Engine {
         }
         let id = answer.task;
         self.restorer.cancel(id);
+        let info = self.versions.worker.plugin().shared_info();
         let mut left = 0;
         let mut checkpoints = Vec::with_capacity(r.stores.len());
         for (i, store) in r.stores.iter_mut().enumerate() {
@@ -659,6 +694,12 @@ impl Engine {
                 (self.topics.changelogs[id.sub].get(i), answer.changelogs.get(i))
             else {
                 continue;
+            };
+            // A table restored from its source topic: up to the committed offset.
+            let source = info.shape.subs.get(id.sub).and_then(|s| s.source_table(i));
+            let end = match source {
+                Some(t) => answer.committed.get(t.input).copied().flatten().unwrap_or(low),
+                None => end,
             };
             let checkpoint = store.checkpoint().map_err(TaskError::from)?;
             checkpoints.push(checkpoint);

@@ -337,7 +337,9 @@ impl Pipeline {
             wanted.push(spec(topic, count, configs, true));
         }
         for (sub, changelogs) in shape.subs.iter().zip(&topics.changelogs) {
-            for changelog in changelogs {
+            // A table restored from its source topic has no changelog of its own.
+            let own = changelogs.iter().enumerate().filter(|(i, _)| sub.source_table(*i).is_none());
+            for (_, changelog) in own {
                 // A store's changelog has a partition per task: as many as its input.
                 let count = sub.inputs.first().map_or(partitions, |i| count_of(i.input));
                 wanted.push(spec(changelog, count, vec![("cleanup.policy".into(), "compact".into())], true));
@@ -350,7 +352,10 @@ impl Pipeline {
         let restorer = Restorer::new(&base, exactly_once, self.health.clone())?;
         let mut producer = base.clone();
         producer.set("compression.type", cfg.compression.as_str());
-        let changelogs: Vec<String> = topics.changelogs.iter().flatten().cloned().collect();
+        let changelogs: Vec<String> = (shape.subs.iter().zip(&topics.changelogs))
+            .flat_map(|(sub, logs)| logs.iter().enumerate().filter(|(i, _)| sub.source_table(*i).is_none()))
+            .map(|(_, log)| log.clone())
+            .collect();
         let mut sink = Sink::new(
             producer,
             &changelogs,

@@ -18,7 +18,7 @@ use weir_sdk::dsl::{StreamsBuilder, Topology as Built};
 
 use super::planned_tests::{Native, native_env};
 use super::*;
-use crate::state::{MemoryStore, Store};
+use crate::state::{Change, MemoryStore, Store};
 use crate::topology::Input;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,20 +141,37 @@ impl World {
             .collect()
     }
 
-    /// A task as it starts after a crash (or the first time): from its changelogs.
-    fn start(&self, sub: usize, p: usize) -> Sim {
-        let stage = &self.info.shape.subs[sub].stage;
-        let stores: Vec<Box<dyn Store>> = (0..self.info.shape.subs[sub].stores().len())
-            .map(|s| {
-                let mut store = MemoryStore::default();
-                if let Some(log) = self.changelogs.get(&(sub, p, s)) {
-                    store.write(log.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(), None).unwrap();
-                }
-                Box::new(store) as Box<dyn Store>
-            })
-            .collect();
+    /// A task as it starts after a crash (or the first time): from its
+    /// changelogs, or — a table read from a topic — from that topic up to
+    /// the committed offset.
+    fn start(&mut self, sub: usize, p: usize) -> Sim {
         let (offsets, stream_time) = self.committed.get(&(sub, p)).cloned().unwrap_or((vec![None, None], None));
         let id = TaskId { sub, partition: p as i32 };
+        let topics = self.topics(sub);
+        let mut stores: Vec<Box<dyn Store>> = Vec::new();
+        for s in 0..self.info.shape.subs[sub].stores().len() {
+            let mut store = MemoryStore::default();
+            let rows: Vec<Change> = match self.info.shape.subs[sub].source_table(s) {
+                Some(table) => {
+                    let upto = offsets[table.input].unwrap_or(0) as usize;
+                    let records: Vec<Change> = self.logs[&topics[table.input]][p][..upto]
+                        .iter()
+                        .filter_map(|(k, v, _)| Some((k.clone()?, v.clone())))
+                        .collect();
+                    let (mut discard, metrics) = (Outbox::default(), Metrics::default());
+                    let mut env = native_env(&self.info, &mut self.guest, &mut discard, &metrics, &topics);
+                    Task::table_rows(&mut env, id, table, records).unwrap()
+                }
+                None => self
+                    .changelogs
+                    .get(&(sub, p, s))
+                    .map(|log| log.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect())
+                    .unwrap_or_default(),
+            };
+            store.write(rows, None).unwrap();
+            stores.push(Box::new(store));
+        }
+        let stage = &self.info.shape.subs[sub].stage;
         let task = Task::new(id, Kind::of(stage, 0).unwrap(), 0, stores, &offsets, stream_time, 1);
         Sim { task, outbox: Outbox::default(), read: offsets.iter().map(|o| o.unwrap_or(0) as usize).collect() }
     }

@@ -29,10 +29,47 @@ use weir_abi::topology::Edge;
 
 use super::stateless::{Target, derive};
 use super::{Env, Made, Pending, TABLE_ROW, Task, TaskError, input_of};
-use crate::state::window_key;
-use crate::topology::{GlobalJoin, Stage, TableJoin};
+use crate::state::{Change, window_key};
+use crate::topology::{GlobalJoin, SourceTable, Stage, TableJoin};
 
 impl Task {
+    /// The rows of table `table` of task `id`'s sub-topology that the records
+    /// of its topic (`records`, read again from its start to restore it, in
+    /// order) make: each through the guest operators before the table, as
+    /// when it was first read; those the operators refuse, or that reach the
+    /// table without a key, make no row (they were dead-lettered then). Keys
+    /// as the store holds them. What the operators write besides (dead
+    /// letters, records for sinks: all written when the records were first
+    /// read) goes to `env`'s outbox, for the caller to discard.
+    pub fn table_rows(
+        env: &mut Env<'_>,
+        id: super::TaskId,
+        table: SourceTable,
+        records: Vec<Change>,
+    ) -> Result<Vec<Change>, TaskError> {
+        let mut scratch = Task::new(id, super::Kind::Stateless, 0, Vec::new(), &[], None, 0);
+        scratch.offsets = vec![Default::default(); table.input + 1];
+        for (offset, (key, value)) in records.iter().enumerate() {
+            scratch.accept(table.input, offset as i64, Some(key), value.as_deref(), None);
+        }
+        let pending = std::mem::take(&mut scratch.pending);
+        let (reached, _, _) = scratch.split_off(env, &pending, table.node)?;
+        let mut row_key = Vec::new();
+        Ok(reached
+            .into_iter()
+            .filter_map(|(_, key, value)| {
+                let key = key?;
+                Some(match table.row_keys {
+                    true => {
+                        window_key(&mut row_key, TABLE_ROW, &key);
+                        (row_key.clone(), value)
+                    }
+                    false => (key, value),
+                })
+            })
+            .collect())
+    }
+
     /// Replaces (or deletes) the rows of the records of `pending` that reach the
     /// task's table.
     pub(super) fn process_latest(&mut self, env: &mut Env<'_>, pending: &[Pending]) -> Result<(), TaskError> {

@@ -20,7 +20,7 @@ use weir_sdk::dsl::{StreamsBuilder, Topology as Built};
 use super::planned_tests::{Native, native_env};
 use super::*;
 use crate::config::{EmitMode, FailurePolicy};
-use crate::state::{MemoryStore, Store};
+use crate::state::{Change, MemoryStore, Store};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
@@ -133,19 +133,40 @@ fn run_with(make: fn() -> Built, inputs: [&[Read]; 2], feed: &Feed<'_>) -> Ran {
     let mut changelogs: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = vec![BTreeMap::new(); stores];
     let mut committed: [Option<i64>; 2] = [None, None];
     let mut stream_time = None;
-    let start = |changelogs: &[BTreeMap<Vec<u8>, Vec<u8>>], committed: &[Option<i64>], stream_time| {
-        let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
-        let stores: Vec<Box<dyn Store>> = changelogs
-            .iter()
-            .map(|log| {
-                let mut store = MemoryStore::default();
-                store.write(log.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(), None).unwrap();
-                Box::new(store) as Box<dyn Store>
-            })
-            .collect();
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, stores, committed, stream_time, 1)
-    };
-    let mut task = start(&changelogs, &committed, stream_time);
+    // A restart: stores from their changelogs, or — a table read from a
+    // topic — from that topic's records up to the committed offset.
+    let start =
+        |guest: &mut Native, changelogs: &[BTreeMap<Vec<u8>, Vec<u8>>], committed: &[Option<i64>], stream_time| {
+            let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+            let id = TaskId { sub: 0, partition: 0 };
+            let stores: Vec<Box<dyn Store>> = changelogs
+                .iter()
+                .enumerate()
+                .map(|(i, log)| {
+                    let mut store = MemoryStore::default();
+                    let rows = match info.shape.subs[0].source_table(i) {
+                        Some(table) => {
+                            let upto = committed[table.input].unwrap_or(0) as usize;
+                            let records: Vec<Change> = inputs[table.input][..upto]
+                                .iter()
+                                .filter(|r| !r.1.is_empty())
+                                .map(|(_, key, value, _)| {
+                                    (key.clone().into_bytes(), tombstone_or(value).map(<[u8]>::to_vec))
+                                })
+                                .collect();
+                            let (mut discard, metrics) = (Outbox::default(), Metrics::default());
+                            let mut env = native_env(&info, guest, &mut discard, &metrics, &topics);
+                            Task::table_rows(&mut env, id, table, records).unwrap()
+                        }
+                        None => log.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                    };
+                    store.write(rows, None).unwrap();
+                    Box::new(store) as Box<dyn Store>
+                })
+                .collect();
+            Task::new(id, kind, 0, stores, committed, stream_time, 1)
+        };
+    let mut task = start(&mut guest, &changelogs, &committed, stream_time);
     let mut read = [0usize; 2];
     let mut ran = Ran::default();
     let (mut batches, mut commits) = (0, 0);
@@ -196,7 +217,7 @@ fn run_with(make: fn() -> Built, inputs: [&[Read]; 2], feed: &Feed<'_>) -> Ran {
                 let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
                 task.process_pending(&mut env, None).unwrap();
                 outbox.clear();
-                task = start(&changelogs, &committed, stream_time);
+                task = start(&mut guest, &changelogs, &committed, stream_time);
                 read = committed.map(|c| c.unwrap_or(0) as usize);
             }
         }

@@ -832,9 +832,12 @@ impl Task {
         }
         let side: Vec<Vec<Change>> = self.side.iter().map(side::SideStore::changes).collect();
         let first_side = usize::from(self.kind.has_primary());
+        // A table restored from its source topic has no changelog to write.
+        let sub = env.info.shape.subs.get(self.sub);
         let stores = std::iter::once((0, &changes))
             .filter(|_| first_side == 1)
-            .chain(side.iter().enumerate().map(|(i, c)| (first_side + i, c)));
+            .chain(side.iter().enumerate().map(|(i, c)| (first_side + i, c)))
+            .filter(|(store, _)| sub.is_none_or(|s| s.source_table(*store).is_none()));
         for (store, changes) in stores {
             for (key, value) in changes {
                 env.outbox.push(Out {

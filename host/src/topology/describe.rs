@@ -54,6 +54,26 @@ fn details(node: &Node, app: Option<&str>) -> String {
     }
 }
 
+/// The stores of tables restored from their source topics: store name →
+/// logical topic (none if the host cannot run the topology).
+fn source_backed(t: &Topology) -> std::collections::HashMap<String, String> {
+    let Ok(shape) = super::shape(t) else { return Default::default() };
+    let mut out = std::collections::HashMap::new();
+    for sub in &shape.subs {
+        let stores = sub.stores();
+        for table in sub.source_tables() {
+            let topic = match sub.inputs.get(table.input).map(|i| i.input) {
+                Some(super::Input::Source(s)) => shape.sources.get(s).map(|e| e.topic.clone()),
+                _ => None,
+            };
+            if let (Some(store), Some(topic)) = (stores.get(table.store), topic) {
+                out.insert(store.name.clone(), topic);
+            }
+        }
+    }
+    out
+}
+
 /// Whether a part of the graph is a global table (read by every task, run by none).
 fn is_global(t: &Topology, nodes: &[u32]) -> bool {
     nodes.iter().all(|&n| matches!(t.node(n).op, Op::GlobalTable { .. }))
@@ -113,10 +133,14 @@ pub fn text(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
     let stores: Vec<_> = t.nodes.iter().filter_map(|n| n.op.store().map(|s| (n, s))).collect();
     if !stores.is_empty() {
         let _ = writeln!(out, "\nstores:");
+        let from_topics = source_backed(t);
         for (n, s) in stores {
             match &n.op {
                 Op::GlobalTable { topic, .. } => {
                     let _ = writeln!(out, "  {}  restored from its topic `{topic}`", s.name);
+                }
+                _ if let Some(topic) = from_topics.get(&s.name) => {
+                    let _ = writeln!(out, "  {}  restored from its source topic `{topic}` (no changelog)", s.name);
                 }
                 _ => {
                     let _ = writeln!(out, "  {}  changelog `{}`", s.name, internal(app, &s.name, "changelog"));
@@ -144,6 +168,7 @@ pub fn json(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
         })
     };
     let mut internal_topics = Vec::new();
+    let from_topics = source_backed(t);
     let stores: Vec<Value> = t
         .nodes
         .iter()
@@ -152,6 +177,9 @@ pub fn json(name: &str, version: &str, t: &Topology, app: Option<&str>) -> Resul
             let changelog = match &n.op {
                 // A global table restores from its own topic.
                 Op::GlobalTable { topic, .. } => topic.clone(),
+                // So does a table read from a topic (through operators that
+                // keep or map its records).
+                _ if let Some(topic) = from_topics.get(&s.name) => topic.clone(),
                 _ => {
                     let changelog = internal(app, &s.name, "changelog");
                     internal_topics.push(json!({"name": changelog, "kind": "changelog", "cleanup_policy": "compact"}));

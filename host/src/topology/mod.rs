@@ -342,6 +342,39 @@ impl Sub {
         }
     }
 
+    /// Its tables restored from their source topics: every table fed by a
+    /// topic (not a repartition topic) the topology reads.
+    pub fn source_tables(&self) -> Vec<SourceTable> {
+        let from_source = |input: usize| matches!(self.inputs.get(input).map(|i| i.input), Some(Input::Source(_)));
+        match &self.stage {
+            Stage::Aggregate(a) if a.folds == Folds::Latest => {
+                let joined = |i: usize| {
+                    self.joins.iter().any(|j| j.input == i) || self.global_joins.iter().any(|j| j.input == i)
+                };
+                let fed: Vec<usize> = (0..self.inputs.len()).filter(|&i| !joined(i)).collect();
+                match fed.as_slice() {
+                    [input] if from_source(*input) => {
+                        vec![SourceTable { store: 0, input: *input, node: a.node, row_keys: true }]
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            Stage::Join(j) => (j.sides.iter().enumerate())
+                .filter(|(_, side)| from_source(side.input))
+                .map(|(store, side)| SourceTable { store, input: side.input, node: side.table, row_keys: false })
+                .collect(),
+            Stage::JoinForeign(j) if from_source(j.table.input) => {
+                vec![SourceTable { store: 0, input: j.table.input, node: j.table.table, row_keys: false }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The table restored from its source topic that store `store` holds, if any.
+    pub fn source_table(&self, store: usize) -> Option<SourceTable> {
+        self.source_tables().into_iter().find(|t| t.store == store)
+    }
+
     /// The join whose stream side reads `input`, if any.
     pub fn join_of(&self, input: usize) -> Option<&TableJoin> {
         self.joins.iter().find(|j| j.input == input)
@@ -351,6 +384,23 @@ impl Sub {
     pub fn global_join_of(&self, input: usize) -> Option<&GlobalJoin> {
         self.global_joins.iter().find(|j| j.input == input)
     }
+}
+
+/// A table whose rows are its source topic's records (through the guest
+/// operators before it): the topic is its changelog. Nothing is written for
+/// it; a task restores it by reading the topic up to its committed offset
+/// through those operators again (Kafka Streams' source-topic optimisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceTable {
+    /// Which of the sub-topology's stores (in [`Sub::stores`] order).
+    pub store: usize,
+    /// The sub-topology input of its topic.
+    pub input: usize,
+    /// The table node.
+    pub node: u32,
+    /// Whether its rows are under window-store keys (the task's own table,
+    /// rather than a join's side store keyed by the record key).
+    pub row_keys: bool,
 }
 
 /// The plan the host runs.
