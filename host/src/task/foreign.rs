@@ -7,9 +7,14 @@
 //!   and old row. A row whose foreign key changed unsubscribes from the old one
 //!   (no answer); a live row subscribes to its foreign key with a hash of
 //!   itself; a deleted row unsubscribes and asks for an answer, which deletes
-//!   the result. An inner join asks for an answer only if the right row exists
-//!   when nothing it had joined could have changed (an insert, or the same
-//!   foreign key), so a row that never matched writes no tombstones.
+//!   the result. Every subscription is answered, with the right row or
+//!   without one: an answer is dropped when the left row has changed since,
+//!   so the answer to the latest subscription is the one that must end a
+//!   result an earlier row made, even if the join was inner and the row new
+//!   (Kafka Streams answers only if the right row exists in those cases, and
+//!   can leave a stale result behind when the earlier answer was dropped). An
+//!   inner join so writes a tombstone for a row without a match, also one
+//!   that never had a result.
 //!   Subscriptions are keyed by the foreign key (partitioned like the right
 //!   table's topic) and name the left row's partition.
 //! - **Answering** (right task): a subscription is kept (or dropped) in the
@@ -28,7 +33,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use weir_abi::calls::ForeignKeys;
-use weir_abi::topology::JoinKind;
 
 use super::outbox::{Dest, Out};
 use super::{Env, Pending, Task, TaskError, frame_err, input_of, span_bytes};
@@ -50,8 +54,6 @@ pub(super) fn hash_of(row: Option<&[u8]>) -> Option<[u8; 16]> {
 enum Respond {
     /// With the row, or without one.
     Always,
-    /// Only with a row.
-    IfRow,
     /// Never (a row leaving a foreign key it no longer has).
     Never,
 }
@@ -118,21 +120,18 @@ fn read_stored(v: &[u8]) -> Option<([u8; 16], i32)> {
 }
 
 impl Task {
-    /// The subscriptions (to repartition topic `r`, of a join of `kind`) of
-    /// one rendered update of the left table: its store key and new row in
+    /// The subscriptions (to repartition topic `r`) of one rendered update of the left table: its store key and new row in
     /// `slot`, the foreign keys the extractor handed back in `value`.
     pub(super) fn subscriptions(
         &self,
         env: &mut Env<'_>,
-        (r, kind): (usize, JoinKind),
+        r: usize,
         slot: (&[u8], Option<&[u8]>),
         value: Option<&[u8]>,
     ) -> Result<Vec<Out>, TaskError> {
         let fks: ForeignKeys<'_> = weir_abi::decode(value.unwrap_or_default())
             .map_err(|e| TaskError::Guest(crate::runtime::GuestError::BadFrame(format!("foreign keys: {e}"))))?;
         let (_, key) = split_window_key(slot.0).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
-        // The store holds the last commit's row until this commit is done.
-        let had_row = self.store.get(slot.0)?.is_some();
         let mut out = Vec::with_capacity(2);
         let mut send = |fk: Option<&[u8]>, hash: Option<[u8; 16]>, respond: Respond| -> Result<(), TaskError> {
             let frame = Subscription { key, hash, partition: self.partition, respond };
@@ -153,9 +152,7 @@ impl Task {
                 if fks.old.is_some() && fks.old != fks.new {
                     send(fks.old, None, Respond::Never)?;
                 }
-                let unchanged = !had_row || fks.old == fks.new;
-                let respond = if kind == JoinKind::Inner && unchanged { Respond::IfRow } else { Respond::Always };
-                send(fks.new, hash_of(Some(row)), respond)?;
+                send(fks.new, hash_of(Some(row)), Respond::Always)?;
             }
         }
         Ok(out)
@@ -204,12 +201,7 @@ impl Task {
                 }
                 None => None,
             };
-            let respond = match sub.respond {
-                Respond::Always => true,
-                Respond::IfRow => row.is_some(),
-                Respond::Never => false,
-            };
-            if respond {
+            if sub.respond == Respond::Always {
                 let out = answer(env, join.responses, (sub.key, sub.partition), sub.hash, row.as_deref(), p.timestamp)?;
                 env.outbox.push(out);
             }
@@ -280,12 +272,9 @@ pub(super) fn answer_for(current: Option<&[u8]>, value: Option<&[u8]>) -> Option
     (response.hash == hash_of(current)).then(|| response.row.map(<[u8]>::to_vec))
 }
 
-/// Whether repartition topic `r` carries subscriptions, and of which kind of join.
-pub(super) fn subscriptions_to(env: &Env<'_>, r: usize) -> Option<JoinKind> {
-    match env.info.shape.repartitions.get(r)?.carries {
-        Carries::Subscriptions(kind) => Some(kind),
-        _ => None,
-    }
+/// Whether repartition topic `r` carries subscriptions.
+pub(super) fn carries_subscriptions(env: &Env<'_>, r: usize) -> bool {
+    env.info.shape.repartitions.get(r).is_some_and(|r| matches!(r.carries, Carries::Subscriptions(_)))
 }
 
 #[cfg(test)]

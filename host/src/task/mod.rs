@@ -976,12 +976,12 @@ impl Task {
     ) -> Result<(), TaskError> {
         for r in rendered.records {
             if let Exit::Repartition(to) = r.exit
-                && let Some(kind) = foreign::subscriptions_to(env, to)
+                && foreign::carries_subscriptions(env, to)
             {
                 let slot = slots.get(r.source).copied().ok_or_else(|| {
                     TaskError::Frame(format!("internal: a rendered record of row {} of {}", r.source, slots.len()))
                 })?;
-                for out in self.subscriptions(env, (to, kind), slot, r.value.as_deref())? {
+                for out in self.subscriptions(env, to, slot, r.value.as_deref())? {
                     env.outbox.push(out);
                 }
                 continue;

@@ -20,9 +20,10 @@
 //! - **`order-lines`**: for every order whose product has a row (an inner
 //!   join), `{"product","qty","name","cents","total"}` with `total = qty ×
 //!   cents`, after every change of the order or of its product; a tombstone
-//!   when an order that had a line loses it (deleted, its product deleted, or
-//!   moved to a product without a row). An order with an empty `product` has
-//!   no foreign key and no line. Keyed by order id.
+//!   after a change that leaves an order without a line (deleted, its product
+//!   deleted, moved to a product without a row — also for an order that
+//!   never had a line). An order with an empty `product` has no foreign key
+//!   and no line. Keyed by order id.
 
 use serde::{Deserialize, Serialize};
 use weir_abi::topology::TopologyError;
