@@ -229,11 +229,23 @@ impl Graph {
         }
     }
 
-    /// Puts a guest operator `step` (its output `output`) in front of node
+    /// Whether some node reads `node`.
+    pub(crate) fn reads(&self, node: u32) -> bool {
+        self.nodes.iter().any(|n| n.inputs.iter().any(|e| e.node == node))
+    }
+
+    /// The first node reading `node` whose operator `is` accepts.
+    pub(crate) fn reader(&self, node: u32, is: impl Fn(&Op) -> bool) -> Option<u32> {
+        (self.nodes.iter().enumerate())
+            .find(|(_, n)| is(&n.op) && n.inputs.iter().any(|e| e.node == node))
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Puts the guest operator `new` in front of node
     /// `node`, which must read one input and nothing yet read; `node` then
     /// writes `node_output`. Returns false (changing nothing) otherwise.
     pub(crate) fn insert_before(&mut self, node: u32, new: NewNode, node_output: Codec) -> bool {
-        let read = self.nodes.iter().any(|n| n.inputs.iter().any(|e| e.node == node));
+        let read = self.reads(node);
         let Some(input) = self.nodes.get(node as usize).and_then(|n| n.inputs.first().copied()) else { return false };
         if read || self.nodes[node as usize].inputs.len() != 1 {
             return false;

@@ -21,16 +21,16 @@ pub struct KTable<K, A> {
     key: Rc<KeyCodec>,
     /// How its rows are encoded.
     pub(crate) rows: Rows,
-    /// Whether it is the result of a join of tables, which no store keeps: its
-    /// node is the joiner, whose records are its updates (a null value
-    /// deletes).
-    joined: bool,
+    /// Whether it is derived from another table without a store of its own
+    /// (a join's result, a filtered or mapped table): its node's records are
+    /// its updates (a null value deletes).
+    derived: bool,
     _t: PhantomData<fn() -> (K, A)>,
 }
 
 impl<K: Data, A: Data> KTable<K, A> {
     pub(crate) fn new(g: Shared, node: u32, key: Rc<KeyCodec>) -> Self {
-        Self { g, node, key, rows: Rows::Stored, joined: false, _t: PhantomData }
+        Self { g, node, key, rows: Rows::Stored, derived: false, _t: PhantomData }
     }
 
     pub(crate) fn with_rows(mut self, rows: Rows) -> Self {
@@ -79,18 +79,24 @@ impl<K: Data, A: Data> KTable<K, A> {
     /// The stream of the table's updates (a deleted row, such as a session
     /// merged into another, is a tombstone: see the module docs of `dsl`).
     pub fn to_stream(&self) -> KStream<K, A> {
-        if self.joined {
+        if self.derived {
             let output = Codec::new(self.key.clone(), ValueCodec::text_rows::<A>());
             return KStream::new(self.g.clone(), Edge { node: self.node, port: 0 }, output, false);
         }
         let output = Codec::new(self.key.clone(), ValueCodec::rows::<A>(self.rows));
-        let node = self.g.borrow_mut().add(NewNode {
-            fn_name: None,
-            inputs: vec![Edge { node: self.node, port: 0 }],
-            op: Op::ToStream,
-            output: Some(output.clone()),
-            run: Run::Host,
-        });
+        let mut g = self.g.borrow_mut();
+        // One stream of updates per table, however often asked for.
+        let node = match g.reader(self.node, |op| matches!(op, Op::ToStream)) {
+            Some(node) => node,
+            None => g.add(NewNode {
+                fn_name: None,
+                inputs: vec![Edge { node: self.node, port: 0 }],
+                op: Op::ToStream,
+                output: Some(output.clone()),
+                run: Run::Host,
+            }),
+        };
+        drop(g);
         KStream::new(self.g.clone(), Edge { node, port: 0 }, output, false)
     }
 
@@ -99,7 +105,11 @@ impl<K: Data, A: Data> KTable<K, A> {
     /// downstream, and one that never passed writes nothing) — Kafka Streams'
     /// `KTable#filter`. For a table read from a topic (`table`, `table_with`,
     /// `to_table`) before anything reads it: the filter runs before the store,
-    /// which keeps only the rows that pass.
+    /// which keeps only the rows that pass. For any other table (an
+    /// aggregation, a join's result, one read already) it runs on the table's
+    /// updates, and — as Kafka Streams does for a table it does not
+    /// materialise — an update that does not pass is a tombstone, also for a
+    /// key that had no row downstream.
     pub fn filter<F>(self, f: F) -> KTable<K, A>
     where
         F: Fn(&K, &A) -> bool + 'static,
@@ -112,12 +122,13 @@ impl<K: Data, A: Data> KTable<K, A> {
             out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
             Ok(())
         });
-        self.before_store(Op::Filter, fn_name::<F>(), step, "filter")
+        self.before_store(Op::Filter, fn_name::<F>(), step)
     }
 
     /// The table of each row mapped by `f` (a deleted row stays deleted) —
     /// Kafka Streams' `KTable#mapValues`. For a table read from a topic before
-    /// anything reads it: the store keeps the mapped rows.
+    /// anything reads it: the store keeps the mapped rows; for any other
+    /// table it runs on the table's updates.
     pub fn map_values<V2: Data, F>(self, f: F) -> KTable<K, V2>
     where
         F: Fn(&K, A) -> V2 + 'static,
@@ -130,25 +141,35 @@ impl<K: Data, A: Data> KTable<K, A> {
             out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
             Ok(())
         });
-        self.before_store(Op::MapValues, fn_name::<F>(), step, "map_values")
+        self.before_store(Op::MapValues, fn_name::<F>(), step)
     }
 
     /// This table with guest operator `step` (rows of type `A` in, `V2` out,
-    /// a `None` value a deletion) run before its store.
-    fn before_store<V2: Data>(self, op: Op, name: Option<String>, step: Step, what: &str) -> KTable<K, V2> {
-        let from_topic = self.rows == Rows::Text && !self.joined;
+    /// a `None` value a deletion) run before its store if it is a table read
+    /// from a topic that nothing reads yet; on its updates otherwise.
+    fn before_store<V2: Data>(self, op: Op, name: Option<String>, step: Step) -> KTable<K, V2> {
+        let from_topic = self.rows == Rows::Text && !self.derived;
         let rows = Codec::new(self.key.clone(), ValueCodec::text_rows::<V2>());
-        let new = NewNode { fn_name: name, inputs: vec![], op, output: Some(rows), run: Run::Step(step) };
+        let new = NewNode { fn_name: name, inputs: vec![], op, output: Some(rows.clone()), run: Run::Step(step) };
         let node_output = Codec::new(self.key.clone(), ValueCodec::text_change::<V2>());
         let mut g = self.g.borrow_mut();
-        if !(from_topic && g.insert_before(self.node, new, node_output)) {
-            g.error(format!(
-                "a table's {what} applies, in this version, to a table read from a topic (`table`, `table_with`, \
-                 `to_table`) before anything reads it"
-            ));
+        if from_topic && !g.reads(self.node) {
+            g.insert_before(self.node, new, node_output);
+            drop(g);
+            return KTable {
+                g: self.g,
+                node: self.node,
+                key: self.key,
+                rows: Rows::Text,
+                derived: false,
+                _t: PhantomData,
+            };
         }
         drop(g);
-        KTable { g: self.g, node: self.node, key: self.key, rows: Rows::Text, joined: false, _t: PhantomData }
+        // On the updates: the step reads the table's stream of updates.
+        let updates = self.to_stream().from;
+        let node = self.g.borrow_mut().add(NewNode { inputs: vec![updates], ..new });
+        KTable { g: self.g, node, key: self.key, rows: Rows::Text, derived: true, _t: PhantomData }
     }
 
     /// Joins this table with `other` on their key: for every key with a row in
@@ -187,7 +208,7 @@ impl<K: Data, A: Data> KTable<K, A> {
         joiner: impl Fn(Option<&A>, Option<&R>) -> Option<V> + 'static,
     ) -> KTable<K, V> {
         let mut g = self.g.borrow_mut();
-        for t in [(self.rows, self.joined), (other.rows, other.joined)] {
+        for t in [(self.rows, self.derived), (other.rows, other.derived)] {
             if t != (Rows::Text, false) {
                 g.error("tables joined with each other must be read from topics (`table`, `to_table`)".to_owned());
             }
@@ -208,7 +229,7 @@ impl<K: Data, A: Data> KTable<K, A> {
             run: Run::Step(step),
         });
         drop(g);
-        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, joined: true, _t: PhantomData }
+        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, derived: true, _t: PhantomData }
     }
 
     /// Joins this table with `other` by foreign key (Kafka Streams' foreign-key
@@ -262,7 +283,7 @@ impl<K: Data, A: Data> KTable<K, A> {
         joiner: impl Fn(Option<&A>, Option<&R>) -> Option<V> + 'static,
     ) -> KTable<K, V> {
         let mut g = self.g.borrow_mut();
-        for t in [(self.rows, self.joined), (other.rows, other.joined)] {
+        for t in [(self.rows, self.derived), (other.rows, other.derived)] {
             if t != (Rows::Text, false) {
                 g.error("tables joined by foreign key must be read from topics (`table`, `to_table`)".to_owned());
             }
@@ -318,7 +339,7 @@ impl<K: Data, A: Data> KTable<K, A> {
         });
         g.rename(node, &format!("{name}-joiner"));
         drop(g);
-        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, joined: true, _t: PhantomData }
+        KTable { g: self.g.clone(), node, key: self.key.clone(), rows: Rows::Text, derived: true, _t: PhantomData }
     }
 
     /// Re-groups the table's rows under new keys: `f` maps each row to a new
@@ -328,8 +349,12 @@ impl<K: Data, A: Data> KTable<K, A> {
     where
         F: Fn(&K, &A) -> (K2, V2) + 'static,
     {
-        if self.joined {
-            self.g.borrow_mut().error("re-grouping the result of a join of tables is not supported yet".to_owned());
+        if self.derived {
+            self.g.borrow_mut().error(
+                "re-grouping a derived table (a join's result, or a table filtered or mapped after its store) is not \
+                 supported yet"
+                    .to_owned(),
+            );
         }
         let step: Step = Box::new(move |item, out| {
             let Some(change) = item.value else { return Ok(()) };

@@ -799,14 +799,81 @@ fn a_filtered_and_mapped_table_deletes_the_rows_that_stop_passing() {
     );
 }
 
+/// A table something reads already, and an aggregated one, filtered and
+/// mapped on their updates: an update that passes is written mapped, one that
+/// does not is a tombstone (Kafka Streams' behaviour for a table it does not
+/// materialise), and the table's own stream of updates is unchanged.
 #[test]
-fn filtering_a_table_something_reads_already_is_refused_at_build() {
+fn tables_filtered_and_mapped_after_their_store_write_each_update_or_a_tombstone() {
+    fn at_least_two(_: &String, n: &u64) -> bool {
+        *n >= 2
+    }
+    fn tens(_: &String, n: u64) -> u64 {
+        n * 10
+    }
     let b = StreamsBuilder::new();
     let members = b.table::<String, Member>("members");
     members.to_stream().to("all");
-    members.filter(is_active).to_stream().to("active");
-    let e = b.build().unwrap_err();
-    assert!(e.reason.contains("before anything reads it"), "{e}");
+    members.filter(is_active).map_values(shout).to_stream().to("active");
+    let built = b.build().unwrap();
+    let info = PluginInfo::of("members".into(), "1".into(), built.describe().clone()).unwrap();
+    let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+    let mut task =
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
+    let mut guest = Native(built);
+    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    let topics = ["members".to_owned()];
+    let updates = [
+        ("u1", Some(r#"{"name":"ann","active":true}"#)),
+        ("u1", Some(r#"{"name":"ann","active":false}"#)),
+        ("u2", Some(r#"{"name":"bob","active":false}"#)),
+        ("u2", None),
+    ];
+    let (mut all, mut active) = (Vec::new(), Vec::new());
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8(b.clone()).unwrap());
+    for (i, (key, value)) in updates.iter().enumerate() {
+        assert!(task.accept(0, i as i64, Some(key.as_bytes()), value.map(str::as_bytes), Some(i as i64)));
+        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+        task.process_pending(&mut env, None).unwrap();
+        let prepared = task.prepare_commit(&mut env).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
+        for out in outbox.records() {
+            match out.dest {
+                Dest::Sink(0) => all.push(text(&out.value).is_some()),
+                Dest::Sink(1) => active.push((text(&out.key).unwrap(), text(&out.value))),
+                Dest::Sink(other) => panic!("sink {other}"),
+                _ => {}
+            }
+        }
+        outbox.clear();
+    }
+    assert_eq!(all, [true, true, true, false], "every update of the table itself");
+    let one = |k: &str, v: Option<&str>| (k.to_owned(), v.map(str::to_owned));
+    assert_eq!(active, [one("u1", Some("ANN")), one("u1", None), one("u2", None), one("u2", None)]);
+
+    // An aggregation's table.
+    let b = StreamsBuilder::new();
+    let counts = b.stream::<String, String>("in").group_by_key().count().named("counts");
+    counts.filter(at_least_two).map_values(tens).to_stream().to("busy");
+    let built = b.build().unwrap();
+    let info = PluginInfo::of("counts".into(), "1".into(), built.describe().clone()).unwrap();
+    let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
+    let mut task =
+        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
+    let mut guest = Native(built);
+    let topics = ["in".to_owned()];
+    let mut busy = Vec::new();
+    for (i, key) in ["a", "a", "b", "a"].iter().enumerate() {
+        assert!(task.accept(0, i as i64, Some(key.as_bytes()), Some(b"x"), Some(i as i64)));
+        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+        task.process_pending(&mut env, None).unwrap();
+        let prepared = task.prepare_commit(&mut env).unwrap();
+        task.complete_commit(prepared, &[]).unwrap();
+        let sunk = outbox.records().iter().filter(|o| o.dest == Dest::Sink(0));
+        busy.extend(sunk.map(|o| (text(&o.key).unwrap(), text(&o.value))));
+        outbox.clear();
+    }
+    assert_eq!(busy, [one("a", None), one("a", Some("20")), one("b", None), one("a", Some("30"))]);
 }
 
 #[test]
