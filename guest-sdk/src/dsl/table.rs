@@ -122,7 +122,7 @@ impl<K: Data, A: Data> KTable<K, A> {
             out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
             Ok(())
         });
-        self.before_store(Op::Filter, fn_name::<F>(), step)
+        self.with_step(Op::Filter, fn_name::<F>(), step)
     }
 
     /// The table of each row mapped by `f` (a deleted row stays deleted) —
@@ -141,16 +141,16 @@ impl<K: Data, A: Data> KTable<K, A> {
             out.push((0, Item { key: item.key, value, timestamp: item.timestamp }));
             Ok(())
         });
-        self.before_store(Op::MapValues, fn_name::<F>(), step)
+        self.with_step(Op::MapValues, fn_name::<F>(), step)
     }
 
     /// This table with guest operator `step` (rows of type `A` in, `V2` out,
     /// a `None` value a deletion) run before its store if it is a table read
     /// from a topic that nothing reads yet; on its updates otherwise.
-    fn before_store<V2: Data>(self, op: Op, name: Option<String>, step: Step) -> KTable<K, V2> {
+    fn with_step<V2: Data>(self, op: Op, name: Option<String>, step: Step) -> KTable<K, V2> {
         let from_topic = self.rows == Rows::Text && !self.derived;
         let rows = Codec::new(self.key.clone(), ValueCodec::text_rows::<V2>());
-        let new = NewNode { fn_name: name, inputs: vec![], op, output: Some(rows.clone()), run: Run::Step(step) };
+        let new = NewNode { fn_name: name, inputs: vec![], op, output: Some(rows), run: Run::Step(step) };
         let node_output = Codec::new(self.key.clone(), ValueCodec::text_change::<V2>());
         let mut g = self.g.borrow_mut();
         if from_topic && !g.reads(self.node) {

@@ -1,7 +1,8 @@
 //! Restores task stores from their changelog partitions (or, for a table read
 //! from a topic, that topic up to the task's committed offset) without
-//! blocking the poll loop: one consumer reads every changelog partition being restored (of
-//! every store), and the pipeline drains it a little on each turn of its loop.
+//! blocking the poll loop: one consumer reads every partition being restored
+//! (of every store), and the pipeline drains it a little on each turn of its
+//! loop.
 //!
 //! A restore reads from the store's checkpoint up to the end the partition had
 //! when the task's committed offsets were known, counting records of

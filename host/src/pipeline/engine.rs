@@ -623,6 +623,7 @@ impl Engine {
             }
         }
         let policies: Vec<Policy> = (0..self.topics.inputs.len()).map(|sub| self.policy(sub)).collect();
+        let fallback = self.policy(0);
         let info = self.versions.worker.plugin().shared_info();
         let restoring = &mut self.restoring;
         let metrics = &self.metrics;
@@ -640,7 +641,7 @@ impl Engine {
                         outbox: &mut discard,
                         metrics,
                         input_topics: topics.inputs.get(id.sub).map_or(&[], Vec::as_slice),
-                        policy: policies.get(id.sub).copied().unwrap_or(policies[0]),
+                        policy: policies.get(id.sub).copied().unwrap_or(fallback),
                         globals,
                     };
                     Task::table_rows(&mut env, id, table, changes)

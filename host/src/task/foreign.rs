@@ -20,7 +20,11 @@
 //! - **Answering** (right task): a subscription is kept (or dropped) in the
 //!   store under (foreign key, left key) and answered with the foreign key's
 //!   row; an update of a right row answers every subscriber with the new row.
-//!   Answers are keyed by the left key and written to the left row's partition.
+//!   Answers are keyed by the left key and written to the left row's
+//!   partition. The subscribers of a right row are answered at the commit,
+//!   with the row as it is then, once however often it changed since the
+//!   last one (the answers in between would only make results the last one
+//!   replaces).
 //! - **Joining** (left task): an answer is joined with the left row as it is
 //!   now only if the hash it carries is the row's (an answer for a row that has
 //!   changed since is dropped: a newer one is on its way); an answer without a
@@ -222,22 +226,31 @@ impl Task {
             if self.side[0].get(&key)? == value {
                 continue;
             }
-            self.side[0].put(&key, value.clone());
+            self.side[0].put(&key, value);
+            self.changed_rows.insert(key, pending.get(source).and_then(|p| p.timestamp));
+        }
+        Ok(())
+    }
+
+    /// Answers every subscriber of each right row changed since the last
+    /// commit with the row as it is now (stamped with its last change's time).
+    pub(super) fn answer_changed_rows(&mut self, env: &mut Env<'_>) -> Result<(), TaskError> {
+        if self.changed_rows.is_empty() {
+            return Ok(());
+        }
+        let Some(Stage::JoinForeign(join)) = env.info.shape.subs.get(self.sub).map(|s| &s.stage) else {
+            return Err(TaskError::Frame(format!("internal: sub-topology {} has no foreign-key join", self.sub)));
+        };
+        let responses = join.responses;
+        for (key, timestamp) in std::mem::take(&mut self.changed_rows) {
+            let row = self.side[0].get(&key)?;
             let (from, to) = subscribers_of(&key);
             for at in self.side[1].keys_between(&from, &to)? {
                 let Some((hash, partition)) = self.side[1].get(&at)?.as_deref().and_then(read_stored) else {
                     return Err(TaskError::Frame("corrupt foreign-key subscription in the store".into()));
                 };
                 let left = &at[from.len()..];
-                let timestamp = pending.get(source).and_then(|p| p.timestamp);
-                env.outbox.push(answer(
-                    env,
-                    join.responses,
-                    (left, partition),
-                    Some(hash),
-                    value.as_deref(),
-                    timestamp,
-                )?);
+                env.outbox.push(answer(env, responses, (left, partition), Some(hash), row.as_deref(), timestamp)?);
             }
         }
         Ok(())

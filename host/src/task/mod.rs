@@ -333,6 +333,10 @@ pub struct Task {
     side: Vec<side::SideStore>,
     /// Where a join of streams' scans start.
     cursors: stream_join::Cursors,
+    /// A foreign-key join's right side: the rows changed since the last
+    /// commit (key → the last change's timestamp), whose subscribers are
+    /// answered at the commit, once each however often the row changed.
+    changed_rows: std::collections::BTreeMap<Vec<u8>, Option<i64>>,
     /// Uncommitted accumulators by window-store key.
     dirty: HashMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values in `dirty`.
@@ -382,6 +386,7 @@ impl Task {
         Self {
             side: stores.map(side::SideStore::new).collect(),
             cursors: stream_join::Cursors::default(),
+            changed_rows: Default::default(),
             partition: id.partition,
             sub: id.sub,
             kind,
@@ -746,6 +751,7 @@ impl Task {
     /// returns the store changes to apply once the transaction has committed.
     /// The caller rewinds the task if anything in the commit fails.
     pub fn prepare_commit(&mut self, env: &mut Env<'_>) -> Result<PreparedCommit, TaskError> {
+        self.answer_changed_rows(env)?;
         // A table's rows never close: it emits updates.
         let emit = if self.kind.is_table() { EmitMode::Updates } else { env.policy.emit };
         let (close_extra, expire_extra) = self.kind.extras();
@@ -1073,6 +1079,7 @@ impl Task {
             side.rewind();
         }
         self.cursors = stream_join::Cursors::default();
+        self.changed_rows.clear();
         self.schema = self.committed_schema;
         self.pending.clear();
         self.arena.clear();
