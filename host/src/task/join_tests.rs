@@ -811,69 +811,61 @@ fn tables_filtered_and_mapped_after_their_store_write_each_update_or_a_tombstone
     fn tens(_: &String, n: u64) -> u64 {
         n * 10
     }
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8(b.clone()).unwrap());
+    let sunk = |outs: &[Out], sink: usize| -> Vec<(String, Option<String>)> {
+        let to_sink = outs.iter().filter(|o| o.dest == Dest::Sink(sink));
+        to_sink.map(|o| (text(&o.key).unwrap(), text(&o.value))).collect()
+    };
+    let one = |k: &str, v: Option<&str>| (k.to_owned(), v.map(str::to_owned));
+
     let b = StreamsBuilder::new();
     let members = b.table::<String, Member>("members");
     members.to_stream().to("all");
     members.filter(is_active).map_values(shout).to_stream().to("active");
-    let built = b.build().unwrap();
-    let info = PluginInfo::of("members".into(), "1".into(), built.describe().clone()).unwrap();
-    let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
-    let mut task =
-        Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
-    let mut guest = Native(built);
-    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
-    let topics = ["members".to_owned()];
     let updates = [
         ("u1", Some(r#"{"name":"ann","active":true}"#)),
         ("u1", Some(r#"{"name":"ann","active":false}"#)),
         ("u2", Some(r#"{"name":"bob","active":false}"#)),
         ("u2", None),
     ];
-    let (mut all, mut active) = (Vec::new(), Vec::new());
-    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8(b.clone()).unwrap());
-    for (i, (key, value)) in updates.iter().enumerate() {
-        assert!(task.accept(0, i as i64, Some(key.as_bytes()), value.map(str::as_bytes), Some(i as i64)));
-        let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
-        task.process_pending(&mut env, None).unwrap();
-        let prepared = task.prepare_commit(&mut env).unwrap();
-        task.complete_commit(prepared, &[]).unwrap();
-        for out in outbox.records() {
-            match out.dest {
-                Dest::Sink(0) => all.push(text(&out.value).is_some()),
-                Dest::Sink(1) => active.push((text(&out.key).unwrap(), text(&out.value))),
-                Dest::Sink(other) => panic!("sink {other}"),
-                _ => {}
-            }
-        }
-        outbox.clear();
-    }
+    let outs = commit_each(b.build().unwrap(), "members", &updates);
+    let all: Vec<bool> = sunk(&outs, 0).into_iter().map(|(_, v)| v.is_some()).collect();
     assert_eq!(all, [true, true, true, false], "every update of the table itself");
-    let one = |k: &str, v: Option<&str>| (k.to_owned(), v.map(str::to_owned));
-    assert_eq!(active, [one("u1", Some("ANN")), one("u1", None), one("u2", None), one("u2", None)]);
+    assert_eq!(sunk(&outs, 1), [one("u1", Some("ANN")), one("u1", None), one("u2", None), one("u2", None)]);
 
     // An aggregation's table.
     let b = StreamsBuilder::new();
     let counts = b.stream::<String, String>("in").group_by_key().count().named("counts");
     counts.filter(at_least_two).map_values(tens).to_stream().to("busy");
-    let built = b.build().unwrap();
-    let info = PluginInfo::of("counts".into(), "1".into(), built.describe().clone()).unwrap();
+    let outs = commit_each(
+        b.build().unwrap(),
+        "in",
+        &[("a", Some("x")), ("a", Some("x")), ("b", Some("x")), ("a", Some("x"))],
+    );
+    assert_eq!(sunk(&outs, 0), [one("a", None), one("a", Some("20")), one("b", None), one("a", Some("30"))]);
+}
+
+/// Runs `records` (key, value) of topic `topic` through one task of `built`,
+/// committing after each; returns everything the commits wrote, in order.
+fn commit_each(built: Built, topic: &str, records: &[(&str, Option<&str>)]) -> Vec<Out> {
+    let info = PluginInfo::of(topic.into(), "1".into(), built.describe().clone()).unwrap();
     let kind = Kind::of(&info.shape.subs[0].stage, 0).unwrap();
     let mut task =
         Task::new(TaskId { sub: 0, partition: 0 }, kind, 0, vec![Box::new(MemoryStore::default())], &[None], None, 1);
     let mut guest = Native(built);
-    let topics = ["in".to_owned()];
-    let mut busy = Vec::new();
-    for (i, key) in ["a", "a", "b", "a"].iter().enumerate() {
-        assert!(task.accept(0, i as i64, Some(key.as_bytes()), Some(b"x"), Some(i as i64)));
+    let (mut outbox, metrics) = (Outbox::default(), Metrics::default());
+    let topics = [topic.to_owned()];
+    let mut written = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
+        assert!(task.accept(0, i as i64, Some(key.as_bytes()), value.map(str::as_bytes), Some(i as i64)));
         let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
         task.process_pending(&mut env, None).unwrap();
         let prepared = task.prepare_commit(&mut env).unwrap();
         task.complete_commit(prepared, &[]).unwrap();
-        let sunk = outbox.records().iter().filter(|o| o.dest == Dest::Sink(0));
-        busy.extend(sunk.map(|o| (text(&o.key).unwrap(), text(&o.value))));
+        written.extend(outbox.records().iter().cloned());
         outbox.clear();
     }
-    assert_eq!(busy, [one("a", None), one("a", Some("20")), one("b", None), one("a", Some("30"))]);
+    written
 }
 
 #[test]
