@@ -679,6 +679,16 @@ impl Task {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // Nothing goes while an input with nothing buffered may still have
+        // records on its way: leave everything where it is (sorting and
+        // copying a large held backlog on every call made the wait cost the
+        // square of the backlog).
+        if let Some(c) = caught_up
+            && self.offsets.len() > 1
+            && self.offsets.iter().enumerate().any(|(i, o)| o.buffered == 0 && !c.get(i).copied().unwrap_or(false))
+        {
+            return Ok(());
+        }
         let mut pending = std::mem::take(&mut self.pending);
         for at in &mut self.offsets {
             at.buffered = 0;
@@ -714,15 +724,24 @@ impl Task {
                 at.next = Some(last.offset + 1);
             }
         }
-        // What waits keeps its bytes, in a fresh arena.
-        let arena = std::mem::take(&mut self.arena);
+        // What waits keeps its bytes: where they are, until the arena is
+        // mostly records already processed; then in a fresh one.
+        let live: usize =
+            held.iter().map(|p| p.key.map_or(0, |s| s.len) as usize + p.value.map_or(0, |s| s.len) as usize).sum();
+        let compact = self.arena.len() > 2 * live + COMPACT_ABOVE;
+        let arena = if compact { std::mem::take(&mut self.arena) } else { Vec::new() };
         for mut p in held {
-            p.key = self.push_bytes(span_bytes(&arena, p.key));
-            p.value = self.push_bytes(span_bytes(&arena, p.value));
+            if compact {
+                p.key = self.push_bytes(span_bytes(&arena, p.key));
+                p.value = self.push_bytes(span_bytes(&arena, p.value));
+            }
             if let Some(at) = self.offsets.get_mut(p.input) {
                 at.buffered += 1;
             }
             self.pending.push(p);
+        }
+        if self.pending.is_empty() {
+            self.arena.clear();
         }
         result
     }
@@ -1223,6 +1242,10 @@ fn read_run(env: &mut Env<'_>, answer: &[u8], inputs: usize) -> Result<Result<Re
     }
     Ok(Ok(Rendered { records }))
 }
+
+/// Bytes of processed records an arena may hold beside those still waiting
+/// before it is compacted.
+const COMPACT_ABOVE: usize = 1 << 20;
 
 /// Records one input may lead to in a `run` answer, at most.
 const MAX_FANOUT: usize = 1024;
