@@ -287,7 +287,7 @@ pub(super) fn answer_for(current: Option<&[u8]>, value: Option<&[u8]>) -> Option
 
 /// Whether repartition topic `r` carries subscriptions.
 pub(super) fn carries_subscriptions(env: &Env<'_>, r: usize) -> bool {
-    env.info.shape.repartitions.get(r).is_some_and(|r| matches!(r.carries, Carries::Subscriptions(_)))
+    env.info.shape.repartitions.get(r).is_some_and(|r| r.carries == Carries::Subscriptions)
 }
 
 #[cfg(test)]

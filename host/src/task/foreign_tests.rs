@@ -345,7 +345,7 @@ fn the_join_spans_two_sub_topologies_and_two_repartition_topics() {
     assert_eq!(
         carries,
         [
-            ("lines-subscription-repartition", crate::topology::Carries::Subscriptions(JoinKind::Inner)),
+            ("lines-subscription-repartition", crate::topology::Carries::Subscriptions),
             ("lines-response-repartition", crate::topology::Carries::Responses)
         ]
     );

@@ -82,7 +82,7 @@ pub enum Carries {
     Changes,
     /// A foreign-key join's subscriptions, which the host writes from the
     /// extractor's foreign keys (see [`crate::task`]'s `foreign`).
-    Subscriptions(JoinKind),
+    Subscriptions,
     /// A foreign-key join's responses, written by the host.
     Responses,
 }
@@ -616,14 +616,10 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                     Flow::Changes => Carries::Changes,
                     Flow::Responses => Carries::Responses,
                     Flow::Subscriptions => {
-                        // The join reading it says which kind of subscriptions to write.
-                        let kind = t.consumers(i as u32).find_map(|(c, _)| match t.node(c).op {
-                            Op::JoinForeign { kind, .. } => Some(kind),
-                            _ => None,
-                        });
-                        Carries::Subscriptions(kind.ok_or_else(|| {
-                            refuse(t, i as u32, "foreign keys repartitioned towards no foreign-key join")
-                        })?)
+                        if !t.consumers(i as u32).any(|(c, _)| matches!(t.node(c).op, Op::JoinForeign { .. })) {
+                            return Err(refuse(t, i as u32, "foreign keys repartitioned towards no foreign-key join"));
+                        }
+                        Carries::Subscriptions
                     }
                     _ => Carries::Records,
                 };
