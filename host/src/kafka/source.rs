@@ -233,14 +233,12 @@ pub fn caught_up<C: ConsumerContext>(
     // A topic written in transactions ends in a commit marker, an offset no
     // record has: the consumer's own position steps over it (and over
     // aborted records), the position after the last record read does not.
-    let position = match (position, consumer_position(consumer, &topic, partition)) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    match position {
+    let caught_up = |position: Option<i64>| match position {
         Some(at) => at >= high,
         None => high == 0 || (low >= 0 && low >= high),
-    }
+    };
+    // The consumer's position only when the cheap answer is no.
+    caught_up(position) || caught_up(consumer_position(consumer, &topic, partition).max(position))
 }
 
 /// The consumer's position in `partition` of `topic` (after the last message

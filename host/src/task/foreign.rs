@@ -133,8 +133,16 @@ impl Task {
         slot: (&[u8], Option<&[u8]>),
         value: Option<&[u8]>,
     ) -> Result<Vec<Out>, TaskError> {
-        let fks: ForeignKeys<'_> = weir_abi::decode(value.unwrap_or_default())
-            .map_err(|e| TaskError::Guest(crate::runtime::GuestError::BadFrame(format!("foreign keys: {e}"))))?;
+        let fks: ForeignKeys<'_> = match weir_abi::decode(value.unwrap_or_default()) {
+            Ok(fks) => fks,
+            Err(e) => {
+                // The plugin's fault: this row's subscription is dead-lettered, nothing else.
+                env.metrics.plugin_failures.inc();
+                let reason = format!("the plugin's foreign keys for this row do not decode: {e}");
+                self.dead_letter_window(env, slot.0, &reason)?;
+                return Ok(Vec::new());
+            }
+        };
         let (_, key) = split_window_key(slot.0).ok_or_else(|| TaskError::Frame("corrupt window-store key".into()))?;
         let mut out = Vec::with_capacity(2);
         let mut send = |fk: Option<&[u8]>, hash: Option<[u8; 16]>, respond: Respond| -> Result<(), TaskError> {

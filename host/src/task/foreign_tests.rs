@@ -393,3 +393,35 @@ proptest! {
         prop_assert_eq!(world.dead, 0);
     }
 }
+
+/// Foreign keys a plugin hands back that do not decode: that row's
+/// subscription is dead-lettered with the reason; nothing fails.
+#[test]
+fn foreign_keys_that_do_not_decode_are_dead_lettered_not_fatal() {
+    let info = PluginInfo::of("fk".into(), "1".into(), orders_products(JoinKind::Inner).describe().clone()).unwrap();
+    let sub = info.shape.subs.iter().position(|s| s.aggregation().is_some()).unwrap();
+    let r = info.shape.repartitions.iter().position(|r| r.carries == crate::topology::Carries::Subscriptions).unwrap();
+    let task = Task::new(
+        TaskId { sub, partition: 0 },
+        Kind::of(&info.shape.subs[sub].stage, 0).unwrap(),
+        0,
+        vec![Box::new(MemoryStore::default())],
+        &[None, None],
+        None,
+        1,
+    );
+    let (mut guest, mut outbox, metrics) =
+        (Native(orders_products(JoinKind::Inner)), Outbox::default(), Metrics::default());
+    let topics = ["orders".to_owned(), "rep1".to_owned()];
+    let mut env = native_env(&info, &mut guest, &mut outbox, &metrics, &topics);
+    let mut row_key = Vec::new();
+    crate::state::window_key(&mut row_key, TABLE_ROW, b"o1");
+    let row = br#"{"product":"p1","qty":1}"#;
+    let made = task.subscriptions(&mut env, r, (&row_key, Some(row)), Some(b"\xff\xff\xff")).unwrap();
+    assert!(made.is_empty());
+    assert_eq!(metrics.plugin_failures.get(), 1);
+    let dead: Vec<&Out> = outbox.records().iter().filter(|o| o.dest == Dest::DeadLetter).collect();
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0].headers.iter().find(|h| h.0 == "weir.error").map(|h| h.1.clone()).unwrap_or_default();
+    assert!(reason.contains("foreign keys"), "{:?}", dead[0].headers);
+}

@@ -320,6 +320,8 @@ pub struct Sub {
     pub joins: Vec<TableJoin>,
     /// Joins with global tables.
     pub global_joins: Vec<GlobalJoin>,
+    /// Its tables restored from their source topics (see [`Sub::source_tables`]).
+    pub from_topics: Vec<SourceTable>,
 }
 
 impl Sub {
@@ -343,7 +345,8 @@ impl Sub {
     }
 
     /// Its tables restored from their source topics: every table fed by a
-    /// topic (not a repartition topic) the topology reads.
+    /// topic (not a repartition topic) the topology reads. Worked out once,
+    /// with the shape, into [`Sub::from_topics`].
     pub fn source_tables(&self) -> Vec<SourceTable> {
         let from_source = |input: usize| matches!(self.inputs.get(input).map(|i| i.input), Some(Input::Source(_)));
         match &self.stage {
@@ -372,7 +375,7 @@ impl Sub {
 
     /// The table restored from its source topic that store `store` holds, if any.
     pub fn source_table(&self, store: usize) -> Option<SourceTable> {
-        self.source_tables().into_iter().find(|t| t.store == store)
+        self.from_topics.iter().find(|t| t.store == store).copied()
     }
 
     /// The join whose stream side reads `input`, if any.
@@ -804,7 +807,9 @@ pub fn shape(t: &Topology) -> Result<Shape, TopologyError> {
                 return Err(refuse(t, bad, format!("is fed by guest operators: {LATER}")));
             }
         }
-        subs.push(Sub { inputs, stage, joins, global_joins });
+        let mut sub = Sub { inputs, stage, joins, global_joins, from_topics: Vec::new() };
+        sub.from_topics = sub.source_tables();
+        subs.push(sub);
     }
     Ok(Shape { sources, sinks, repartitions, exits, subs, globals })
 }
