@@ -12,6 +12,7 @@ pub mod demo;
 pub mod faults;
 pub mod generator;
 pub mod global;
+pub mod group;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

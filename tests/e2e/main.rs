@@ -10,6 +10,7 @@ mod admin;
 mod commit_failures;
 mod compression;
 mod dead_letter;
+mod group;
 mod hostile_matrix;
 mod hot_swap;
 mod joins;
