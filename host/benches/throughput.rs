@@ -229,7 +229,18 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
         .set("isolation.level", "read_committed")
         .set("fetch.queue.backoff.ms", weir::kafka::source::FETCH_QUEUE_BACKOFF_MS);
     let consumer: BaseConsumer = config.create()?;
-    consumer.subscribe(&[input])?;
+    // Assigned, not subscribed: the group only keeps the offsets.
+    let mut all = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        all.add_partition_offset(input, p, Offset::Beginning)?;
+    }
+    consumer.assign(&all)?;
+    let identity = weir::group::Identity {
+        group: format!("bench-{id}-passthrough"),
+        generation: -1,
+        member_id: String::new(),
+        instance: String::new(),
+    };
     let mut next = [None::<i64>; PARTITIONS as usize];
     let (mut seen, mut started, mut last_commit) = (0u64, None::<Instant>, Instant::now());
     loop {
@@ -256,7 +267,7 @@ fn passthrough(bootstrap: &str, input: &str, records: u64, id: &str) -> Result<f
                 }
             }
             if offsets.count() > 0 {
-                sink.commit(&offsets, consumer.group_metadata())?;
+                sink.commit(&offsets, Some(identity.clone()))?;
             }
             last_commit = Instant::now();
         }

@@ -35,9 +35,26 @@ pub enum Command {
     /// Pipelines of a running `weir serve` host.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// Every host of an application: its tasks (active and standby), their lag
+    /// and restore progress, and the group's generation.
+    Status(StatusArgs),
     /// Everything in one process on an in-process mock Kafka cluster: generator,
     /// host and stock-stats, with a live table of window statistics.
     Demo(DemoArgs),
+}
+
+/// `weir status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pipeline (application id).
+    #[arg(long)]
+    pub pipeline: String,
+    /// Print JSON (every host's answer) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Any host of the application (the others are found through the group).
+    #[command(flatten)]
+    pub target: AdminTarget,
 }
 
 /// `weir gen …`
@@ -261,7 +278,14 @@ pub struct RunArgs {
     /// Instance id (static group membership, transactional id).
     #[arg(long)]
     pub instance_id: Option<String>,
-    /// Admin API address (default 127.0.0.1:7070; port 0 picks a free one).
+    /// Standby copies of each stateful task kept warm on other hosts.
+    #[arg(long)]
+    pub num_standby_replicas: Option<usize>,
+    /// A host silent this long is dropped from the group (its tasks move), in ms.
+    #[arg(long)]
+    pub session_timeout_ms: Option<u64>,
+    /// Admin API address (default 127.0.0.1:7070, or the next free port; port 0
+    /// picks any free one).
     #[arg(long)]
     pub admin_addr: Option<String>,
     /// Do not serve the admin API.
@@ -295,6 +319,8 @@ impl RunArgs {
             max_task_idle_ms => cfg.max_task_idle_ms,
             state_dir => cfg.state.dir,
             state_backend => cfg.state.backend,
+            num_standby_replicas => cfg.num_standby_replicas,
+            session_timeout_ms => cfg.session_timeout_ms,
         );
         macro_rules! set_some {
             ($($field:ident => $target:expr),* $(,)?) => {

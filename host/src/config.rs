@@ -271,8 +271,19 @@ pub struct RunConfig {
     /// Compression of what the pipeline writes (output, changelog, dead letters).
     pub compression: Compression,
     /// Identifies this host in the group (static membership) and in transactional
-    /// ids; default: a UUID kept in the state directory.
+    /// ids; default: the machine's name and a digest of the state directory's path.
     pub instance_id: Option<String>,
+    /// Standby copies of each stateful task's stores, kept warm by other hosts
+    /// (Kafka Streams' `num.standby.replicas`).
+    pub num_standby_replicas: usize,
+    /// A host without a heartbeat for this long is dropped from the group and
+    /// its tasks move (within the broker's `group.min/max.session.timeout.ms`).
+    pub session_timeout_ms: u64,
+    /// How often a host heartbeats (and learns of rebalances); default: a
+    /// quarter second, or a third of the session timeout if that is shorter.
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How long a rebalance waits for every host to join.
+    pub rebalance_timeout_ms: u64,
     /// State stores.
     pub state: StateConfig,
     /// Plugin sandbox limits.
@@ -306,6 +317,10 @@ impl Default for RunConfig {
             replication_factor: -1,
             compression: Compression::None,
             instance_id: None,
+            num_standby_replicas: 1,
+            session_timeout_ms: 6_000,
+            heartbeat_interval_ms: None,
+            rebalance_timeout_ms: 30_000,
             state: StateConfig::default(),
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
@@ -322,6 +337,11 @@ impl RunConfig {
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         toml::from_str(&text)
             .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    /// How often a host heartbeats, in ms.
+    pub fn heartbeat_interval(&self) -> u64 {
+        self.heartbeat_interval_ms.unwrap_or((self.session_timeout_ms / 3).min(250)).max(1)
     }
 
     /// The dead-letter topic.
@@ -393,6 +413,14 @@ impl RunConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
+        }
+        if self.heartbeat_interval() >= self.session_timeout_ms || self.session_timeout_ms > i32::MAX as u64 {
+            return bad(
+                "heartbeat_interval_ms must be shorter than session_timeout_ms (a third of it or less is usual)",
+            );
+        }
+        if self.rebalance_timeout_ms == 0 || self.rebalance_timeout_ms > i32::MAX as u64 {
+            return bad("rebalance_timeout_ms must be between 1 and 2^31-1");
         }
         if !matches!(self.max_task_idle_ms, -1 | 0) {
             return bad(

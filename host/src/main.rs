@@ -51,6 +51,63 @@ fn answer(body: String) {
     }
 }
 
+/// `weir status`: asks one host for the group, then every host for its tasks.
+fn status(args: &weir::cli::StatusArgs) -> Result<()> {
+    let path = format!("/v1/pipelines/{}", args.pipeline);
+    let first: serde_json::Value =
+        serde_json::from_str(&Client::new(&args.target.admin, args.target.token.clone()).get(&path)?)?;
+    let group = &first["group"]["group"];
+    let mut answers = Vec::new();
+    for host in group["hosts"].as_array().into_iter().flatten() {
+        let name = host["host"].as_str().unwrap_or("?").to_owned();
+        let answer = match host["admin"].as_str() {
+            Some(addr) => Client::new(&format!("http://{addr}"), args.target.token.clone())
+                .get(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|body| Ok(serde_json::from_str::<serde_json::Value>(&body)?))
+                .unwrap_or_else(|e| serde_json::json!({ "unreachable": e.to_string() })),
+            None => serde_json::json!({ "unreachable": "serves no admin API" }),
+        };
+        answers.push((name, host.clone(), answer));
+    }
+    if args.json {
+        let hosts: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|(name, placed, answer)| serde_json::json!({ "host": name, "placed": placed, "status": answer }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "group": group, "hosts": hosts }))?);
+        return Ok(());
+    }
+    println!(
+        "application {}  generation {}  coordinator {}  ({} hosts)",
+        args.pipeline,
+        group["generation"],
+        group["coordinator"].as_str().unwrap_or("?"),
+        answers.len()
+    );
+    println!("{:<28} {:<7} {:<10} {:>10} {:>10}", "host", "task", "role", "lag", "restored");
+    for (name, _, answer) in &answers {
+        if let Some(why) = answer["unreachable"].as_str() {
+            println!("{name:<28} unreachable: {why}");
+            continue;
+        }
+        let generation = &answer["group"]["group"]["generation"];
+        for task in answer["group"]["tasks"].as_array().into_iter().flatten() {
+            let lag = task["lag"].as_i64().map_or_else(|| "?".to_owned(), |l| l.to_string());
+            println!(
+                "{name:<28} {:<7} {:<10} {lag:>10} {:>10}",
+                task["task"].as_str().unwrap_or("?"),
+                task["role"].as_str().unwrap_or("?"),
+                task["restored"]
+            );
+        }
+        if answer["group"]["tasks"].as_array().is_none_or(Vec::is_empty) {
+            println!("{name:<28} (no tasks; at generation {generation})");
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -67,7 +124,7 @@ fn run() -> Result<()> {
             let runtime = Runtime::new()?;
             let mut pipeline = Pipeline::new(cfg.clone(), &runtime, Metrics::default())?;
             let _admin = if let Some(admin_addr) = admin_addr {
-                let registry_dir = cfg.state.dir.join("registry");
+                let registry_dir = pipeline.state_dir().join("registry");
                 let max = cfg.admin.max_upload_mb << 20;
                 let registry = weir::registry::Registry::open(&registry_dir, runtime.clone(), max)?
                     .with_limits(cfg.sandbox().limits);
@@ -78,10 +135,22 @@ fn run() -> Result<()> {
                     sandbox: cfg.sandbox(),
                     failure: Default::default(),
                     last_failure: Default::default(),
+                    group: pipeline.board(),
                 };
                 let pipelines =
                     weir::admin::FixedPipelines([(cfg.application_id.clone(), entry)].into_iter().collect());
-                Some(weir::admin::serve(admin_addr, admin_token, registry, std::sync::Arc::new(pipelines), max)?)
+                // The default port taken (another host on this machine): the next free one.
+                let default = cfg.admin.addr == weir::config::AdminConfig::default().addr;
+                let server = weir::admin::serve_near(
+                    admin_addr,
+                    default,
+                    admin_token,
+                    registry,
+                    std::sync::Arc::new(pipelines),
+                    max,
+                )?;
+                pipeline.set_admin_address(Some(server.addr().to_string()));
+                Some(server)
             } else {
                 None
             };
@@ -99,6 +168,7 @@ fn run() -> Result<()> {
                 anyhow::bail!("pipelines that stopped with an error: {}", failed.join(", "));
             }
         }
+        Command::Status(args) => status(&args)?,
         Command::Pipeline(PipelineCommand::List { target }) => {
             answer(Client::new(&target.admin, target.token).get("/v1/pipelines")?);
         }

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub aborts: Counter,
     /// Changelog records replayed into stores.
     pub restored_records: Counter,
+    /// Changelog records written into standby copies.
+    pub standby_records: Counter,
     /// Plugin calls.
     pub guest_calls: Counter,
     /// Plugin calls that trapped, ran out of memory or time, or returned too much.
@@ -54,6 +56,8 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// Tasks restoring their state before they run.
     pub tasks_restoring: Gauge,
+    /// Standby copies of other hosts' tasks kept warm here.
+    pub tasks_standby: Gauge,
     /// 1 while the pipeline's Kafka clients reach the cluster, 0 while not.
     pub kafka_reachable: Gauge,
 }
@@ -70,9 +74,9 @@ pub struct HostMetrics {
 type Labels = Vec<(String, String)>;
 
 /// How many counters a pipeline has.
-const COUNTERS: usize = 18;
+const COUNTERS: usize = 19;
 /// How many gauges a pipeline has.
-const GAUGES: usize = 3;
+const GAUGES: usize = 4;
 
 impl Metrics {
     fn counters(&self) -> [(&'static str, &'static str, &Counter); COUNTERS] {
@@ -90,6 +94,7 @@ impl Metrics {
             ("commits", "Commits", &self.commits),
             ("aborts", "Aborted transactions", &self.aborts),
             ("restored_records", "Changelog records replayed into state stores", &self.restored_records),
+            ("standby_records", "Changelog records written into standby copies", &self.standby_records),
             ("guest_calls", "Calls into the plugin", &self.guest_calls),
             ("plugin_failures", "Plugin calls that failed (trap, memory, time, size)", &self.plugin_failures),
             ("swaps", "Plugin versions switched in at a transaction boundary", &self.swaps),
@@ -102,6 +107,7 @@ impl Metrics {
         [
             ("tasks", "Input partitions whose tasks run", &self.tasks),
             ("tasks_restoring", "Tasks restoring their state before they run", &self.tasks_restoring),
+            ("tasks_standby", "Standby copies of other hosts' tasks kept warm here", &self.tasks_standby),
             ("kafka_reachable", "1 while the pipeline reaches Kafka, 0 while not", &self.kafka_reachable),
         ]
     }
@@ -140,7 +146,7 @@ impl Metrics {
     pub fn summary(&self) -> String {
         format!(
             "in={} out={} dead_letters={} late={} commits={} aborts={} restored={} plugin_failures={} tasks={} \
-             restoring={}",
+             restoring={} standby={}",
             self.records_in.get(),
             self.records_out.get(),
             self.dead_letters.get(),
@@ -150,7 +156,8 @@ impl Metrics {
             self.restored_records.get(),
             self.plugin_failures.get(),
             self.tasks.get(),
-            self.tasks_restoring.get()
+            self.tasks_restoring.get(),
+            self.tasks_standby.get()
         )
     }
 }

@@ -121,6 +121,8 @@ pub struct Host {
     runtime: Runtime,
     limits: LimitsConfig,
     bootstrap_override: Option<String>,
+    /// This host's admin API, told to the other hosts of each application.
+    admin: Option<String>,
     saved: PathBuf,
     running: Mutex<BTreeMap<String, Running>>,
     /// Held through a whole create or stop, so two calls for one name cannot
@@ -156,6 +158,7 @@ impl Host {
         let name = cfg.application_id.clone();
         let sandbox = cfg.sandbox();
         let mut pipeline = Pipeline::with_plugin(cfg, plugin, Metrics::default())?;
+        pipeline.set_admin_address(self.admin.clone());
         let failure = Arc::new(Mutex::new(None));
         let last_failure = Arc::new(Mutex::new(None));
         let entry = PipelineEntry {
@@ -165,6 +168,7 @@ impl Host {
             sandbox,
             failure: failure.clone(),
             last_failure: last_failure.clone(),
+            group: pipeline.board(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -354,6 +358,7 @@ pub fn serve(
         runtime: runtime.clone(),
         limits: cfg.limits.clone(),
         bootstrap_override: bootstrap,
+        admin: addr.map(|a| a.to_string()),
         saved: cfg.state_dir.join("pipelines.json"),
         running: Mutex::new(BTreeMap::new()),
         managing: Mutex::new(()),

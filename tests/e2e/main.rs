@@ -18,6 +18,7 @@ mod merge;
 mod multi_host;
 mod sandbox;
 mod serve;
+mod standby;
 mod state_evolution;
 mod stock_stats;
 mod top10;

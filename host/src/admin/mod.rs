@@ -67,6 +67,8 @@ pub struct PipelineEntry {
     pub failure: Arc<Mutex<Option<String>>>,
     /// The last failure the host started the pipeline again after.
     pub last_failure: Arc<Mutex<Option<String>>>,
+    /// The application's group and this host's tasks.
+    pub group: crate::group::Board,
 }
 
 /// Why a pipeline could not be created or stopped.
@@ -197,6 +199,35 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Admin
         return Err(AdminError::NoToken(addr));
     }
     Ok(())
+}
+
+/// Starts the API at `addr`, or — if `next_free` and that port is taken —
+/// at the first free port of the next 31.
+pub fn serve_near(
+    addr: SocketAddr,
+    next_free: bool,
+    token: Option<String>,
+    registry: Registry,
+    pipelines: Arc<dyn Pipelines>,
+    max_upload_bytes: usize,
+) -> Result<AdminServer, AdminError> {
+    let tries = if next_free { 32 } else { 1 };
+    let mut at = addr;
+    for attempt in 0..tries {
+        at.set_port(addr.port().saturating_add(attempt));
+        match std::net::TcpListener::bind(at) {
+            Ok(probe) => {
+                drop(probe);
+                if at != addr {
+                    tracing::warn!(configured = %addr, taken = %at, "the admin API's port is taken (another host on this machine?); serving on the next free one");
+                }
+                return serve(at, token, registry, pipelines, max_upload_bytes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt + 1 < tries => continue,
+            Err(source) => return Err(AdminError::Io { addr: at, source }),
+        }
+    }
+    serve(addr, token, registry, pipelines, max_upload_bytes)
 }
 
 /// Starts the API on its own thread.
@@ -482,6 +513,12 @@ pub struct PipelineStatus {
     pub tasks: i64,
     /// Tasks restoring their state before they run.
     pub tasks_restoring: i64,
+    /// Standby copies of other hosts' tasks kept here.
+    #[serde(default)]
+    pub tasks_standby: i64,
+    /// The application's group as this host sees it, and its tasks here.
+    #[serde(default)]
+    pub group: serde_json::Value,
 }
 
 /// One swap as JSON.
@@ -534,6 +571,8 @@ async fn pipeline_status(State(state): Shared, Path(name): Path<String>) -> Resu
         kafka: entry.health.status(),
         tasks: entry.metrics.tasks.get(),
         tasks_restoring: entry.metrics.tasks_restoring.get(),
+        tasks_standby: entry.metrics.tasks_standby.get(),
+        group: serde_json::to_value(entry.group.view()).unwrap_or_default(),
     }))
 }
 

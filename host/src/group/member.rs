@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
+    GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, OffsetCommitRequest,
+    SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -25,7 +27,7 @@ const PROTOCOL: &str = "weir";
 const PROTOCOL_TYPE: &str = "consumer";
 
 /// How long a connection or a short request may take.
-const REQUEST_WAIT: Duration = Duration::from_secs(5);
+pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts while the coordinator is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -403,10 +405,45 @@ impl Member {
                 tracing::info!(group = %self.settings.group, "left the group: its tasks move to the other hosts now");
             }
             Ok((_, r)) => {
-                tracing::warn!(group = %self.settings.group, error = %GroupError::broker("LeaveGroup", r.error_code), "leaving the group");
+                let error = GroupError::broker("LeaveGroup", r.error_code);
+                tracing::warn!(group = %self.settings.group, %error, "could not leave the group: its tasks move when its session expires");
             }
-            Err(e) => tracing::warn!(group = %self.settings.group, error = %e, "leaving the group"),
+            Err(error) => {
+                tracing::info!(group = %self.settings.group, %error, "could not leave the group: its tasks move when its session expires")
+            }
         }
+    }
+}
+
+/// Commits `offsets` — (topic, partition, next offset, metadata) — as `who`.
+pub(super) fn commit_offsets(
+    connection: &mut Connection,
+    who: &Identity,
+    offsets: &[(String, i32, i64, String)],
+) -> Result<(), GroupError> {
+    let mut topics: Vec<OffsetCommitRequestTopic> = Vec::new();
+    for (topic, partition, offset, metadata) in offsets {
+        let entry = OffsetCommitRequestPartition::default()
+            .with_partition_index(*partition)
+            .with_committed_offset(*offset)
+            .with_committed_metadata(Some(s(metadata)));
+        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(entry),
+            None => topics
+                .push(OffsetCommitRequestTopic::default().with_name(TopicName(s(topic))).with_partitions(vec![entry])),
+        }
+    }
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(&who.group)))
+        .with_generation_id_or_member_epoch(who.generation)
+        .with_member_id(s(&who.member_id))
+        .with_group_instance_id(Some(s(&who.instance)))
+        .with_topics(topics);
+    let (_, response) = connection.send(&request, REQUEST_WAIT)?;
+    let failed = response.topics.iter().flat_map(|t| t.partitions.iter()).find(|p| p.error_code != 0);
+    match failed {
+        Some(p) => Err(GroupError::broker("OffsetCommit", p.error_code)),
+        None => Ok(()),
     }
 }
 

@@ -178,6 +178,47 @@ pub struct GroupStatus {
     pub last_error: Option<String>,
 }
 
+/// What one task does on this host, for the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TaskView {
+    /// The task, `<sub-topology>_<partition>`.
+    pub task: String,
+    /// `active`, `restoring` or `standby`.
+    pub role: &'static str,
+    /// Records of its inputs not processed yet (active), or changelog records
+    /// not read yet (restoring, standby), by the last offsets the host heard of.
+    pub lag: Option<i64>,
+    /// Changelog records read into its stores since it was given to this host.
+    pub restored: u64,
+}
+
+/// The group and this host's tasks, for the admin API and `weir status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupView {
+    /// The group as this host sees it.
+    pub group: GroupStatus,
+    /// This host's tasks.
+    pub tasks: Vec<TaskView>,
+}
+
+/// A pipeline's [`GroupView`], shared with the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<Mutex<GroupView>>);
+
+impl Board {
+    /// The latest view.
+    pub fn view(&self) -> GroupView {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the view.
+    pub fn set(&self, view: GroupView) {
+        if let Ok(mut v) = self.0.lock() {
+            *v = view;
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     update: Update,
@@ -220,6 +261,9 @@ impl Shared {
 pub struct Membership {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    client_id: String,
+    /// A connection to the coordinator for offset commits outside transactions.
+    commits: Mutex<Option<wire::Connection>>,
 }
 
 impl Membership {
@@ -235,6 +279,7 @@ impl Membership {
             stop: AtomicBool::new(false),
             leave: AtomicBool::new(false),
         });
+        let client_id = settings.client_id.clone();
         let thread = std::thread::Builder::new()
             .name("weir-group".into())
             .spawn({
@@ -242,7 +287,7 @@ impl Membership {
                 move || member::Member::new(shared, settings, space).run()
             })
             .map_err(|e| GroupError::Protocol(format!("starting the group thread: {e}")))?;
-        Ok(Self { shared, thread: Some(thread) })
+        Ok(Self { shared, thread: Some(thread), client_id, commits: Mutex::new(None) })
     }
 
     /// What changed since the last call (nothing: `None`).
@@ -275,6 +320,24 @@ impl Membership {
     /// Who commits now; `None` while not in the group.
     pub fn identity(&self) -> Option<Identity> {
         self.shared.lock().identity.clone()
+    }
+
+    /// Commits `offsets` — (topic, partition, next offset, metadata) — as this
+    /// member, outside any transaction (at-least-once).
+    pub fn commit_offsets(&self, offsets: &[(String, i32, i64, String)]) -> Result<(), GroupError> {
+        let identity = self.identity().ok_or_else(|| GroupError::Protocol("not in the group yet".into()))?;
+        let coordinator = self.shared.lock().status.coordinator.clone();
+        let coordinator = coordinator.ok_or_else(|| GroupError::Protocol("no coordinator yet".into()))?;
+        let mut connection = self.commits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connection.as_ref().is_none_or(|c| c.broker() != coordinator) {
+            *connection = Some(wire::Connection::open(&coordinator, &self.client_id, member::REQUEST_WAIT)?);
+        }
+        let Some(open) = connection.as_mut() else { return Ok(()) };
+        let result = member::commit_offsets(open, &identity, offsets);
+        if result.is_err() {
+            *connection = None;
+        }
+        result
     }
 
     /// The group as this host sees it.

@@ -90,9 +90,12 @@ impl Connection {
         &self.broker
     }
 
-    /// The highest version of `R` both sides speak.
+    /// The highest version of `R` both sides speak, up to the versions
+    /// librdkafka itself uses (every broker and librdkafka's mock cluster
+    /// answer those; newer ones add nothing a static member needs).
     pub(crate) fn version<R: Request>(&self) -> Result<i16, GroupError> {
-        let ours = R::VERSIONS;
+        let mut ours = R::VERSIONS;
+        ours.max = ours.max.min(highest_used(R::KEY));
         let name = api_name(R::KEY);
         let &(min, max) = self.versions.get(&R::KEY).ok_or_else(|| GroupError::Unsupported {
             api: name,
@@ -141,7 +144,7 @@ impl Connection {
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
         frame.extend_from_slice(&body);
-        let broker = self.broker.clone();
+        let broker = format!("{} ({api} v{version})", self.broker);
         let io = |source| GroupError::Io { broker: broker.clone(), source };
         self.stream.set_write_timeout(Some(wait.max(Duration::from_millis(1)))).map_err(io)?;
         self.stream.write_all(&frame).map_err(io)?;
@@ -188,6 +191,17 @@ impl Connection {
             return Err(GroupError::broker("FindCoordinator", error));
         }
         Ok(if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+    }
+}
+
+/// The highest version of API `key` Weir sends.
+fn highest_used(key: i16) -> i16 {
+    match ApiKey::try_from(key) {
+        Ok(ApiKey::FindCoordinator) => 2,
+        Ok(ApiKey::JoinGroup) => 5,
+        Ok(ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup) => 3,
+        Ok(ApiKey::OffsetCommit) => 7,
+        _ => i16::MAX,
     }
 }
 

@@ -13,6 +13,9 @@
 //! that producer's `transaction.timeout.ms`). Reading only to the last stable
 //! offset would miss records later transactions committed after the open one,
 //! while the committed input offsets say they were processed.
+//!
+//! A restorer also keeps standby copies warm: a tail ([`Restorer::tail`]) reads
+//! a changelog partition without end, writing what arrives on every poll.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -71,6 +74,8 @@ pub struct Restorer {
     health: Health,
     /// By changelog topic and partition (= the task's input partition).
     reading: BTreeMap<(String, i32), Reading>,
+    /// How long a poll waits for its first record.
+    first_wait: Duration,
 }
 
 impl Restorer {
@@ -86,7 +91,14 @@ impl Restorer {
         let consumer: BaseConsumer<Reporting> = config
             .create_with_context(Reporting::new(health.clone(), "restore"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-        Ok(Self { consumer: Some(consumer), health, reading: BTreeMap::new() })
+        Ok(Self { consumer: Some(consumer), health, reading: BTreeMap::new(), first_wait: Duration::from_millis(10) })
+    }
+
+    /// A restorer whose polls never wait for records (standby tails, polled
+    /// between the pipeline's own work).
+    pub fn impatient(mut self) -> Self {
+        self.first_wait = Duration::ZERO;
+        self
     }
 
     fn consumer(&self) -> Result<&BaseConsumer<Reporting>, KafkaIoError> {
@@ -112,9 +124,28 @@ impl Restorer {
         if from >= end {
             return Ok(false);
         }
+        self.read(task, store, changelog, Offset::Offset(from), end)?;
+        Ok(true)
+    }
+
+    /// Starts reading `task`'s partition of `changelog` (of its store number
+    /// `store`) at `from` (its start if `None`) without end: what arrives is
+    /// written on every poll.
+    pub fn tail(&mut self, task: TaskId, store: usize, changelog: &str, from: Option<i64>) -> Result<(), KafkaIoError> {
+        self.read(task, store, changelog, from.map_or(Offset::Beginning, Offset::Offset), i64::MAX)
+    }
+
+    fn read(
+        &mut self,
+        task: TaskId,
+        store: usize,
+        changelog: &str,
+        from: Offset,
+        end: i64,
+    ) -> Result<(), KafkaIoError> {
         let partition = task.partition;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(changelog, partition, Offset::Offset(from))?;
+        tpl.add_partition_offset(changelog, partition, from)?;
         self.consumer()?.incremental_assign(&tpl)?;
         let now = Instant::now();
         self.reading.insert(
@@ -132,7 +163,26 @@ impl Restorer {
                 noted: now,
             },
         );
-        Ok(true)
+        Ok(())
+    }
+
+    /// How far `task`'s reading is: records read, and records left (to the
+    /// end it was given, or for a tail to the end the consumer last heard of).
+    pub fn progress(&self, task: TaskId) -> (u64, Option<i64>) {
+        let (mut records, mut left) = (0, Some(0i64));
+        for ((topic, partition), r) in self.reading.iter().filter(|(_, r)| r.task == task) {
+            records += r.records;
+            let end = if r.end == i64::MAX {
+                self.consumer.as_ref().and_then(|c| super::source::high_watermark(c, topic, *partition))
+            } else {
+                Some(r.end)
+            };
+            left = match (left, end, r.next) {
+                (Some(l), Some(end), Some(next)) => Some(l + (end - next).max(0)),
+                _ => None,
+            };
+        }
+        (records, left)
     }
 
     /// Stops restoring `task` (every store of it); what was not written yet is
@@ -169,7 +219,7 @@ impl Restorer {
         let Some(consumer) = self.consumer.as_ref() else { return Ok(Vec::new()) };
         while Instant::now() < deadline {
             // Wait a little for the first record, not at all afterwards.
-            let wait = if first { budget.min(Duration::from_millis(10)) } else { Duration::ZERO };
+            let wait = if first { budget.min(self.first_wait) } else { Duration::ZERO };
             first = false;
             match consumer.poll(wait) {
                 None => break,
@@ -205,14 +255,22 @@ impl Restorer {
     }
 
     /// Partitions whose position reached their end: write what is left and
-    /// unassign them.
+    /// unassign them. Tails write what they read.
     fn finished(
         &mut self,
         mut apply: impl FnMut(TaskId, usize, Vec<Change>, i64) -> Result<(), KafkaIoError>,
     ) -> Result<Vec<Restored>, KafkaIoError> {
+        for reading in self.reading.values_mut().filter(|r| r.end == i64::MAX) {
+            if let Some(next) = reading.next
+                && !reading.chunk.is_empty()
+            {
+                reading.chunk_bytes = 0;
+                apply(reading.task, reading.store, std::mem::take(&mut reading.chunk), next)?;
+            }
+        }
         let positions = self.consumer()?.position()?;
         let mut done = Vec::new();
-        for ((topic, partition), reading) in &mut self.reading {
+        for ((topic, partition), reading) in self.reading.iter_mut().filter(|(_, r)| r.end != i64::MAX) {
             let partition = *partition;
             let position = positions
                 .find_partition(topic, partition)

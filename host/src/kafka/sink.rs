@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
@@ -39,6 +38,7 @@ use super::health::{Health, STATS_INTERVAL_MS};
 use super::source::forward_log;
 use super::{KafkaIoError, set_default};
 use crate::faults;
+use crate::group::Identity;
 
 /// The producer's transaction timeout unless the user sets
 /// `transaction.timeout.ms`: the longest a dead host's open transaction can hold
@@ -169,6 +169,59 @@ fn classify(err: KafkaError) -> Failed {
         KafkaError::Transaction(e) if e.is_retriable() => Failed::Retry(text),
         KafkaError::Transaction(e) if e.code() == RDKafkaErrorCode::Fenced => Failed::Fatal(text),
         _ => Failed::Retry(text),
+    }
+}
+
+/// Adds `offsets` to the producer's transaction as committed by group member
+/// `who` (its generation fences a member the group has dropped).
+fn send_offsets_as(
+    producer: &BaseProducer<SinkContext>,
+    offsets: &TopicPartitionList,
+    who: &Identity,
+    timeout: Duration,
+) -> Result<(), Failed> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+    let text = |what: &str| CString::new(what).map_err(|e| Failed::Abort(format!("group identity: {e}")));
+    let (group, member, instance) = (text(&who.group)?, text(&who.member_id)?, text(&who.instance)?);
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the strings outlive the calls (librdkafka copies them into the
+    // metadata); the metadata is destroyed here after the call, which copies
+    // what it needs; the producer and the offset list are alive for the call;
+    // the error, if any, is read and destroyed here.
+    #[allow(unsafe_code)]
+    unsafe {
+        let meta = rd::rd_kafka_consumer_group_metadata_new_with_genid(
+            group.as_ptr(),
+            who.generation,
+            member.as_ptr(),
+            if who.instance.is_empty() { std::ptr::null() } else { instance.as_ptr() },
+        );
+        if meta.is_null() {
+            return Err(Failed::Abort("group metadata could not be made".into()));
+        }
+        let error =
+            rd::rd_kafka_send_offsets_to_transaction(producer.client().native_ptr(), offsets.ptr(), meta, timeout_ms);
+        rd::rd_kafka_consumer_group_metadata_destroy(meta);
+        if error.is_null() {
+            return Ok(());
+        }
+        let code = rd::rd_kafka_error_code(error);
+        let message = CStr::from_ptr(rd::rd_kafka_error_string(error)).to_string_lossy().into_owned();
+        let (fatal, abort, retry) = (
+            rd::rd_kafka_error_is_fatal(error) != 0,
+            rd::rd_kafka_error_txn_requires_abort(error) != 0,
+            rd::rd_kafka_error_is_retriable(error) != 0,
+        );
+        rd::rd_kafka_error_destroy(error);
+        let message = format!("{message} ({code:?})");
+        Err(if fatal || code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FENCED {
+            Failed::Fatal(message)
+        } else if abort || !retry {
+            Failed::Abort(message)
+        } else {
+            Failed::Retry(message)
+        })
     }
 }
 
@@ -353,11 +406,7 @@ impl Sink {
     /// commits it. At-least-once: flushes only (the caller commits offsets
     /// afterwards). On [`KafkaIoError::Abortable`] the transaction is already
     /// aborted (or left for the next producer to abort).
-    pub fn commit(
-        &mut self,
-        offsets: &TopicPartitionList,
-        group: Option<ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaIoError> {
+    pub fn commit(&mut self, offsets: &TopicPartitionList, group: Option<Identity>) -> Result<(), KafkaIoError> {
         let before_commit = self.flush().and_then(|()| {
             injected("flush")?;
             if !self.transactional {
@@ -390,7 +439,7 @@ impl Sink {
     /// drops it whenever the call returns) and a new one takes over; the
     /// transaction was never committed, and the new producer's
     /// `init_transactions` aborts it.
-    fn send_offsets(&mut self, offsets: &TopicPartitionList, group: ConsumerGroupMetadata) -> Result<(), KafkaIoError> {
+    fn send_offsets(&mut self, offsets: &TopicPartitionList, group: Identity) -> Result<(), KafkaIoError> {
         let producer = self.producer()?.clone();
         let offsets = offsets.clone();
         let timeout = Duration::from_millis(TRANSACTION_TIMEOUT_MS);
@@ -398,7 +447,7 @@ impl Sink {
         std::thread::Builder::new()
             .name("weir-txn-offsets".into())
             .spawn(move || {
-                let _ = tx.send(producer.send_offsets_to_transaction(&offsets, &group, timeout));
+                let _ = tx.send(send_offsets_as(&producer, &offsets, &group, timeout));
             })
             .map_err(|e| KafkaIoError::Abortable(format!("adding offsets to the transaction: {e}")))?;
         let deadline = Instant::now() + timeout + STEP;
@@ -419,7 +468,7 @@ impl Sink {
                 }
             }
         };
-        result.map_err(|e| match classify(e) {
+        result.map_err(|failed| match failed {
             Failed::Fatal(m) => KafkaIoError::Fatal(m),
             Failed::Abort(m) | Failed::Retry(m) => {
                 KafkaIoError::Abortable(format!("adding offsets to the transaction: {m}"))

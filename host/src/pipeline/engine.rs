@@ -15,12 +15,12 @@
 //! restore again from what Kafka knows. A failure that stops the pipeline marks
 //! it failed: it commits nothing more, not even at shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -29,11 +29,12 @@ use super::{CRASH_ENV, PipelineError};
 use crate::config::{EmitMode, RunConfig};
 use crate::faults;
 use crate::global::Globals;
+use crate::group::{Board, GroupView, HostTasks, Membership, TaskView, Update};
 use crate::kafka::KafkaIoError;
 use crate::kafka::queries::{Queries, Question, Resume};
 use crate::kafka::restore::Restorer;
 use crate::kafka::sink::{OutRecord, Sink};
-use crate::kafka::source::{RebalanceHandler, SourceContext, caught_up};
+use crate::kafka::source::{SourceContext, caught_up, high_watermark};
 use crate::metrics::Metrics;
 use crate::runtime::Worker;
 use crate::state::{MemoryStore, RocksOptions, RocksStore, Store};
@@ -42,10 +43,17 @@ use crate::topology::Input;
 use weir_abi::topology::Emit;
 
 /// The consumer of a session.
-pub(super) type Source = BaseConsumer<SourceContext<Engine>>;
+pub(super) type Source = BaseConsumer<SourceContext>;
 
 /// How many non-Kafka commit failures in a row stop the pipeline.
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// How often standby copies are brought up to date, and for how long at most.
+const STANDBY_POLL_EVERY: Duration = Duration::from_millis(20);
+const STANDBY_BUDGET: Duration = Duration::from_millis(5);
+
+/// How often the group hears how warm this host's copies are.
+const REPORT_POSITIONS_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest pause between commit attempts while Kafka fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -167,8 +175,15 @@ pub(super) struct Engine {
     tasks: BTreeMap<TaskId, Task>,
     restoring: BTreeMap<TaskId, Restoring>,
     suspended: BTreeMap<TaskId, Vec<Box<dyn Store>>>,
+    /// Standby copies of other hosts' tasks, kept warm from their changelogs.
+    standbys: BTreeMap<TaskId, Vec<Box<dyn Store>>>,
     outbox: Outbox,
     restorer: Restorer,
+    /// Tails the changelogs of the standby copies.
+    standby_restorer: Restorer,
+    /// When standbys were last polled, and their positions last reported.
+    standbys_polled: Instant,
+    positions_reported: Instant,
     queries: Queries,
     /// The global tables, kept up to date between polls.
     pub(super) globals: Globals,
@@ -186,6 +201,12 @@ pub(super) struct Engine {
     crash_after_flush: Option<u64>,
     /// When repartition topics were last purged.
     purged_at: Instant,
+    /// This host's place in the application's group (taken out to leave it).
+    pub(super) membership: Option<Membership>,
+    /// Every host's tasks, as the group's leader last placed them.
+    pub(super) hosts: Vec<HostTasks>,
+    /// What the admin API shows of the group and this host's tasks.
+    board: Board,
 }
 
 /// The parts an engine is made of.
@@ -197,9 +218,12 @@ pub(super) struct Parts {
     pub(super) control: Receiver<ControlCommand>,
     pub(super) metrics: Metrics,
     pub(super) restorer: Restorer,
+    pub(super) standby_restorer: Restorer,
     pub(super) queries: Queries,
     pub(super) rocks: Option<RocksOptions>,
     pub(super) globals: Globals,
+    pub(super) membership: Membership,
+    pub(super) board: Board,
 }
 
 impl Engine {
@@ -214,8 +238,12 @@ impl Engine {
             tasks: BTreeMap::new(),
             restoring: BTreeMap::new(),
             suspended: BTreeMap::new(),
+            standbys: BTreeMap::new(),
             outbox: Outbox::default(),
             restorer: parts.restorer,
+            standby_restorer: parts.standby_restorer,
+            standbys_polled: Instant::now(),
+            positions_reported: Instant::now(),
             queries: parts.queries,
             globals: parts.globals,
             epoch: 0,
@@ -228,6 +256,9 @@ impl Engine {
             readied_at: None,
             crash_after_flush: std::env::var(CRASH_ENV).ok().and_then(|v| v.parse().ok()),
             purged_at: Instant::now(),
+            membership: Some(parts.membership),
+            hosts: Vec::new(),
+            board: parts.board,
         }
     }
 
@@ -414,10 +445,21 @@ impl Engine {
             std::process::abort();
         }
         let committing = Instant::now();
-        self.sink.commit(&offsets, consumer.group_metadata())?;
+        let identity = self.membership.as_ref().and_then(Membership::identity);
+        self.sink.commit(&offsets, identity)?;
         tracing::debug!(micros = committing.elapsed().as_micros() as u64, "committed");
         if !self.sink.is_transactional() && offsets.count() > 0 {
-            consumer.commit(&offsets, CommitMode::Async).map_err(KafkaIoError::from)?;
+            let offsets: Vec<(String, i32, i64, String)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.topic().to_owned(), e.partition(), o, e.metadata().to_owned())),
+                    _ => None,
+                })
+                .collect();
+            if let Some(m) = &self.membership {
+                m.commit_offsets(&offsets).map_err(|e| KafkaIoError::Abortable(format!("committing offsets: {e}")))?;
+            }
         }
         let changelog_offsets = self.sink.take_changelog_offsets();
         let mut stale = Vec::new();
@@ -583,14 +625,20 @@ impl Engine {
     fn restore_again(&mut self, id: TaskId, consumer: &Source) {
         if let Some(mut task) = self.tasks.remove(&id) {
             task.rewind();
-            self.begin_restore(id, task.into_stores(), consumer);
+            self.unassign(consumer, id);
+            self.begin_restore(id, task.into_stores());
         }
     }
 
-    fn begin_restore(&mut self, id: TaskId, stores: Vec<Box<dyn Store>>, consumer: &Source) {
-        if let Err(e) = consumer.pause(&self.topics.partitions_of(id)) {
-            tracing::warn!(task = %id, error = %e, "pausing a restoring task's partitions");
+    /// Stops reading task `id`'s partitions (it no longer runs here).
+    fn unassign(&self, consumer: &Source, id: TaskId) {
+        if let Err(e) = consumer.incremental_unassign(&self.topics.partitions_of(id)) {
+            tracing::warn!(task = %id, error = %e, "unassigning a task's partitions");
         }
+    }
+
+    /// A task's partitions are read only while it runs: it restores first.
+    fn begin_restore(&mut self, id: TaskId, stores: Vec<Box<dyn Store>>) {
         self.epoch += 1;
         let changelogs = self.topics.changelogs[id.sub].clone();
         let inputs = self.topics.inputs[id.sub].clone();
@@ -751,14 +799,13 @@ impl Engine {
         let Some(r) = self.restoring.get(&id) else { return Ok(()) };
         let Phase::Seeking { committed, meta, records } = &r.phase else { return Ok(()) };
         let (committed, meta, records) = (committed.clone(), *meta, *records);
+        let mut from = TopicPartitionList::new();
         for (topic, &offset) in self.topics.inputs[id.sub].iter().zip(&committed) {
-            if let Err(e) = seek(consumer, topic, id.partition, offset) {
-                tracing::debug!(task = %id, topic, error = %e, "seek not possible yet; trying again");
-                return Ok(());
-            }
+            let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+            from.add_partition_offset(topic, id.partition, offset).map_err(KafkaIoError::from)?;
         }
-        if let Err(e) = consumer.resume(&self.topics.partitions_of(id)) {
-            tracing::debug!(task = %id, error = %e, "resume not possible yet; trying again");
+        if let Err(e) = consumer.incremental_assign(&from) {
+            tracing::debug!(task = %id, error = %e, "assigning the task's partitions not possible yet; trying again");
             return Ok(());
         }
         let Some(r) = self.restoring.remove(&id) else { return Ok(()) };
@@ -942,23 +989,6 @@ impl Engine {
         );
         Ok(())
     }
-
-    /// Gives up every task without committing (the consumer is being replaced):
-    /// aborts, rewinds, and keeps the stores for the next assignment.
-    pub(super) fn abandon_all(&mut self) {
-        self.outbox.clear();
-        let _ = self.sink.abort();
-        for (id, mut task) in std::mem::take(&mut self.tasks) {
-            task.rewind();
-            self.suspended.insert(id, task.into_stores());
-        }
-        for (id, r) in std::mem::take(&mut self.restoring) {
-            self.restorer.cancel(id);
-            self.queries.forget(id);
-            self.suspended.insert(id, r.stores);
-        }
-        self.update_gauges();
-    }
 }
 
 /// Positions the consumer on `partition` at `offset` (the beginning if none).
@@ -967,12 +997,153 @@ fn seek(consumer: &Source, topic: &str, partition: i32, offset: Option<i64>) -> 
     consumer.seek(topic, partition, offset, Duration::from_secs(2)).map_err(KafkaIoError::from)
 }
 
-impl RebalanceHandler for Engine {
-    fn revoke(&mut self, consumer: &Source, partitions: &TopicPartitionList, lost: bool) {
+impl Engine {
+    /// Takes what changed in the group: lets go of tasks no longer here
+    /// (committing first, unless they were lost) and starts the new ones.
+    pub(super) fn follow_group(&mut self, consumer: &Source) -> Result<(), PipelineError> {
+        let Some(membership) = &self.membership else { return Ok(()) };
+        if let Some(e) = membership.take_fatal() {
+            return Err(KafkaIoError::Fatal(e.to_string()).into());
+        }
+        let Some(Update { lost, assignment }) = membership.take_update() else { return Ok(()) };
+        let here: BTreeSet<TaskId> = self.tasks.keys().chain(self.restoring.keys()).copied().collect();
+        if lost {
+            self.revoke(consumer, &here, true);
+        }
+        let Some(assignment) = assignment else { return Ok(()) };
+        let here: BTreeSet<TaskId> = self.tasks.keys().chain(self.restoring.keys()).copied().collect();
+        let gone: BTreeSet<TaskId> = here.difference(&assignment.active).copied().collect();
+        if !gone.is_empty() {
+            self.revoke(consumer, &gone, false);
+        }
+        let new: Vec<TaskId> = assignment.active.difference(&here).copied().collect();
+        self.assign(&new);
+        self.keep_standbys(&assignment.standby);
+        // Stores of tasks that went elsewhere are closed.
+        self.suspended.clear();
+        self.hosts = assignment.group;
+        let positions = self.positions();
+        if let Some(m) = &self.membership {
+            m.applied(assignment.generation, &assignment.active, positions);
+        }
+        Ok(())
+    }
+
+    /// How far the local copy of each task's stores is: the sum of their
+    /// checkpoints (a store without one counts as 0).
+    fn positions(&self) -> BTreeMap<TaskId, i64> {
+        let sum = |stores: &[Box<dyn Store>]| -> i64 {
+            stores.iter().map(|s| s.checkpoint().ok().flatten().unwrap_or(0).max(0)).sum()
+        };
+        let mut positions = BTreeMap::new();
+        for (id, task) in &self.tasks {
+            positions.insert(*id, task.position());
+        }
+        for (id, r) in &self.restoring {
+            positions.insert(*id, sum(&r.stores));
+        }
+        for (id, stores) in &self.standbys {
+            positions.insert(*id, sum(stores));
+        }
+        positions
+    }
+
+    /// Keeps standby copies of exactly `wanted` (never of a task running
+    /// here): new ones start tailing their changelogs from their checkpoints
+    /// (a store that ran here before is nearly warm already).
+    fn keep_standbys(&mut self, wanted: &BTreeSet<TaskId>) {
+        let dropped: Vec<TaskId> = self.standbys.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        for id in dropped {
+            self.standby_restorer.cancel(id);
+            self.standbys.remove(&id);
+        }
+        let info = self.versions.info().clone();
+        for &id in wanted {
+            if self.standbys.contains_key(&id) || self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
+                continue;
+            }
+            let stores = match self.suspended.remove(&id).map_or_else(|| self.open_stores(id), Ok) {
+                Ok(stores) => stores,
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "opening a standby's stores failed; no standby here");
+                    continue;
+                }
+            };
+            let sub = info.shape.subs.get(id.sub);
+            for (i, store) in stores.iter().enumerate() {
+                // A table restored from its topic has no changelog to tail.
+                if sub.is_some_and(|s| s.source_table(i).is_some()) {
+                    continue;
+                }
+                let Some(changelog) = self.topics.changelogs[id.sub].get(i) else { continue };
+                let from = store.checkpoint().ok().flatten();
+                if let Err(e) = self.standby_restorer.tail(id, i, changelog, from) {
+                    tracing::warn!(task = %id, changelog, error = %e, "tailing a standby's changelog failed");
+                }
+            }
+            self.standbys.insert(id, stores);
+        }
+        self.metrics.tasks_standby.set(self.standbys.len() as i64);
+    }
+
+    /// Writes what arrived for the standby copies (at most every few
+    /// milliseconds, briefly); now and then tells the group how warm they are
+    /// and the admin API what every task here does.
+    pub(super) fn tend(&mut self, consumer: &Source) -> Result<(), PipelineError> {
+        if self.positions_reported.elapsed() >= REPORT_POSITIONS_EVERY {
+            self.positions_reported = Instant::now();
+            if let Some(m) = &self.membership {
+                m.report_positions(self.positions());
+                self.board.set(GroupView { group: m.status(), tasks: self.task_views(consumer) });
+            }
+        }
+        if self.standbys.is_empty() || self.standbys_polled.elapsed() < STANDBY_POLL_EVERY {
+            return Ok(());
+        }
+        self.standbys_polled = Instant::now();
+        let standbys = &mut self.standbys;
+        let metrics = &self.metrics;
+        self.standby_restorer.poll(STANDBY_BUDGET, |id, store, changes, next| {
+            metrics.standby_records.inc_by(changes.len() as u64);
+            match standbys.get_mut(&id).and_then(|s| s.get_mut(store)) {
+                Some(store) => {
+                    store.write(changes, Some(next)).map_err(|e| KafkaIoError::Setup(format!("standby store: {e}")))
+                }
+                None => Ok(()),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// What every task here does, and how far behind it is.
+    fn task_views(&self, consumer: &Source) -> Vec<TaskView> {
+        let mut views = Vec::new();
+        for (id, task) in &self.tasks {
+            let inputs = &self.topics.inputs[id.sub];
+            let lag = inputs.iter().enumerate().try_fold(0i64, |sum, (input, topic)| {
+                let high = high_watermark(consumer, topic, id.partition)?;
+                let at = task.next_offset(input).or(task.committed_offset(input)).unwrap_or(0);
+                Some(sum + (high - at).max(0))
+            });
+            views.push(TaskView { task: id.to_string(), role: "active", lag, restored: 0 });
+        }
+        for id in self.restoring.keys() {
+            let (restored, lag) = self.restorer.progress(*id);
+            views.push(TaskView { task: id.to_string(), role: "restoring", lag, restored });
+        }
+        for id in self.standbys.keys() {
+            let (restored, lag) = self.standby_restorer.progress(*id);
+            views.push(TaskView { task: id.to_string(), role: "standby", lag, restored });
+        }
+        views
+    }
+
+    /// Lets go of `ids`: commits first (unless `lost`: they may have another
+    /// owner already, so nothing is committed) and keeps their stores for now.
+    fn revoke(&mut self, consumer: &Source, ids: &BTreeSet<TaskId>, lost: bool) {
         if lost || self.failed {
-            // Nothing may be committed: the partitions may have an owner already.
             if lost {
-                tracing::warn!("partitions lost (this member was removed from the group): nothing is committed");
+                tracing::warn!("tasks lost (this host was dropped from the group): nothing is committed");
             }
             self.outbox.clear();
             let _ = self.sink.abort();
@@ -981,10 +1152,10 @@ impl RebalanceHandler for Engine {
             tracing::error!(error = %e, "commit before revocation failed");
             self.fatal.get_or_insert(e);
         }
-        for elem in partitions.elements() {
-            let Some((id, _)) = self.task_of(elem.topic(), elem.partition()) else { continue };
+        for &id in ids {
             if let Some(mut task) = self.tasks.remove(&id) {
                 task.rewind();
+                self.unassign(consumer, id);
                 self.suspended.insert(id, task.into_stores());
             } else if let Some(r) = self.restoring.remove(&id) {
                 self.restorer.cancel(id);
@@ -992,39 +1163,21 @@ impl RebalanceHandler for Engine {
                 self.suspended.insert(id, r.stores);
             }
         }
+        let tasks: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        tracing::info!(?tasks, lost, "tasks revoked");
         self.update_gauges();
     }
 
-    fn assign(&mut self, consumer: &Source, partitions: &TopicPartitionList) {
-        let mut assigned: Vec<TaskId> = partitions
-            .elements()
-            .iter()
-            .filter_map(|e| self.task_of(e.topic(), e.partition()))
-            .map(|(id, _)| id)
-            .collect();
-        assigned.sort_unstable();
-        assigned.dedup();
-        for &id in &assigned {
-            // A task reading several topics needs its partition of each: the
-            // range assignor gives co-partitioned topics to members alike.
-            let have =
-                |topic: &str| partitions.elements().iter().any(|e| e.topic() == topic && e.partition() == id.partition);
-            if let Some(missing) = self.topics.inputs[id.sub].iter().find(|t| !have(t)) {
-                let error = KafkaIoError::Topic {
-                    topic: missing.clone(),
-                    reason: format!(
-                        "task {id} reads partition {} of {:?}, but the group gave this member that partition of only \
-                         some of them; merged inputs must be assigned together, as the range assignor does \
-                         (partition.assignment.strategy = range, Weir's default)",
-                        id.partition, self.topics.inputs[id.sub]
-                    ),
-                };
-                tracing::error!(task = %id, error = %error, "task cannot run");
-                self.fatal.get_or_insert(error.into());
-                continue;
-            }
+    /// Starts tasks `ids` here: each restores (from a standby copy if this
+    /// host kept one: only what it had not read yet), then runs.
+    fn assign(&mut self, ids: &[TaskId]) {
+        for &id in ids {
             if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
+            }
+            if let Some(stores) = self.standbys.remove(&id) {
+                self.standby_restorer.cancel(id);
+                self.suspended.insert(id, stores);
             }
             let stores = match self.suspended.remove(&id) {
                 Some(stores) => stores,
@@ -1037,11 +1190,9 @@ impl RebalanceHandler for Engine {
                     }
                 },
             };
-            self.begin_restore(id, stores, consumer);
+            self.begin_restore(id, stores);
         }
-        // Stores of tasks that went elsewhere are closed.
-        self.suspended.clear();
-        let tasks: Vec<String> = assigned.iter().map(ToString::to_string).collect();
-        tracing::info!(?tasks, "partitions assigned; restoring their tasks");
+        let tasks: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        tracing::info!(?tasks, "tasks assigned; restoring them");
     }
 }

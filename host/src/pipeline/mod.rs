@@ -1,5 +1,6 @@
-//! The pipeline: one consumer-group member, its tasks, its plugin versions and one
-//! producer, in a consume → process → commit loop.
+//! The pipeline: one member of the application's group ([`crate::group`]), its
+//! tasks, its plugin versions and one producer, in a consume → process → commit
+//! loop.
 //!
 //! Under exactly-once every commit ends one Kafka transaction holding the output
 //! records, the changelog records and the input offsets (with each task's stream
@@ -7,9 +8,10 @@
 //! commits (`engine`). Plugin versions and hot swap live in `swap`.
 //!
 //! A run is a session of Kafka clients. Kafka being away costs time, never the
-//! pipeline: setting up waits for the broker, a fatal consumer error (fenced,
-//! kicked out) makes a new consumer that rejoins the group, a fatal or uncertain
-//! producer is replaced, and every wait gives way to the stop flag within seconds.
+//! pipeline: setting up waits for the broker, a host dropped from the group gives
+//! its tasks up and joins again, a fatal or uncertain producer is replaced, and
+//! every wait gives way to the stop flag within seconds. A pipeline that stops
+//! leaves the group, so its tasks move to the other hosts at once.
 //! What stops a run is what retrying cannot mend: a plugin that keeps failing
 //! under `on_failure = pause`, a state the plugin cannot read, a broken store or
 //! configuration. `weir run` then exits non-zero; `weir serve` restarts the
@@ -36,6 +38,7 @@ use swap::{ControlCommand, Versions};
 
 use crate::config::{Guarantee, RunConfig, StateBackend};
 use crate::global::Globals;
+use crate::group::{Membership, Space};
 use crate::kafka::admin::{TopicSpec, ensure_topics, partition_count};
 use crate::kafka::health::Health;
 use crate::kafka::queries::Queries;
@@ -142,14 +145,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping pipeline may spend on its last commit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How long closing a consumer may take (it commits on revocation too, within
-/// the grace above).
+/// How long closing a consumer, or leaving the group, may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
-
-/// A consumer fenced this many times within [`FENCING_WINDOW`] stops the
-/// pipeline: another host has its identity, and taking turns would never end.
-const MAX_REBUILDS: usize = 3;
-const FENCING_WINDOW: Duration = Duration::from_secs(120);
 
 /// A configured pipeline, ready to run (and to run again after a failure).
 pub struct Pipeline {
@@ -158,26 +155,48 @@ pub struct Pipeline {
     health: Health,
     control: Control,
     member: String,
+    /// This host's static identity in the group.
+    instance: String,
+    /// Where this host's admin API answers (told to the other hosts).
+    admin: Option<String>,
+    /// The state directory, held while the pipeline lives.
+    _state_lock: crate::state::DirLock,
+    /// The group and this host's tasks, for the admin API.
+    board: crate::group::Board,
     /// Between sessions: the versions and the swap commands.
     versions: Option<(Versions, Receiver<ControlCommand>)>,
 }
 
+/// This host's identity: `instance_id` if set; otherwise the machine's name and
+/// a digest of the state directory's absolute path — the same after a restart,
+/// even on an emptied state directory (so the host takes its place back at once
+/// instead of waiting for its old session to expire), and different for two
+/// hosts on one machine (which need state directories of their own).
 fn instance_id(cfg: &RunConfig) -> Result<String, PipelineError> {
+    use sha2::Digest;
     if let Some(id) = &cfg.instance_id {
         return Ok(id.clone());
     }
-    let path = cfg.state.dir.join("instance.id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() {
-            return Ok(id.to_owned());
-        }
-    }
-    let id = format!("{:016x}", rand::random::<u64>());
-    std::fs::create_dir_all(&cfg.state.dir).and_then(|_| std::fs::write(&path, &id)).map_err(|source| {
-        TaskError::Store(crate::state::StoreError::Io { path: path.display().to_string(), source })
-    })?;
-    Ok(id)
+    let dir = &cfg.state.dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| TaskError::Store(crate::state::StoreError::Io { path: dir.display().to_string(), source }))?;
+    let path = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+    let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{}-{short}", host_name()))
+}
+
+/// The machine's name (`localhost` if it has none readable).
+fn host_name() -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_default();
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    if clean.is_empty() { "localhost".into() } else { clean }
 }
 
 impl Pipeline {
@@ -198,8 +217,17 @@ impl Pipeline {
 
     /// Like [`Pipeline::new`], with the plugin already loaded (e.g. from the
     /// registry); `cfg.plugin` is only reported.
-    pub fn with_plugin(cfg: RunConfig, plugin: Plugin, metrics: Metrics) -> Result<Self, PipelineError> {
+    pub fn with_plugin(mut cfg: RunConfig, plugin: Plugin, metrics: Metrics) -> Result<Self, PipelineError> {
         cfg.validate()?;
+        let (dir, state_lock) = crate::state::claim(&cfg.state.dir, &cfg.application_id).map_err(TaskError::Store)?;
+        if dir != cfg.state.dir {
+            tracing::warn!(
+                configured = %cfg.state.dir.display(),
+                taken = %dir.display(),
+                "another host of this application on this machine holds the state directory; this host takes the next"
+            );
+            cfg.state.dir = dir;
+        }
         let info = plugin.info();
         let topics = Topics::of(&cfg, &info.shape);
         tracing::info!(
@@ -214,8 +242,42 @@ impl Pipeline {
         let (tx, rx) = channel();
         let control = Control { tx, status: versions.status.clone(), cfg: Arc::new(cfg.clone()) };
         let health = Health::new(&cfg.application_id, metrics.kafka_reachable.clone());
-        let member = format!("{}-{}", cfg.application_id, instance_id(&cfg)?);
-        Ok(Self { cfg, metrics, health, control, member, versions: Some((versions, rx)) })
+        let instance = instance_id(&cfg)?;
+        let member = format!("{}-{instance}", cfg.application_id);
+        Ok(Self {
+            cfg,
+            metrics,
+            health,
+            control,
+            member,
+            instance,
+            admin: None,
+            _state_lock: state_lock,
+            board: crate::group::Board::default(),
+            versions: Some((versions, rx)),
+        })
+    }
+
+    /// Tells the other hosts of the application where this host's admin API
+    /// answers (set before [`Pipeline::run`]).
+    pub fn set_admin_address(&mut self, addr: Option<String>) {
+        self.admin = addr;
+    }
+
+    /// This host's identity in the application's group.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    /// The state directory this host took (the configured one, or the next
+    /// free one if another host of the application holds it).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.cfg.state.dir
+    }
+
+    /// The group and this host's tasks, as the admin API shows them.
+    pub fn board(&self) -> crate::group::Board {
+        self.board.clone()
     }
 
     /// The pipeline's counters.
@@ -350,6 +412,7 @@ impl Pipeline {
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
         let queries = Queries::start(&base, &cfg.application_id, self.health.clone(), stop.clone())?;
         let restorer = Restorer::new(&base, exactly_once, self.health.clone())?;
+        let standby_restorer = Restorer::new(&base, exactly_once, self.health.clone())?.impatient();
         let mut producer = base.clone();
         producer.set("compression.type", cfg.compression.as_str());
         let changelogs: Vec<String> = (shape.subs.iter().zip(&topics.changelogs))
@@ -367,7 +430,25 @@ impl Pipeline {
         // settles the transaction it left open, which a restore would wait for.
         sink.ready(SETUP_TIMEOUT)?;
         base.set("client.id", format!("weir-{}", cfg.application_id));
-        let consumer_config = source::consumer_config(&base, &cfg.application_id, &self.member);
+        let consumer_config = source::consumer_config(&base, &cfg.application_id);
+        let space = Space {
+            tasks: (shape.subs.iter().enumerate())
+                .flat_map(|(sub, s)| {
+                    let count = s.inputs.first().map_or(partitions, |i| count_of(i.input));
+                    (0..count).map(move |partition| crate::task::TaskId { sub, partition })
+                })
+                .collect(),
+            stateful: (shape.subs.iter().enumerate())
+                .filter(|(_, s)| !s.stores().is_empty())
+                .flat_map(|(sub, s)| {
+                    let count = s.inputs.first().map_or(partitions, |i| count_of(i.input));
+                    (0..count).map(move |partition| crate::task::TaskId { sub, partition })
+                })
+                .collect(),
+            inputs: topics.inputs.clone(),
+        };
+        let membership = Membership::join(self.group_settings(), space)
+            .map_err(|e| KafkaIoError::Setup(format!("joining the group: {e}")))?;
         let rocks = (cfg.state.backend == StateBackend::Rocksdb)
             .then(|| RocksOptions::new(cfg.state.cache_mb << 20, cfg.state.write_buffer_mb << 20));
         // Global tables are read whole before any task runs.
@@ -394,9 +475,12 @@ impl Pipeline {
             control,
             metrics: self.metrics.clone(),
             restorer,
+            standby_restorer,
             queries,
             rocks,
             globals,
+            membership,
+            board: self.board.clone(),
         })));
         let result = self.drive(&engine, &consumer_config, stop);
         // Whatever happened, the versions (and the swap history) live on. A
@@ -418,51 +502,72 @@ impl Pipeline {
         Err(PipelineError::Poisoned)
     }
 
-    /// The loop of a session, and its shutdown.
+    /// How this host joins the application's group.
+    fn group_settings(&self) -> crate::group::Settings {
+        let cfg = &self.cfg;
+        crate::group::Settings {
+            bootstrap: cfg.bootstrap_servers.clone(),
+            group: cfg.application_id.clone(),
+            instance: self.instance.clone(),
+            client_id: format!("weir-{}-{}", cfg.application_id, self.instance),
+            session_timeout: Duration::from_millis(cfg.session_timeout_ms),
+            rebalance_timeout: Duration::from_millis(cfg.rebalance_timeout_ms),
+            heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval()),
+            standbys: cfg.num_standby_replicas,
+            admin: self.admin.clone(),
+        }
+    }
+
+    /// The loop of a session, and its shutdown: the last commit, then leaving
+    /// the group so the tasks move at once.
     fn drive(
         &self,
         engine: &Arc<Mutex<Engine>>,
         consumer_config: &rdkafka::ClientConfig,
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
-        let inputs: Vec<String> = Self::engine(engine)?.topics.all_inputs().cloned().collect();
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let subscribe = || source::subscribe(consumer_config, SourceContext::new(engine, self.health.clone()), &inputs);
-        let mut consumer = subscribe()?;
-        let result = self.poll_loop(engine, &mut consumer, &subscribe, stop);
+        let consumer = source::create(consumer_config, SourceContext::new(self.health.clone()))?;
+        let result = self.poll_loop(engine, &consumer, stop);
         let mut stopped_cleanly = result.is_ok();
-        {
+        let membership = {
             let mut engine = Self::engine(engine)?;
             engine.sink.allow_grace(SHUTDOWN_GRACE);
             if result.is_ok() && !engine.failed {
                 // The last commit, bounded by the grace period.
                 if let Err(e) = engine.commit(&consumer, true) {
                     stopped_cleanly = false;
-                    if !e.is_transient_kafka() {
-                        drop(engine);
-                        source::close(consumer, CLOSE_GRACE);
-                        return Err(e);
+                    if e.is_transient_kafka() {
+                        tracing::warn!(error = %e, "the last commit failed: the next owner redoes the work since the commit before");
+                    } else if result.is_ok() {
+                        engine.fatal.get_or_insert(e);
                     }
-                    tracing::warn!(error = %e, "the last commit failed: the next owner redoes the work since the commit before");
                 }
             }
+            engine.membership.take()
+        };
+        // Whatever stopped the pipeline, its tasks are better off elsewhere now.
+        if let Some(membership) = membership {
+            membership.leave(CLOSE_GRACE);
         }
         source::close(consumer, CLOSE_GRACE);
         tracing::info!(metrics = %self.metrics.summary(), clean = stopped_cleanly, "pipeline stopped");
+        if let Some(e) = Self::engine(engine)?.fatal.take()
+            && result.is_ok()
+        {
+            return Err(e);
+        }
         result
     }
 
     fn poll_loop(
         &self,
         engine: &Arc<Mutex<Engine>>,
-        consumer: &mut Source,
-        subscribe: &dyn Fn() -> Result<Source, KafkaIoError>,
+        consumer: &Source,
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PipelineError> {
         let interval = self.cfg.commit_interval();
         let batch = self.cfg.batch_size;
         let hold_limit = self.cfg.state.uncommitted_mb << 20;
-        let mut rebuilds: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
         let mut last_commit = Instant::now();
         let mut last_report = Instant::now();
         loop {
@@ -474,7 +579,10 @@ impl Pipeline {
                 return Ok(());
             }
             let (restoring, held) = {
-                let engine = Self::engine(engine)?;
+                let mut engine = Self::engine(engine)?;
+                if let Err(e) = engine.follow_group(consumer) {
+                    return Err(engine.fail(e));
+                }
                 (engine.is_restoring(), engine.held_bytes())
             };
             let mut wait = interval.saturating_sub(last_commit.elapsed()).min(Duration::from_millis(100));
@@ -525,58 +633,38 @@ impl Pipeline {
             {
                 consumer_fatal = Some(format!("{code}: {reason}"));
             }
-            {
-                let mut engine = Self::engine(engine)?;
-                if let Some(e) = engine.fatal.take() {
-                    return Err(engine.fail(e));
-                }
-                if let Err(e) = engine.globals.poll(Duration::ZERO) {
-                    return Err(engine.fail(e.into()));
-                }
-                let budget = if engine.is_restoring() { Duration::from_millis(20) } else { Duration::ZERO };
-                if let Err(e) = engine.drive_restores(consumer, budget) {
-                    return Err(engine.fail(e));
-                }
-                let due = last_commit.elapsed() >= interval || engine.held_bytes() >= hold_limit;
-                let step = if due {
-                    last_commit = Instant::now();
-                    engine.commit(consumer, false)
-                } else {
-                    engine
-                        .process_pending(consumer)
-                        .map_err(PipelineError::from)
-                        .or_else(|e| engine.recover(e, consumer))
-                };
-                if let Err(e) = step {
-                    // Whatever stopped the loop, nothing more is committed.
-                    return Err(if engine.failed { e } else { engine.fail(e) });
-                }
-                engine.apply_control();
-                engine.keep_producer_ready();
-                engine.sink.poll();
-            }
+            let mut engine = Self::engine(engine)?;
             if let Some(reason) = consumer_fatal {
-                // Fenced or kicked out: this consumer is done. A new one rejoins
-                // the group; every task restores from what Kafka has. Fenced again
-                // and again means another host has this one's identity.
-                rebuilds.retain(|at| at.elapsed() < FENCING_WINDOW);
-                if rebuilds.len() >= MAX_REBUILDS {
-                    let error = KafkaIoError::Fatal(format!(
-                        "the consumer was fenced {} times within {} s ({reason}): another host runs with this \
-                         host's instance id {:?}; give each host its own",
-                        rebuilds.len() + 1,
-                        FENCING_WINDOW.as_secs(),
-                        self.member
-                    ));
-                    return Err(Self::engine(engine)?.fail(error.into()));
-                }
-                rebuilds.push_back(Instant::now());
-                tracing::warn!(%reason, "the consumer failed fatally; making a new one that rejoins the group");
-                Self::engine(engine)?.abandon_all();
-                let replacement = subscribe()?;
-                let old = std::mem::replace(consumer, replacement);
-                source::close(old, CLOSE_GRACE);
+                let error = KafkaIoError::Fatal(format!("the consumer failed: {reason}"));
+                return Err(engine.fail(error.into()));
             }
+            if let Some(e) = engine.fatal.take() {
+                return Err(engine.fail(e));
+            }
+            if let Err(e) = engine.globals.poll(Duration::ZERO) {
+                return Err(engine.fail(e.into()));
+            }
+            let budget = if engine.is_restoring() { Duration::from_millis(20) } else { Duration::ZERO };
+            if let Err(e) = engine.drive_restores(consumer, budget) {
+                return Err(engine.fail(e));
+            }
+            if let Err(e) = engine.tend(consumer) {
+                return Err(engine.fail(e));
+            }
+            let due = last_commit.elapsed() >= interval || engine.held_bytes() >= hold_limit;
+            let step = if due {
+                last_commit = Instant::now();
+                engine.commit(consumer, false)
+            } else {
+                engine.process_pending(consumer).map_err(PipelineError::from).or_else(|e| engine.recover(e, consumer))
+            };
+            if let Err(e) = step {
+                // Whatever stopped the loop, nothing more is committed.
+                return Err(if engine.failed { e } else { engine.fail(e) });
+            }
+            engine.apply_control();
+            engine.keep_producer_ready();
+            engine.sink.poll();
         }
     }
 }

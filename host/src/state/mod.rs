@@ -8,9 +8,11 @@
 //! some earlier commit, and replaying the changelog from its checkpoint brings it to
 //! the last one. Replays are idempotent: every changelog record is a full value.
 
+mod claim;
 mod memory;
 mod rocks;
 
+pub use claim::{DirLock, claim};
 pub use memory::MemoryStore;
 pub use rocks::{RocksOptions, RocksStore};
 

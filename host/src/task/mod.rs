@@ -456,6 +456,13 @@ impl Task {
         self.stream_time
     }
 
+    /// How far the task's stores are: the sum of their checkpoints.
+    pub fn position(&self) -> i64 {
+        let primary = self.kind.has_primary().then(|| self.store.checkpoint());
+        let sides = self.side.iter().map(side::SideStore::checkpoint);
+        primary.into_iter().chain(sides).map(|c| c.ok().flatten().unwrap_or(0).max(0)).sum()
+    }
+
     /// Gives up the task, keeping its stores (whose committed state stays
     /// valid), in the order [`Task::new`] took them.
     pub fn into_stores(self) -> Vec<Box<dyn Store>> {

@@ -83,6 +83,11 @@ impl SideStore {
     }
 
     /// The committed store.
+    /// The store's checkpoint (its next changelog offset), if it has one.
+    pub(super) fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
+        self.store.checkpoint()
+    }
+
     pub(super) fn into_store(self) -> Box<dyn Store> {
         self.store
     }
