@@ -284,6 +284,10 @@ pub struct RunConfig {
     pub heartbeat_interval_ms: Option<u64>,
     /// How long a rebalance waits for every host to join.
     pub rebalance_timeout_ms: u64,
+    /// A stateful task moves to another host (to balance the load) only once
+    /// that host's copy of its stores is at most this many changelog records
+    /// behind; until then the host warms one up (Kafka Streams' setting).
+    pub acceptable_recovery_lag: i64,
     /// State stores.
     pub state: StateConfig,
     /// Plugin sandbox limits.
@@ -321,6 +325,7 @@ impl Default for RunConfig {
             session_timeout_ms: 6_000,
             heartbeat_interval_ms: None,
             rebalance_timeout_ms: 30_000,
+            acceptable_recovery_lag: 10_000,
             state: StateConfig::default(),
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),

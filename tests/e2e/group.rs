@@ -32,6 +32,7 @@ impl Host {
             rebalance_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(200),
             standbys: 1,
+            acceptable_lag: 10_000,
             admin: None,
         };
         let membership = Membership::join(settings, space.clone())?;

@@ -18,6 +18,7 @@ mod merge;
 mod multi_host;
 mod sandbox;
 mod serve;
+mod soak;
 mod standby;
 mod state_evolution;
 mod stock_stats;

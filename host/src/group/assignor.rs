@@ -5,10 +5,14 @@
 //! - **Balanced**: every member runs ⌊T/N⌋ or ⌈T/N⌉ of the T tasks.
 //! - **Sticky**: a task stays with the member that runs it while that member's
 //!   share allows.
+//! - **Warm before it moves**: a stateful task moves off a member that is still
+//!   in the group (to balance the load) only to a member whose copy of its
+//!   stores is within `acceptable_lag` changelog records of the owner's.
+//!   Until then it stays, and the member it will go to keeps a warm-up copy
+//!   (a standby) and asks for another round now and then (a probing rebalance).
 //! - **Cooperative**: a task taken from a member that is still in the group is
 //!   given to nobody in this generation; that member commits and lets it go,
-//!   then asks for the next round, where the task is free. Meanwhile the member
-//!   that will take it keeps a standby copy warm.
+//!   then asks for the next round, where the task is free.
 //! - **Warm first**: a free task (its owner left) goes to the member with the
 //!   most of its state (a standby's), among those with room.
 //! - **Standbys**: each stateful task gets up to `standbys` copies on members
@@ -39,14 +43,28 @@ pub struct Placement {
     pub standby: Vec<BTreeSet<TaskId>>,
     /// Whether each member must let tasks go and then ask for another round.
     pub revoking: Vec<bool>,
+    /// Whether each member warms up tasks it is to take (and should ask for
+    /// another round once they may be warm).
+    pub warming: Vec<bool>,
 }
 
 /// Places `tasks` on `members` (in a fixed order: every leader sorts them the
-/// same way). Tasks in `stateful` get standbys.
-pub fn assign(tasks: &[TaskId], stateful: &BTreeSet<TaskId>, members: &[MemberView], standbys: usize) -> Placement {
+/// same way). Tasks in `stateful` get standbys, and move between live members
+/// only to a copy within `acceptable_lag` records of the owner's.
+pub fn assign(
+    tasks: &[TaskId],
+    stateful: &BTreeSet<TaskId>,
+    members: &[MemberView],
+    standbys: usize,
+    acceptable_lag: i64,
+) -> Placement {
     let n = members.len();
-    let mut placement =
-        Placement { active: vec![BTreeSet::new(); n], standby: vec![BTreeSet::new(); n], revoking: vec![false; n] };
+    let mut placement = Placement {
+        active: vec![BTreeSet::new(); n],
+        standby: vec![BTreeSet::new(); n],
+        revoking: vec![false; n],
+        warming: vec![false; n],
+    };
     if n == 0 {
         return placement;
     }
@@ -104,9 +122,19 @@ pub fn assign(tasks: &[TaskId], stateful: &BTreeSet<TaskId>, members: &[MemberVi
         // With shares summing to the task count there is always room, except
         // for a task moving off a member that is alone in the group.
         let Some(receiver) = receiver.or(from) else { continue };
+        let warm = |m: usize| position(m, &task).unwrap_or(0);
+        let cold = |f: usize| stateful.contains(&task) && warm(receiver) < warm(f).saturating_sub(acceptable_lag);
         match from {
+            Some(f) if f != receiver && cold(f) => {
+                // Not warm enough to take it without a long restore: the owner
+                // keeps it while the receiver warms a copy up.
+                planned[f].insert(task);
+                placement.standby[receiver].insert(task);
+                placement.warming[receiver] = true;
+            }
             Some(f) if f != receiver => {
-                // Cooperative: the owner lets it go first; the receiver warms up.
+                // Cooperative: the owner lets it go first; the receiver keeps a
+                // copy meanwhile.
                 placement.revoking[f] = true;
                 planned[receiver].insert(task);
                 placement.standby[receiver].insert(task);
@@ -175,20 +203,28 @@ mod tests {
     /// Runs rounds as the group would: members let go of what they lost and
     /// take what they got, until nobody is revoking. Returns the final
     /// placement and the number of rounds.
+    /// Between rounds every copy of a task (active or standby) catches up
+    /// with its changelog (at [`AT`]).
     fn settle(all: &[TaskId], members: &mut [MemberView], standbys: usize) -> (Placement, usize) {
         let stateful: BTreeSet<TaskId> = all.iter().copied().collect();
         for round in 1..10 {
-            let p = assign(all, &stateful, members, standbys);
+            let p = assign(all, &stateful, members, standbys, LAG);
             for (m, member) in members.iter_mut().enumerate() {
                 member.owned = p.active[m].clone();
                 member.generation += 1;
+                for t in p.active[m].iter().chain(&p.standby[m]) {
+                    member.positions.insert(*t, AT);
+                }
             }
-            if !p.revoking.iter().any(|&r| r) {
+            if !p.revoking.iter().any(|&r| r) && !p.warming.iter().any(|&w| w) {
                 return (p, round);
             }
         }
         panic!("did not settle in 10 rounds");
     }
+
+    const LAG: i64 = 100;
+    const AT: i64 = 1_000;
 
     #[test]
     fn a_new_group_spreads_tasks_evenly_and_every_sub_topology_over_the_members() {
@@ -211,24 +247,30 @@ mod tests {
         b.positions.insert(t(0, 0), 10);
         let mut c = member(&[t(0, 3)]);
         c.positions.insert(t(0, 1), 40);
-        let p = assign(&all, &stateful, &[b, c], 1);
+        let p = assign(&all, &stateful, &[b, c], 1, LAG);
         assert!(p.active[1].contains(&t(0, 1)), "{p:?}");
         assert!(p.active[0].contains(&t(0, 0)), "{p:?}");
         assert_eq!(p.revoking, vec![false, false]);
     }
 
     #[test]
-    fn scaling_up_moves_only_what_the_new_member_takes_and_warms_it_first() {
+    fn scaling_up_warms_what_the_new_member_will_take_then_moves_only_that() {
         let all = tasks(&[8]);
         let mut members = vec![member(&all[..4]), member(&all[4..]), member(&[])];
+        for m in &mut members[..2] {
+            m.positions = m.owned.iter().map(|&t| (t, AT)).collect();
+        }
         let stateful: BTreeSet<TaskId> = all.iter().copied().collect();
-        let first = assign(&all, &stateful, &members, 0);
-        // Nobody gets a task another still runs; the newcomer warms what it will take.
+        let first = assign(&all, &stateful, &members, 0, LAG);
+        // Cold: the owners keep everything; the newcomer warms what it will take.
         assert!(first.active[2].is_empty());
+        assert_eq!(first.active[0].len() + first.active[1].len(), 8);
         assert_eq!(first.standby[2].len(), 2);
-        assert_eq!(first.active[0].len() + first.active[1].len(), 6);
+        assert_eq!(first.warming, vec![false, false, true]);
+        assert_eq!(first.revoking, vec![false, false, false]);
+        // Warm: the owners let those go (a round), the newcomer takes them (another).
         let (last, rounds) = settle(&all, &mut members, 0);
-        assert_eq!(rounds, 2);
+        assert_eq!(rounds, 3);
         assert_eq!(last.active[2], first.standby[2]);
     }
 
@@ -255,7 +297,7 @@ mod tests {
                     members[m].positions.insert(*task, at);
                 }
             }
-            let p = assign(&all, &stateful, &members, standbys);
+            let p = assign(&all, &stateful, &members, standbys, LAG);
             // Never two owners; a task given to a member is not also its standby.
             for task in &all {
                 let holders: Vec<usize> = (0..n).filter(|&m| p.active[m].contains(task)).collect();

@@ -97,6 +97,9 @@ pub struct Given {
     pub standby: Vec<Wire>,
     /// Let go of the tasks no longer given, then join again.
     pub rejoin: bool,
+    /// Some standbys are warm-ups of tasks to take: join again once they are warm.
+    #[serde(default)]
+    pub warmup: bool,
     /// The whole group's placement.
     pub group: Vec<HostTasks>,
 }
@@ -113,8 +116,14 @@ impl Given {
     }
 
     /// A placement for one member.
-    pub fn new(active: &BTreeSet<TaskId>, standby: &BTreeSet<TaskId>, rejoin: bool, group: Vec<HostTasks>) -> Self {
-        Self { v: VERSION, active: wire(active), standby: wire(standby), rejoin, group }
+    pub fn new(
+        active: &BTreeSet<TaskId>,
+        standby: &BTreeSet<TaskId>,
+        rejoin: bool,
+        warmup: bool,
+        group: Vec<HostTasks>,
+    ) -> Self {
+        Self { v: VERSION, active: wire(active), standby: wire(standby), rejoin, warmup, group }
     }
 }
 
@@ -213,7 +222,7 @@ mod tests {
         let r = Report::new("host-1", Some("127.0.0.1:7070".into()), &owned, 7, [(t(0, 1), 42)]);
         let bytes = subscription(&r, &inputs).unwrap();
         assert_eq!(report(&bytes).unwrap(), r);
-        let g = Given::new(&owned, &[t(0, 3)].into(), true, vec![]);
+        let g = Given::new(&owned, &[t(0, 3)].into(), true, false, vec![]);
         let bytes = assignment(&g, &inputs).unwrap();
         assert_eq!(given(&bytes).unwrap(), g);
         assert!(given(&[]).unwrap().active().is_empty());

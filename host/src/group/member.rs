@@ -28,6 +28,10 @@ const PROTOCOL_TYPE: &str = "consumer";
 
 /// How long a connection or a short request may take.
 pub(super) const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// A host warming tasks up asks for another round at least this often, in
+/// case its copies never get within the acceptable lag by its own count.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
 /// Longest pause between attempts while the coordinator is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -60,6 +64,8 @@ pub(super) struct Member {
     need_join: bool,
     /// Join again once the engine has applied this generation (it let tasks go).
     rejoin_after: Option<i32>,
+    /// Join again then (warm-ups may be warm by then).
+    probe_at: Option<Instant>,
     next_heartbeat: Instant,
     backoff: Duration,
 }
@@ -75,6 +81,7 @@ impl Member {
             generation: -1,
             need_join: true,
             rejoin_after: None,
+            probe_at: None,
             next_heartbeat: Instant::now(),
             backoff: Duration::ZERO,
         }
@@ -104,6 +111,10 @@ impl Member {
             && self.shared.lock().applied >= generation
         {
             self.rejoin_after = None;
+            self.need_join = true;
+        }
+        if std::mem::take(&mut self.shared.lock().rejoin) || self.probe_at.is_some_and(|at| Instant::now() >= at) {
+            self.probe_at = None;
             self.need_join = true;
         }
         if self.need_join {
@@ -236,11 +247,13 @@ impl Member {
         self.generation = response.generation_id;
         self.need_join = false;
         self.rejoin_after = given.rejoin.then_some(self.generation);
+        self.probe_at = given.warmup.then(|| Instant::now() + PROBE_EVERY);
         self.next_heartbeat = Instant::now() + self.settings.heartbeat_interval;
         let assignment = Assignment {
             generation: self.generation,
             active: given.active(),
             standby: given.standby(),
+            warming: given.warmup,
             group: given.group.clone(),
         };
         tracing::info!(
@@ -297,7 +310,13 @@ impl Member {
                     .collect(),
             })
             .collect();
-        let placement = assignor::assign(&self.space.tasks, &self.space.stateful, &views, self.settings.standbys);
+        let placement = assignor::assign(
+            &self.space.tasks,
+            &self.space.stateful,
+            &views,
+            self.settings.standbys,
+            self.settings.acceptable_lag,
+        );
         let group: Vec<HostTasks> = members
             .iter()
             .enumerate()
@@ -309,7 +328,8 @@ impl Member {
             })
             .collect();
         let moving: BTreeSet<usize> = (0..members.len()).filter(|&i| placement.revoking[i]).collect();
-        tracing::info!(members = members.len(), revoking = moving.len(), "placed the group's tasks");
+        let warming = placement.warming.iter().filter(|&&w| w).count();
+        tracing::info!(members = members.len(), revoking = moving.len(), warming, "placed the group's tasks");
         members
             .iter()
             .enumerate()
@@ -318,6 +338,7 @@ impl Member {
                     &placement.active[i],
                     &placement.standby[i],
                     placement.revoking[i],
+                    placement.warming[i],
                     group.clone(),
                 );
                 Ok(SyncGroupRequestAssignment::default()

@@ -5,8 +5,8 @@
 //! consumer group (Kafka's classic group protocol, protocol type `consumer`,
 //! so Kafka's tools list the members and their partitions). librdkafka joins
 //! groups only with its built-in assignors, which know partitions, not tasks,
-//! standbys or warm state; so Weir joins the group itself ([`member`], over
-//! [`wire`]) and the group's leader places tasks with Weir's [`assignor`] —
+//! standbys or warm state; so Weir joins the group itself (`member`, over
+//! `wire`) and the group's leader places tasks with Weir's [`assignor`] —
 //! Kafka Streams' design before its broker-side protocol. Kafka still decides
 //! who is in the group (sessions, generations) and fences a host that was
 //! dropped: a transaction's offsets carry the member's generation.
@@ -103,6 +103,9 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Standby copies per stateful task.
     pub standbys: usize,
+    /// A stateful task moves to a host whose copy is at most this many
+    /// changelog records behind its owner's; until then that host warms one up.
+    pub acceptable_lag: i64,
     /// This host's admin API, told to the others.
     pub admin: Option<String>,
 }
@@ -127,6 +130,9 @@ pub struct Assignment {
     pub active: BTreeSet<TaskId>,
     /// Tasks to keep standby copies of.
     pub standby: BTreeSet<TaskId>,
+    /// Some standbys warm up tasks this host is to take: ask for another
+    /// round ([`Membership::rejoin`]) once they are within the acceptable lag.
+    pub warming: bool,
     /// Every host's tasks.
     pub group: Vec<HostTasks>,
 }
@@ -232,6 +238,8 @@ struct State {
     identity: Option<Identity>,
     status: GroupStatus,
     fatal: Option<GroupError>,
+    /// The engine asks for another round (its warm-ups are warm).
+    rejoin: bool,
 }
 
 struct Shared {
@@ -309,6 +317,13 @@ impl Membership {
         state.owned = owned.clone();
         state.positions = positions;
         drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Asks the group for another round (a probing rebalance: warm-ups are
+    /// warm, so the tasks they were for can move here now).
+    pub fn rejoin(&self) {
+        self.shared.lock().rejoin = true;
         self.shared.wake.notify_all();
     }
 

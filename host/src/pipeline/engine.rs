@@ -207,6 +207,8 @@ pub(super) struct Engine {
     pub(super) hosts: Vec<HostTasks>,
     /// What the admin API shows of the group and this host's tasks.
     board: Board,
+    /// Standbys here warm up tasks this host is to take.
+    warming: bool,
 }
 
 /// The parts an engine is made of.
@@ -259,6 +261,7 @@ impl Engine {
             membership: Some(parts.membership),
             hosts: Vec::new(),
             board: parts.board,
+            warming: false,
         }
     }
 
@@ -1019,6 +1022,7 @@ impl Engine {
         let new: Vec<TaskId> = assignment.active.difference(&here).copied().collect();
         self.assign(&new);
         self.keep_standbys(&assignment.standby);
+        self.warming = assignment.warming;
         // Stores of tasks that went elsewhere are closed.
         self.suspended.clear();
         self.hosts = assignment.group;
@@ -1094,7 +1098,15 @@ impl Engine {
             self.positions_reported = Instant::now();
             if let Some(m) = &self.membership {
                 m.report_positions(self.positions());
-                self.board.set(GroupView { group: m.status(), tasks: self.task_views(consumer) });
+                let tasks = self.task_views(consumer);
+                // Warm-ups within the acceptable lag: the tasks can move here now.
+                let lag = self.cfg.acceptable_recovery_lag;
+                let mut standbys = tasks.iter().filter(|t| t.role == "standby");
+                if self.warming && standbys.all(|t| t.lag.is_some_and(|l| l <= lag)) {
+                    self.warming = false;
+                    m.rejoin();
+                }
+                self.board.set(GroupView { group: m.status(), tasks });
             }
         }
         if self.standbys.is_empty() || self.standbys_polled.elapsed() < STANDBY_POLL_EVERY {

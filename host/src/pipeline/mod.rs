@@ -514,6 +514,7 @@ impl Pipeline {
             rebalance_timeout: Duration::from_millis(cfg.rebalance_timeout_ms),
             heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval()),
             standbys: cfg.num_standby_replicas,
+            acceptable_lag: cfg.acceptable_recovery_lag,
             admin: self.admin.clone(),
         }
     }
