@@ -424,6 +424,14 @@ impl RunConfig {
                 "heartbeat_interval_ms must be shorter than session_timeout_ms (a third of it or less is usual)",
             );
         }
+        if let Some(protocol) = self.kafka.get("security.protocol")
+            && !protocol.eq_ignore_ascii_case("plaintext")
+        {
+            return bad(
+                "security.protocol must be plaintext: Weir's group member (and its Kafka clients, built without \
+                 TLS) speak PLAINTEXT only so far",
+            );
+        }
         if self.rebalance_timeout_ms == 0 || self.rebalance_timeout_ms > i32::MAX as u64 {
             return bad("rebalance_timeout_ms must be between 1 and 2^31-1");
         }
