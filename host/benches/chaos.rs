@@ -399,20 +399,7 @@ fn main() -> Result<()> {
     // Throughput of 1 against 3 hosts on the same pre-produced trades.
     let batch = format!("chaos-{id}-batch");
     ensure_topics(&base, &[topic(&batch)], Duration::from_secs(30))?;
-    let cfg = GenConfig {
-        bootstrap_servers: bootstrap.clone(),
-        topic: batch.clone(),
-        partitions: PARTITIONS,
-        count: records,
-        rate: 0,
-        event_rate: 10_000,
-        start_ms: Some(1_700_000_000_000),
-        tickers: 50,
-        disorder_ms: 1_500,
-        bid_ratio: 0.2,
-        seed: 1,
-        compression: weir::config::Compression::None,
-    };
+    let cfg = GenConfig::bench(&bootstrap, &batch, PARTITIONS, records);
     weir::generator::run(&cfg, base.clone(), &AtomicBool::new(false))?;
     let ends = end_offsets(&bootstrap, &batch)?;
     let mut throughput = Vec::new();

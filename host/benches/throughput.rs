@@ -71,20 +71,7 @@ fn main() -> Result<()> {
     let input = format!("bench-{id}-trades");
 
     eprintln!("generating {records} trades into {input} ({PARTITIONS} partitions, 50 tickers)…");
-    let trades = GenConfig {
-        bootstrap_servers: bootstrap.clone(),
-        topic: input.clone(),
-        partitions: PARTITIONS,
-        count: records,
-        rate: 0,
-        event_rate: 10_000,
-        start_ms: Some(1_700_000_000_000),
-        tickers: 50,
-        disorder_ms: 1_500,
-        bid_ratio: 0.2,
-        seed: 1,
-        compression: weir::config::Compression::None,
-    };
+    let trades = GenConfig::bench(&bootstrap, &input, PARTITIONS, records);
     weir::generator::run(&trades, base_config(&bootstrap, &Default::default()), &AtomicBool::new(false))?;
     eprintln!("generating the join inputs…");
     joins::generate(&bootstrap, &input, records)?;

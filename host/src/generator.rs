@@ -56,6 +56,28 @@ pub struct GenConfig {
     pub compression: crate::config::Compression,
 }
 
+impl GenConfig {
+    /// The benchmarks' trades: `count` of them as fast as possible into
+    /// `partitions` of `topic`, 50 tickers, 10,000 a second of event time from
+    /// 2023-11-14, out of order by up to 1.5 s, seed 1.
+    pub fn bench(bootstrap: &str, topic: &str, partitions: i32, count: u64) -> Self {
+        Self {
+            bootstrap_servers: bootstrap.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            count,
+            rate: 0,
+            event_rate: 10_000,
+            start_ms: Some(1_700_000_000_000),
+            tickers: 50,
+            disorder_ms: 1_500,
+            bid_ratio: 0.2,
+            seed: 1,
+            compression: crate::config::Compression::None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Trade<'a> {
     #[serde(rename = "type")]

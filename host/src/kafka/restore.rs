@@ -88,6 +88,11 @@ impl Restorer {
         config.set("enable.partition.eof", "false");
         config.set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" });
         set_default(&mut config, "fetch.queue.backoff.ms", super::source::FETCH_QUEUE_BACKOFF_MS);
+        // A restore is done when its position reaches the end, often only a
+        // commit marker away: the broker's long poll (500 ms by default) would
+        // hold that last step back, and a partition assigned meanwhile waits
+        // for the poll in flight. A restore reads only while tasks wait for it.
+        set_default(&mut config, "fetch.wait.max.ms", "25");
         let consumer: BaseConsumer<Reporting> = config
             .create_with_context(Reporting::new(health.clone(), "restore"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
