@@ -98,7 +98,7 @@ fn status(args: &weir::cli::StatusArgs) -> Result<()> {
                 "{name:<28} {:<7} {:<10} {lag:>10} {:>10}",
                 task["task"].as_str().unwrap_or("?"),
                 task["role"].as_str().unwrap_or("?"),
-                task["restored"]
+                task["restored"].as_u64().unwrap_or(0)
             );
         }
         if answer["group"]["tasks"].as_array().is_none_or(Vec::is_empty) {

@@ -1,11 +1,13 @@
-//! The engine of one pipeline session: its tasks — restoring or running — their
-//! outbox, the sink, and what commits, failures, swaps and rebalances do to them.
+//! The engine of one pipeline session: its tasks — restoring, running or kept
+//! as standby copies — their outbox, the sink, and what commits, failures, swaps
+//! and the group's assignments do to them.
 //!
-//! A newly assigned partition's task restores before it runs: its input partition
-//! is paused, the question thread learns where it resumes (the committed offset,
-//! waiting while another producer's transaction holds it pending) and how far its
-//! changelog reaches, the restorer reads the changelog up to there, and only then
-//! does the task run — from exactly the committed offset, sought explicitly.
+//! A task given to this host restores before it runs: the question thread learns
+//! where it resumes (the committed offset, waiting while another producer's
+//! transaction holds it pending) and how far its changelog reaches, the restorer
+//! reads the changelog up to there from the store's checkpoint (a standby copy
+//! has read most of it already), and only then are the task's input partitions
+//! assigned to the source consumer — at exactly the committed offsets.
 //!
 //! A commit is all or nothing. Tasks queue results and changelog records in the
 //! outbox; the sink sends them in one transaction with the input offsets; only
