@@ -1,6 +1,7 @@
 //! Standby replicas on the real broker: a host keeps warm copies of another
 //! host's stores by tailing their changelogs, and when that host is killed its
-//! tasks go to the warm copy, which restores only what it had not read yet.
+//! tasks go to the warm copy, which restores only what it had not read yet
+//! (after fencing the killed host's producer).
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,16 @@ fn a_killed_hosts_tasks_go_to_their_warm_standby_which_restores_only_what_it_had
     }
     let log = std::fs::read_to_string(&b.log)?;
     let restored = restored_records(&log[b_log_from..]);
+    // The host taking the tasks fenced the killed one's producer (a transaction
+    // it left open would otherwise hold the restore until it timed out).
+    let fenced = format!("fenced a host that left the group pipeline={app} transactional_id={app}-{app}-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&b.log)?.contains(&fenced) {
+        if Instant::now() > deadline {
+            return b.fail(format!("no {fenced:?} in the log"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         restored * 100 < changelog,
         "the warm standby restored {restored} of {changelog} changelog records: not only the tail"

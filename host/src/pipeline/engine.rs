@@ -1022,6 +1022,7 @@ impl Engine {
             self.revoke(consumer, &gone, false);
         }
         let new: Vec<TaskId> = assignment.active.difference(&here).copied().collect();
+        self.fence_departed(&new, &assignment.group);
         self.assign(&new);
         self.keep_standbys(&assignment.standby);
         self.warming = assignment.warming;
@@ -1033,6 +1034,19 @@ impl Engine {
             m.applied(assignment.generation, &assignment.active, positions);
         }
         Ok(())
+    }
+
+    /// Fences the hosts that ran tasks of `new` in the last placement and are
+    /// not in the group any more: a host killed inside a commit left its
+    /// transaction open, and the tasks' restores would wait for it to time out.
+    fn fence_departed(&self, new: &[TaskId], group: &[HostTasks]) {
+        let present: BTreeSet<&str> = group.iter().map(|h| h.host.as_str()).collect();
+        for host in self.hosts.iter().filter(|h| !present.contains(h.host.as_str())) {
+            let ran_ours = host.active.iter().any(|&(sub, partition)| new.contains(&TaskId { sub, partition }));
+            if ran_ours {
+                self.sink.fence(&format!("{}-{}", self.cfg.application_id, host.host));
+            }
+        }
     }
 
     /// How far the local copy of each task's stores is: the sum of their
