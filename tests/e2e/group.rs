@@ -188,3 +188,32 @@ fn a_second_host_with_the_same_instance_id_is_refused_with_the_reason() -> Resul
     }
     Ok(())
 }
+
+#[test]
+fn a_host_is_never_given_a_task_its_topology_does_not_have() -> Result<()> {
+    let group = unique("group-versions");
+    let session = Duration::from_secs(10);
+    // The leader (joined first) runs a topology of 8 tasks, the newcomer one of 4.
+    let (wide, narrow) = (space(&[8]), space(&[4]));
+    let mut leader = Host::join(&group, "a", session, &wide)?;
+    settle(std::slice::from_mut(&mut leader), &wide, Duration::from_secs(60))?;
+    let mut newcomer = Host::join(&group, "b", session, &narrow)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while newcomer.generation < 0 || leader.active.len() == 8 {
+        leader.pump()?;
+        newcomer.pump()?;
+        if Instant::now() > deadline {
+            bail!("the newcomer was never given a share: {:?} / {:?}", leader.active, newcomer.active);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in newcomer.active.iter().chain(&newcomer.standby) {
+        assert!(narrow.tasks.contains(t), "given {t:?}, which its topology does not have");
+    }
+    for h in [&mut leader, &mut newcomer] {
+        if let Some(m) = h.membership.take() {
+            m.leave(Duration::from_secs(10));
+        }
+    }
+    Ok(())
+}

@@ -249,10 +249,20 @@ impl Member {
         self.rejoin_after = given.rejoin.then_some(self.generation);
         self.probe_at = given.warmup.then(|| Instant::now() + PROBE_EVERY);
         self.next_heartbeat = Instant::now() + self.settings.heartbeat_interval;
+        // A leader running another version of the topology may name tasks this
+        // host does not have: they are not run here (and said so).
+        let known = |tasks: BTreeSet<crate::task::TaskId>| -> BTreeSet<crate::task::TaskId> {
+            let (ours, unknown): (BTreeSet<_>, BTreeSet<_>) =
+                tasks.into_iter().partition(|t| self.space.tasks.contains(t));
+            if !unknown.is_empty() {
+                tracing::warn!(group = %self.settings.group, ?unknown, "the leader gave tasks this host's topology does not have (hosts running different plugin versions?); they are not run here");
+            }
+            ours
+        };
         let assignment = Assignment {
             generation: self.generation,
-            active: given.active(),
-            standby: given.standby(),
+            active: known(given.active()),
+            standby: known(given.standby()),
             warming: given.warmup,
             group: given.group.clone(),
         };

@@ -431,20 +431,17 @@ impl Pipeline {
         sink.ready(SETUP_TIMEOUT)?;
         base.set("client.id", format!("weir-{}", cfg.application_id));
         let consumer_config = source::consumer_config(&base, &cfg.application_id);
+        // A task per partition of each sub-topology's (co-partitioned) inputs.
+        let tasks: Vec<(crate::task::TaskId, bool)> = (shape.subs.iter().enumerate())
+            .flat_map(|(sub, s)| {
+                let count = s.inputs.first().map_or(partitions, |i| count_of(i.input));
+                let stateful = !s.stores().is_empty();
+                (0..count).map(move |partition| (crate::task::TaskId { sub, partition }, stateful))
+            })
+            .collect();
         let space = Space {
-            tasks: (shape.subs.iter().enumerate())
-                .flat_map(|(sub, s)| {
-                    let count = s.inputs.first().map_or(partitions, |i| count_of(i.input));
-                    (0..count).map(move |partition| crate::task::TaskId { sub, partition })
-                })
-                .collect(),
-            stateful: (shape.subs.iter().enumerate())
-                .filter(|(_, s)| !s.stores().is_empty())
-                .flat_map(|(sub, s)| {
-                    let count = s.inputs.first().map_or(partitions, |i| count_of(i.input));
-                    (0..count).map(move |partition| crate::task::TaskId { sub, partition })
-                })
-                .collect(),
+            tasks: tasks.iter().map(|(t, _)| *t).collect(),
+            stateful: tasks.iter().filter(|(_, stateful)| *stateful).map(|(t, _)| *t).collect(),
             inputs: topics.inputs.clone(),
         };
         let membership = Membership::join(self.group_settings(), space)
