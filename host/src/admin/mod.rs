@@ -201,35 +201,6 @@ pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), Admin
     Ok(())
 }
 
-/// Starts the API at `addr`, or — if `next_free` and that port is taken —
-/// at the first free port of the next 31.
-pub fn serve_near(
-    addr: SocketAddr,
-    next_free: bool,
-    token: Option<String>,
-    registry: Registry,
-    pipelines: Arc<dyn Pipelines>,
-    max_upload_bytes: usize,
-) -> Result<AdminServer, AdminError> {
-    let tries = if next_free { 32 } else { 1 };
-    let mut at = addr;
-    for attempt in 0..tries {
-        at.set_port(addr.port().saturating_add(attempt));
-        match std::net::TcpListener::bind(at) {
-            Ok(probe) => {
-                drop(probe);
-                if at != addr {
-                    tracing::warn!(configured = %addr, taken = %at, "the admin API's port is taken (another host on this machine?); serving on the next free one");
-                }
-                return serve(at, token, registry, pipelines, max_upload_bytes);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt + 1 < tries => continue,
-            Err(source) => return Err(AdminError::Io { addr: at, source }),
-        }
-    }
-    serve(addr, token, registry, pipelines, max_upload_bytes)
-}
-
 /// Starts the API on its own thread.
 pub fn serve(
     addr: SocketAddr,
@@ -238,9 +209,37 @@ pub fn serve(
     pipelines: Arc<dyn Pipelines>,
     max_upload_bytes: usize,
 ) -> Result<AdminServer, AdminError> {
+    serve_near(addr, false, token, registry, pipelines, max_upload_bytes)
+}
+
+/// Starts the API on its own thread at `addr`, or — if `next_free` and that
+/// port is taken — at the first free port of the next 31.
+pub fn serve_near(
+    addr: SocketAddr,
+    next_free: bool,
+    token: Option<String>,
+    registry: Registry,
+    pipelines: Arc<dyn Pipelines>,
+    max_upload_bytes: usize,
+) -> Result<AdminServer, AdminError> {
     let token = token.filter(|t| !t.is_empty());
     check_exposure(addr, token.as_deref())?;
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| AdminError::Io { addr, source })?;
+    let tries: u16 = if next_free { 32 } else { 1 };
+    let (mut at, mut attempt) = (addr, 1);
+    let listener = loop {
+        match std::net::TcpListener::bind(at) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries && at.port() < u16::MAX => {
+                attempt += 1;
+                at.set_port(at.port() + 1);
+            }
+            Err(source) => return Err(AdminError::Io { addr: at, source }),
+        }
+    };
+    if at != addr {
+        tracing::warn!(configured = %addr, taken = %at, "the admin API's port is taken (another host on this machine?); serving on the next free one");
+    }
+    let addr = at;
     listener.set_nonblocking(true).map_err(|source| AdminError::Io { addr, source })?;
     let bound = listener.local_addr().map_err(|source| AdminError::Io { addr, source })?;
     let state = Arc::new(AdminState {
