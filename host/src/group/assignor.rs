@@ -14,7 +14,11 @@
 //!   given to nobody in this generation; that member commits and lets it go,
 //!   then asks for the next round, where the task is free.
 //! - **Warm first**: a free task (its owner left) goes to the member with the
-//!   most of its state (a standby's), among those with room.
+//!   most of its state (a standby's), among those with room; if none of them
+//!   is caught up (within `acceptable_lag` of the warmest copy), to the
+//!   least loaded member that is, past its share, while the member that had
+//!   room warms a copy up to take it later (as Kafka Streams' high-availability
+//!   assignor does: a failover never waits for a full restore to keep balance).
 //! - **Standbys**: each stateful task gets up to `standbys` copies on members
 //!   other than its owner, the warmest first, spread evenly.
 
@@ -122,6 +126,22 @@ pub fn assign(
         // With shares summing to the task count there is always room, except
         // for a task moving off a member that is alone in the group.
         let Some(receiver) = receiver.or(from) else { continue };
+        // A free task whose receiver is cold goes to a caught-up copy (a
+        // standby within `acceptable_lag` of the warmest), even past that
+        // member's share: its restore is short. The receiver warms a copy up
+        // and takes the task later (balance moves it when warm).
+        let best = (0..n).filter_map(|m| position(m, &task)).max();
+        let caught_up =
+            |m: usize| best.is_some_and(|b| position(m, &task).is_some_and(|p| p >= b.saturating_sub(acceptable_lag)));
+        if from.is_none() && stateful.contains(&task) && !caught_up(receiver) {
+            let warmest = (0..n).filter(|&m| caught_up(m)).min_by_key(|&m| (planned[m].len(), m));
+            if let Some(warmest) = warmest {
+                planned[warmest].insert(task);
+                placement.standby[receiver].insert(task);
+                placement.warming[receiver] = true;
+                continue;
+            }
+        }
         let warm = |m: usize| position(m, &task).unwrap_or(0);
         let cold = |f: usize| stateful.contains(&task) && warm(receiver) < warm(f).saturating_sub(acceptable_lag);
         match from {
@@ -251,6 +271,30 @@ mod tests {
         assert!(p.active[1].contains(&t(0, 1)), "{p:?}");
         assert!(p.active[0].contains(&t(0, 0)), "{p:?}");
         assert_eq!(p.revoking, vec![false, false]);
+    }
+
+    #[test]
+    fn a_free_task_goes_to_its_warm_standby_even_past_its_share_and_the_cold_member_warms_up() {
+        let all = tasks(&[6]);
+        let stateful: BTreeSet<TaskId> = all.iter().copied().collect();
+        // Three members ran 0,1 / 2,3 / 4,5; the third left. The first has warm
+        // standbys of 4 and 5, the second copies far behind: balance would give
+        // the second one of them, but a caught-up copy takes both at once.
+        let mut a = member(&all[..2]);
+        let mut b = member(&all[2..4]);
+        for task in &all[4..] {
+            a.positions.insert(*task, AT);
+            b.positions.insert(*task, AT - 10 * LAG);
+        }
+        let mut members = vec![a, b];
+        let p = assign(&all, &stateful, &members, 1, LAG);
+        assert_eq!(p.active[0].len(), 4, "{p:?}");
+        assert!(p.active[0].contains(&t(0, 4)) && p.active[0].contains(&t(0, 5)), "{p:?}");
+        assert_eq!(p.warming, vec![false, true]);
+        // Once the second member's copy is warm, balance is restored.
+        let (last, _) = settle(&all, &mut members, 1);
+        assert_eq!(last.active[0].len(), 3);
+        assert_eq!(last.active[1].len(), 3);
     }
 
     #[test]
