@@ -161,7 +161,7 @@ impl Member {
 
     fn discover(&mut self) -> Result<(), GroupError> {
         let mut any = Connection::bootstrap(&self.settings.bootstrap, &self.settings.client_id, REQUEST_WAIT)?;
-        let address = any.find_coordinator(&self.settings.group, REQUEST_WAIT)?;
+        let address = any.find_coordinator(&self.settings.group, 0, REQUEST_WAIT)?;
         let coordinator = if address == any.broker() {
             any
         } else {
@@ -206,6 +206,7 @@ impl Member {
             .with_protocol_type(s(PROTOCOL_TYPE))
             .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(s(PROTOCOL)).with_metadata(metadata)]);
         let wait = self.settings.rebalance_timeout + REQUEST_WAIT;
+        let started = Instant::now();
         let (_, response) = self.connection()?.send(&request, wait)?;
         match response.error_code {
             0 => {}
@@ -273,6 +274,7 @@ impl Member {
             active = assignment.active.len(),
             standby = assignment.standby.len(),
             revoking = given.rejoin,
+            took_ms = started.elapsed().as_millis() as u64,
             "joined the group"
         );
         let mut state = self.shared.lock();

@@ -17,6 +17,7 @@
 
 pub mod assignor;
 pub mod codec;
+mod fence;
 mod member;
 mod wire;
 
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 
 pub use codec::HostTasks;
+pub use fence::fence;
 
 use crate::task::TaskId;
 

@@ -168,14 +168,15 @@ impl Connection {
         A::decode(&mut answer, version).map_err(protocol)
     }
 
-    /// Asks which broker coordinates `group`; returns its `host:port`.
-    pub(crate) fn find_coordinator(&mut self, group: &str, wait: Duration) -> Result<String, GroupError> {
-        let key = StrBytes::from_string(group.to_owned());
+    /// Asks which broker coordinates `key` (a group if `key_type` is 0, a
+    /// transactional id if 1); returns its `host:port`.
+    pub(crate) fn find_coordinator(&mut self, key: &str, key_type: i8, wait: Duration) -> Result<String, GroupError> {
+        let key = StrBytes::from_string(key.to_owned());
         let version = self.version::<FindCoordinatorRequest>()?;
         let request = if version >= 4 {
-            FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![key])
+            FindCoordinatorRequest::default().with_key_type(key_type).with_coordinator_keys(vec![key])
         } else {
-            FindCoordinatorRequest::default().with_key_type(0).with_key(key)
+            FindCoordinatorRequest::default().with_key_type(key_type).with_key(key)
         };
         let (version, response) = self.send(&request, wait)?;
         let (error, host, port) = if version >= 4 {
@@ -201,6 +202,7 @@ fn highest_used(key: i16) -> i16 {
         Ok(ApiKey::JoinGroup) => 5,
         Ok(ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup) => 3,
         Ok(ApiKey::OffsetCommit) => 7,
+        Ok(ApiKey::InitProducerId) => 4,
         _ => i16::MAX,
     }
 }
@@ -215,6 +217,7 @@ fn api_name(key: i16) -> &'static str {
         Ok(ApiKey::Heartbeat) => "Heartbeat",
         Ok(ApiKey::LeaveGroup) => "LeaveGroup",
         Ok(ApiKey::OffsetCommit) => "OffsetCommit",
+        Ok(ApiKey::InitProducerId) => "InitProducerId",
         _ => "request",
     }
 }
