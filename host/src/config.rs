@@ -280,7 +280,7 @@ pub struct RunConfig {
     /// its tasks move (within the broker's `group.min/max.session.timeout.ms`).
     pub session_timeout_ms: u64,
     /// How often a host heartbeats (and learns of rebalances); default: a
-    /// quarter second, or a third of the session timeout if that is shorter.
+    /// quarter second, or a tenth of the session timeout if that is shorter.
     pub heartbeat_interval_ms: Option<u64>,
     /// How long a rebalance waits for every host to join.
     pub rebalance_timeout_ms: u64,
@@ -346,7 +346,7 @@ impl RunConfig {
 
     /// How often a host heartbeats, in ms.
     pub fn heartbeat_interval(&self) -> u64 {
-        self.heartbeat_interval_ms.unwrap_or((self.session_timeout_ms / 3).min(250)).max(1)
+        self.heartbeat_interval_ms.unwrap_or((self.session_timeout_ms / 10).min(250)).max(1)
     }
 
     /// The dead-letter topic.
