@@ -576,15 +576,18 @@ impl Pipeline {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let (restoring, held) = {
+            let (restoring, reading, held) = {
                 let mut engine = Self::engine(engine)?;
                 if let Err(e) = engine.follow_group(consumer) {
                     return Err(engine.fail(e));
                 }
-                (engine.is_restoring(), engine.held_bytes())
+                (engine.is_restoring(), engine.is_reading_changelogs(), engine.held_bytes())
             };
             let mut wait = interval.saturating_sub(last_commit.elapsed()).min(Duration::from_millis(100));
-            if restoring {
+            // A restore reading changelogs waits for their records itself.
+            if reading {
+                wait = Duration::ZERO;
+            } else if restoring {
                 wait = wait.min(Duration::from_millis(5));
             }
             let mut polled = 0;
