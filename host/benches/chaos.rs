@@ -268,6 +268,10 @@ fn main() -> Result<()> {
     let tickers: usize = env_or("WEIR_CHAOS_TICKERS", "1000").parse()?;
     let session_ms: u64 = env_or("WEIR_CHAOS_SESSION_MS", "1000").parse()?;
     let records: u64 = env_or("WEIR_CHAOS_RECORDS", "400000").parse()?;
+    // `WEIR_CHAOS_ONLY=kill`: the SIGKILL rows alone (`WEIR_CHAOS_KILLS` rounds
+    // of a kill per host, default 1), to study failover.
+    let only_kills = env_or("WEIR_CHAOS_ONLY", "") == "kill";
+    let rounds: usize = env_or("WEIR_CHAOS_KILLS", "1").parse()?;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_weir"));
     let id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let dir = tempfile::Builder::new().prefix("weir-chaos-").tempdir()?;
@@ -328,18 +332,25 @@ fn main() -> Result<()> {
         // Three kills, a different host each time, each started again after.
         let mut pauses = Vec::new();
         let mut moved = 0;
-        for victim in 0..HOSTS {
+        for victim in (0..rounds).flat_map(|_| 0..HOSTS) {
             let partitions = app.active(victim)?;
             let at = Instant::now();
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
             app.signal(victim, "KILL")?;
-            pauses.extend(pauses_after(&commits, &partitions, at)?);
+            let moved_pauses = pauses_after(&commits, &partitions, at)?;
             moved += partitions.len();
-            eprintln!("{name}: SIGKILL host {victim}: tasks {partitions:?} moved");
+            eprintln!(
+                "{name}: SIGKILL host {victim} at {}.{:03} (Unix time): tasks {partitions:?} moved, pauses {:?}",
+                wall.as_secs(),
+                wall.subsec_millis(),
+                moved_pauses.iter().map(|p| p.as_millis()).collect::<Vec<_>>()
+            );
+            pauses.extend(moved_pauses);
             app.start(victim)?;
             app.settle(&commits)?;
         }
         rows.push((format!("SIGKILL a host (session {session_ms} ms)"), standbys, moved, summary(&pauses)));
-        if standbys == 1 {
+        if standbys == 1 && !only_kills {
             // A clean stop, then the host back (scale 3 → 2 → 3).
             let partitions = app.active(0)?;
             let at = Instant::now();
@@ -396,52 +407,55 @@ fn main() -> Result<()> {
         let _ = generator.join();
     }
 
-    // Throughput of 1 against 3 hosts on the same pre-produced trades.
-    let batch = format!("chaos-{id}-batch");
-    ensure_topics(&base, &[topic(&batch)], Duration::from_secs(30))?;
-    let cfg = GenConfig::bench(&bootstrap, &batch, PARTITIONS, records);
-    weir::generator::run(&cfg, base.clone(), &AtomicBool::new(false))?;
-    let ends = end_offsets(&bootstrap, &batch)?;
     let mut throughput = Vec::new();
-    for hosts in [1usize, HOSTS] {
-        let name = format!("chaos-{id}-t{hosts}");
-        let stop_watch = Arc::new(AtomicBool::new(false));
-        let (commits, watcher) = watch(&bootstrap, &name, &batch, stop_watch.clone())?;
-        let mut app = App {
-            bin: bin.clone(),
-            plugin: plugin.clone(),
-            bootstrap: bootstrap.clone(),
-            name,
-            input: batch.clone(),
-            dir: keep.clone(),
-            standbys: 0,
-            session_ms,
-            hosts: (0..hosts).map(|_| None).collect(),
-        };
-        for slot in 0..hosts {
-            app.start(slot)?;
+    if !only_kills {
+        // Throughput of 1 against 3 hosts on the same pre-produced trades.
+        let batch = format!("chaos-{id}-batch");
+        ensure_topics(&base, &[topic(&batch)], Duration::from_secs(30))?;
+        let cfg = GenConfig::bench(&bootstrap, &batch, PARTITIONS, records);
+        weir::generator::run(&cfg, base.clone(), &AtomicBool::new(false))?;
+        let ends = end_offsets(&bootstrap, &batch)?;
+        for hosts in [1usize, HOSTS] {
+            let name = format!("chaos-{id}-t{hosts}");
+            let stop_watch = Arc::new(AtomicBool::new(false));
+            let (commits, watcher) = watch(&bootstrap, &name, &batch, stop_watch.clone())?;
+            let mut app = App {
+                bin: bin.clone(),
+                plugin: plugin.clone(),
+                bootstrap: bootstrap.clone(),
+                name,
+                input: batch.clone(),
+                dir: keep.clone(),
+                standbys: 0,
+                session_ms,
+                hosts: (0..hosts).map(|_| None).collect(),
+            };
+            for slot in 0..hosts {
+                app.start(slot)?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let secs = loop {
+                let seen = commits.lock().map(|s| s.clone()).unwrap_or_default();
+                let done =
+                    ends.iter().all(|(p, end)| seen.get(p).and_then(|h| h.last()).is_some_and(|(_, o)| o >= end));
+                if done {
+                    let first = seen.values().filter_map(|h| h.first().map(|(t, _)| *t)).min();
+                    let last = seen.values().filter_map(|h| h.last().map(|(t, _)| *t)).max();
+                    break match (first, last) {
+                        (Some(f), Some(l)) => (l - f).as_secs_f64(),
+                        _ => f64::NAN,
+                    };
+                }
+                if Instant::now() > deadline {
+                    bail!("{hosts} hosts did not finish the batch");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            app.stop_all()?;
+            stop_watch.store(true, Ordering::Relaxed);
+            let _ = watcher.join();
+            throughput.push((hosts, records as f64 / secs));
         }
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let secs = loop {
-            let seen = commits.lock().map(|s| s.clone()).unwrap_or_default();
-            let done = ends.iter().all(|(p, end)| seen.get(p).and_then(|h| h.last()).is_some_and(|(_, o)| o >= end));
-            if done {
-                let first = seen.values().filter_map(|h| h.first().map(|(t, _)| *t)).min();
-                let last = seen.values().filter_map(|h| h.last().map(|(t, _)| *t)).max();
-                break match (first, last) {
-                    (Some(f), Some(l)) => (l - f).as_secs_f64(),
-                    _ => f64::NAN,
-                };
-            }
-            if Instant::now() > deadline {
-                bail!("{hosts} hosts did not finish the batch");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        app.stop_all()?;
-        stop_watch.store(true, Ordering::Relaxed);
-        let _ = watcher.join();
-        throughput.push((hosts, records as f64 / secs));
     }
 
     println!();

@@ -164,6 +164,8 @@ struct Restoring {
     stores: Vec<Box<dyn Store>>,
     phase: Phase,
     since: Instant,
+    /// When Kafka told where it resumes.
+    answered: Option<Instant>,
 }
 
 /// The session's clients and tasks.
@@ -211,6 +213,9 @@ pub(super) struct Engine {
     board: Board,
     /// Standbys here warm up tasks this host is to take.
     warming: bool,
+    /// Tasks that started running since the last commit, and when they were
+    /// assigned (logged with the commit: how long taking them over took).
+    taken_over: Vec<(TaskId, Instant)>,
 }
 
 /// The parts an engine is made of.
@@ -264,6 +269,7 @@ impl Engine {
             hosts: Vec::new(),
             board: parts.board,
             warming: false,
+            taken_over: Vec::new(),
         }
     }
 
@@ -487,6 +493,12 @@ impl Engine {
         }
         self.metrics.commits.inc();
         self.versions.committed();
+        if !self.taken_over.is_empty() {
+            let tasks: Vec<String> = self.taken_over.iter().map(|(id, _)| id.to_string()).collect();
+            let slowest = self.taken_over.iter().map(|(_, at)| at.elapsed()).max().unwrap_or_default();
+            tracing::info!(?tasks, since_assigned_ms = slowest.as_millis() as u64, "first commit of tasks taken over");
+            self.taken_over.clear();
+        }
         for id in stale {
             self.restore_again(id, consumer);
         }
@@ -648,8 +660,10 @@ impl Engine {
         let changelogs = self.topics.changelogs[id.sub].clone();
         let inputs = self.topics.inputs[id.sub].clone();
         self.queries.ask(Question { task: id, inputs, changelogs }, self.epoch);
-        self.restoring
-            .insert(id, Restoring { stores, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now() });
+        self.restoring.insert(
+            id,
+            Restoring { stores, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now(), answered: None },
+        );
         self.update_gauges();
     }
 
@@ -661,6 +675,12 @@ impl Engine {
     /// Whether some task is restoring.
     pub(super) fn is_restoring(&self) -> bool {
         !self.restoring.is_empty()
+    }
+
+    /// Whether some task's restore is reading its changelogs (not waiting to
+    /// learn where it resumes).
+    pub(super) fn is_reading_changelogs(&self) -> bool {
+        !self.restorer.is_idle()
     }
 
     /// Moves restores on: answers about where tasks resume, changelog records,
@@ -791,6 +811,7 @@ impl Engine {
         );
         let reading = left > 0;
         let committed = answer.committed;
+        r.answered = Some(Instant::now());
         r.phase = if reading {
             Phase::Reading { committed, meta, left, records: 0 }
         } else {
@@ -827,9 +848,11 @@ impl Engine {
             stream_time = ?meta.stream_time,
             restored = records,
             took_ms = r.since.elapsed().as_millis() as u64,
+            asked_ms = r.answered.map(|a| a.duration_since(r.since).as_millis() as u64),
             "task assigned"
         );
         self.tasks.insert(id, task);
+        self.taken_over.push((id, r.since));
         self.update_gauges();
         if let Some(what) = self.align_state(Some(id))? {
             tracing::info!(version = %self.versions.active, task = %id, "state of a newly assigned task: {what}");
@@ -1191,6 +1214,7 @@ impl Engine {
                 self.suspended.insert(id, r.stores);
             }
         }
+        self.taken_over.retain(|(id, _)| !ids.contains(id));
         let tasks: Vec<String> = ids.iter().map(ToString::to_string).collect();
         tracing::info!(?tasks, lost, "tasks revoked");
         self.update_gauges();
