@@ -1,8 +1,10 @@
 //! Kafka questions that may take long, asked on a thread of their own so the poll
 //! loop never waits for them: where a newly assigned task resumes (the group's
-//! committed offset and its metadata) and how far its changelog reaches; and
-//! the purges of repartition topics (records before the committed offsets of
-//! the tasks reading them are deleted, as Kafka Streams does).
+//! committed offset and its metadata) and how far its changelog reaches; the
+//! fencing of departed hosts' producers before that (their open transactions
+//! would hold both back); and the purges of repartition topics (records before
+//! the committed offsets of the tasks reading them are deleted, as Kafka
+//! Streams does).
 //!
 //! The committed offsets are asked for with `require_stable` (a read_committed
 //! client), so while another producer's transaction holds offsets of a partition
@@ -25,8 +27,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::health::Health;
+use super::sink::TRANSACTION_TIMEOUT_MS;
 use super::source::Reporting;
-use super::{KafkaIoError, is_coordinator_transient};
+use super::{KafkaIoError, is_coordinator_transient, set_default};
 use crate::task::TaskId;
 
 /// How long one attempt may take.
@@ -65,6 +68,7 @@ pub struct Question {
 
 enum Request {
     Resume { question: Question, epoch: u64 },
+    Fence(Vec<String>),
     Forget(TaskId),
     Purge(TopicPartitionList),
 }
@@ -81,6 +85,10 @@ struct Worker {
     ends: BaseConsumer<Reporting>,
     admin: AdminClient<Reporting>,
     health: Health,
+    /// `bootstrap.servers`, `client.id` and `transaction.timeout.ms`, for fencing.
+    bootstrap: String,
+    client_id: String,
+    transaction_timeout: Duration,
 }
 
 impl Worker {
@@ -119,6 +127,31 @@ impl Worker {
         Ok(Resume { task: q.task, epoch, committed, metadata, changelogs })
     }
 
+    /// Fences the producers of `transactional_ids` (hosts that left the group):
+    /// a new epoch for each aborts the transaction it may have left open, which
+    /// holds back the readers of its changelogs and its committed offsets until
+    /// `transaction.timeout.ms` otherwise.
+    fn fence(&self, transactional_ids: &[String]) {
+        for id in transactional_ids {
+            let started = Instant::now();
+            let timeout = self.transaction_timeout;
+            match crate::group::fence(&self.bootstrap, &self.client_id, id, timeout, timeout) {
+                Ok(()) => tracing::info!(
+                    pipeline = %self.health.pipeline(),
+                    transactional_id = %id,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "fenced a host that left the group"
+                ),
+                Err(error) => tracing::warn!(
+                    pipeline = %self.health.pipeline(),
+                    transactional_id = %id,
+                    %error,
+                    "fencing a host that left the group failed; its open transaction (if any) ends at its timeout"
+                ),
+            }
+        }
+    }
+
     /// Deletes the records before `offsets`; a failure only delays it to the
     /// next purge (the records are consumed either way).
     fn purge(&self, offsets: &TopicPartitionList) {
@@ -147,6 +180,11 @@ impl Queries {
     ) -> Result<Self, KafkaIoError> {
         let mut offsets = base.clone();
         offsets.set("group.id", group).set("enable.auto.commit", "false").set("isolation.level", "read_committed");
+        // Offsets held by an open transaction are asked for again (librdkafka
+        // retries UNSTABLE_OFFSET_COMMIT itself): soon, since the host taking
+        // a task over fences the transaction's producer within milliseconds.
+        set_default(&mut offsets, "retry.backoff.ms", "10");
+        set_default(&mut offsets, "retry.backoff.max.ms", "50");
         let mut ends = base.clone();
         ends.remove("group.id");
         ends.set("isolation.level", "read_uncommitted");
@@ -158,7 +196,18 @@ impl Queries {
         let admin = ends
             .create_with_context(Reporting::new(health.clone(), "admin"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-        let worker = Worker { offsets: make(&offsets)?, ends: make(&ends)?, admin, health };
+        let setting = |key: &str| base.get(key).unwrap_or_default().to_owned();
+        let transaction_timeout =
+            Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(TRANSACTION_TIMEOUT_MS));
+        let worker = Worker {
+            offsets: make(&offsets)?,
+            ends: make(&ends)?,
+            admin,
+            health,
+            bootstrap: setting("bootstrap.servers"),
+            client_id: setting("client.id"),
+            transaction_timeout,
+        };
         let (tx, requests) = channel();
         let (answers, rx) = channel();
         let thread = std::thread::Builder::new()
@@ -172,6 +221,14 @@ impl Queries {
     pub fn ask(&self, question: Question, epoch: u64) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Request::Resume { question, epoch });
+        }
+    }
+
+    /// Fences the producers of `transactional_ids` before answering anything
+    /// asked after this.
+    pub fn fence(&self, transactional_ids: Vec<String>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Fence(transactional_ids));
         }
     }
 
@@ -222,6 +279,10 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
             Ok(Request::Resume { question, epoch }) => {
                 let now = Instant::now();
                 open.insert(question.task, (question, epoch, now, now));
+                continue;
+            }
+            Ok(Request::Fence(ids)) => {
+                worker.fence(&ids);
                 continue;
             }
             Ok(Request::Forget(task)) => {

@@ -268,40 +268,6 @@ impl Sink {
         self.stop.load(Ordering::Relaxed) && self.grace_until.is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Fences the producer of another host with `transactional_id` (a host
-    /// that left the group), on a thread of its own ([`crate::group::fence`]):
-    /// a new producer epoch for its id aborts the transaction it may have left
-    /// open — which holds
-    /// back the readers of its changelogs and its offsets until
-    /// `transaction.timeout.ms` otherwise — and fences it should it still live.
-    pub fn fence(&self, transactional_id: &str) {
-        if !self.transactional {
-            return;
-        }
-        let setting = |key: &str| self.config.get(key).unwrap_or_default().to_owned();
-        let (bootstrap, client_id) = (setting("bootstrap.servers"), setting("client.id"));
-        let timeout =
-            Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(TRANSACTION_TIMEOUT_MS));
-        let (id, pipeline) = (transactional_id.to_owned(), self.health.pipeline().to_owned());
-        let spawned = std::thread::Builder::new().name("weir-fence".into()).spawn(move || {
-            let started = Instant::now();
-            match crate::group::fence(&bootstrap, &client_id, &id, timeout, timeout) {
-                Ok(()) => tracing::info!(
-                    %pipeline,
-                    transactional_id = %id,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "fenced a host that left the group"
-                ),
-                Err(error) => {
-                    tracing::warn!(%pipeline, transactional_id = %id, %error, "fencing a host that left the group")
-                }
-            }
-        });
-        if let Err(error) = spawned {
-            tracing::warn!(transactional_id, %error, "fencing a host that left the group");
-        }
-    }
-
     /// Makes the producer if there is none and initialises transactions (which
     /// fences earlier producers with the same id), waiting at most `within`.
     /// [`KafkaIoError::Unreachable`] means: not yet, ask again.

@@ -337,6 +337,12 @@ impl Engine {
         self.tasks.values().map(|t| t.pending_bytes() + t.uncommitted_bytes()).sum::<usize>() + self.outbox.bytes()
     }
 
+    /// Whether a task taken over since the last commit has work to commit:
+    /// its first commit ends its pause, so it does not wait for the interval.
+    pub(super) fn commit_soon(&self) -> bool {
+        self.taken_over.iter().any(|(id, _)| self.tasks.get(id).is_some_and(Task::has_progress))
+    }
+
     fn has_progress(&self) -> bool {
         !self.outbox.is_empty() || self.tasks.values().any(Task::has_progress)
     }
@@ -1063,12 +1069,18 @@ impl Engine {
     /// not in the group any more: a host killed inside a commit left its
     /// transaction open, and the tasks' restores would wait for it to time out.
     fn fence_departed(&self, new: &[TaskId], group: &[HostTasks]) {
+        if !self.sink.is_transactional() {
+            return;
+        }
         let present: BTreeSet<&str> = group.iter().map(|h| h.host.as_str()).collect();
-        for host in self.hosts.iter().filter(|h| !present.contains(h.host.as_str())) {
-            let ran_ours = host.active.iter().any(|&(sub, partition)| new.contains(&TaskId { sub, partition }));
-            if ran_ours {
-                self.sink.fence(&format!("{}-{}", self.cfg.application_id, host.host));
-            }
+        let departed: Vec<String> = (self.hosts.iter())
+            .filter(|h| !present.contains(h.host.as_str()))
+            .filter(|h| h.active.iter().any(|&(sub, partition)| new.contains(&TaskId { sub, partition })))
+            .map(|h| format!("{}-{}", self.cfg.application_id, h.host))
+            .collect();
+        if !departed.is_empty() {
+            // Before the new tasks' questions: they are answered once it is done.
+            self.queries.fence(departed);
         }
     }
 

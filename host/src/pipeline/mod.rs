@@ -652,7 +652,7 @@ impl Pipeline {
             if let Err(e) = engine.tend(consumer) {
                 return Err(engine.fail(e));
             }
-            let due = last_commit.elapsed() >= interval || engine.held_bytes() >= hold_limit;
+            let due = last_commit.elapsed() >= interval || engine.held_bytes() >= hold_limit || engine.commit_soon();
             let step = if due {
                 last_commit = Instant::now();
                 engine.commit(consumer, false)
