@@ -287,7 +287,9 @@ fn main() -> Result<()> {
 
     let mut rows: Vec<(String, usize, usize, (f64, f64))> = Vec::new();
     let mut restore_line = String::new();
-    for standbys in [0usize, 1] {
+    let standby_counts: Vec<usize> =
+        env_or("WEIR_CHAOS_STANDBYS", "0,1").split(',').map(str::parse).collect::<Result<_, _>>()?;
+    for standbys in standby_counts {
         let name = format!("chaos-{id}-s{standbys}");
         // A steady stream of its own (no backlog to catch up on).
         let stream = format!("{name}-stream");

@@ -34,6 +34,8 @@ use crate::task::TaskId;
 
 /// How long one attempt may take.
 const ATTEMPT: Duration = Duration::from_millis(1500);
+/// An answer taking this long is mentioned in the log.
+const SLOW: Duration = Duration::from_millis(100);
 /// How often a question that keeps waiting is mentioned in the log.
 const NOTE_EVERY: Duration = Duration::from_secs(5);
 
@@ -118,13 +120,68 @@ impl Worker {
 
     fn answer(&self, q: &Question, epoch: u64) -> Result<Resume, String> {
         let partition = q.task.partition;
+        let started = Instant::now();
         let (committed, metadata) = self.committed(&q.inputs, partition)?.into_iter().unzip();
+        let offsets_took = started.elapsed();
         let changelogs = q
             .changelogs
             .iter()
             .map(|c| self.ends.fetch_watermarks(c, partition, ATTEMPT).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
+        if started.elapsed() >= SLOW {
+            tracing::info!(
+                pipeline = %self.health.pipeline(),
+                task = %q.task,
+                offsets_ms = offsets_took.as_millis() as u64,
+                ends_ms = (started.elapsed() - offsets_took).as_millis() as u64,
+                "where the task resumes took long to learn"
+            );
+        }
         Ok(Resume { task: q.task, epoch, committed, metadata, changelogs })
+    }
+
+    /// Answers every question of `open` with one request for the committed
+    /// offsets of all their inputs (instead of one a task), then the ends of
+    /// their changelogs; `None` if any part failed (a pending transaction holds
+    /// some offsets): then each is asked on its own.
+    ///
+    /// The ends are high watermarks (`ListOffsets` read uncommitted, as
+    /// `fetch_watermarks` asks): librdkafka's `offsets_for_times` answered
+    /// the last stable offset instead, which cut a restore short of the
+    /// records committed after a transaction left open.
+    fn answer_all(&self, open: &[(&Question, u64)]) -> Option<Vec<Resume>> {
+        let started = Instant::now();
+        let mut inputs = TopicPartitionList::new();
+        for (q, _) in open {
+            for input in &q.inputs {
+                inputs.add_partition(input, q.task.partition);
+            }
+        }
+        let committed = self.offsets.committed_offsets(inputs, ATTEMPT).ok()?;
+        let mut answers = Vec::with_capacity(open.len());
+        for (q, epoch) in open {
+            let p = q.task.partition;
+            let (mut at, mut metadata) = (Vec::new(), Vec::new());
+            for input in &q.inputs {
+                let elem = committed.find_partition(input, p)?;
+                elem.error().ok()?;
+                at.push(elem.offset().to_raw().filter(|o| *o >= 0));
+                metadata.push(elem.metadata().to_owned());
+            }
+            let changelogs = (q.changelogs.iter())
+                .map(|c| self.ends.fetch_watermarks(c, p, ATTEMPT).ok())
+                .collect::<Option<Vec<_>>>()?;
+            answers.push(Resume { task: q.task, epoch: *epoch, committed: at, metadata, changelogs });
+        }
+        if started.elapsed() >= SLOW {
+            tracing::info!(
+                pipeline = %self.health.pipeline(),
+                tasks = open.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "where tasks resume took long to learn"
+            );
+        }
+        Some(answers)
     }
 
     /// Fences the producers of `transactional_ids` (hosts that left the group):
@@ -298,6 +355,19 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
         }
         if stop.load(Ordering::Relaxed) {
             return;
+        }
+        // Every open question at once; on any failure, each on its own.
+        if open.len() > 1 {
+            let all: Vec<(&Question, u64)> = open.values().map(|(q, e, _, _)| (q, *e)).collect();
+            if let Some(resumes) = worker.answer_all(&all) {
+                for resume in resumes {
+                    if answers.send(resume).is_err() {
+                        return;
+                    }
+                }
+                open.clear();
+                continue;
+            }
         }
         let mut done = Vec::new();
         for (&task, (question, epoch, since, noted)) in open.iter_mut() {

@@ -51,6 +51,9 @@ struct Reading {
     records: u64,
     /// `records` when progress was last looked at.
     seen: u64,
+    /// Polls that found records of it, and when its first record came.
+    polls: u32,
+    first_at: Option<Instant>,
     started: Instant,
     progressed: Instant,
     noted: Instant,
@@ -166,6 +169,8 @@ impl Restorer {
                 next: None,
                 records: 0,
                 seen: 0,
+                polls: 0,
+                first_at: None,
                 started: now,
                 progressed: now,
                 noted: now,
@@ -249,6 +254,9 @@ impl Restorer {
                     if msg.offset() >= reading.end {
                         continue;
                     }
+                    if reading.records == 0 {
+                        reading.first_at = Some(Instant::now());
+                    }
                     reading.records += 1;
                     reading.next = Some(msg.offset() + 1);
                     if let Some(key) = msg.key() {
@@ -291,6 +299,7 @@ impl Restorer {
             let partition = *partition;
             if reading.records != reading.seen {
                 reading.seen = reading.records;
+                reading.polls += 1;
                 reading.progressed = Instant::now();
             }
             let position = positions
@@ -326,6 +335,16 @@ impl Restorer {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&at.0, at.1);
             self.consumer()?.incremental_unassign(&tpl)?;
+            tracing::info!(
+                pipeline = %self.health.pipeline(),
+                changelog = %at.0,
+                partition = at.1,
+                records = reading.records,
+                took_ms = reading.started.elapsed().as_millis() as u64,
+                first_record_ms = reading.first_at.map(|f| f.duration_since(reading.started).as_millis() as u64),
+                polls = reading.polls,
+                "changelog read to its end"
+            );
             restored.push(Restored {
                 task: reading.task,
                 store: reading.store,
