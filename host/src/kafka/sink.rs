@@ -132,6 +132,9 @@ pub struct Sink {
     producer: Option<Arc<BaseProducer<SinkContext>>>,
     initialized: bool,
     in_transaction: bool,
+    /// A producer was dropped with its transaction open: the next one's
+    /// `init_transactions` ends it, or [`Sink::end_abandoned`] on the way out.
+    abandoned: bool,
     /// After a stop request, waits may go on until then (the last commit).
     grace_until: Option<Instant>,
 }
@@ -254,6 +257,7 @@ impl Sink {
             producer: None,
             initialized: false,
             in_transaction: false,
+            abandoned: false,
             grace_until: None,
         }
     }
@@ -294,6 +298,7 @@ impl Sink {
             match producer.init_transactions(STEP.min(within)) {
                 Ok(()) => {
                     self.initialized = true;
+                    self.abandoned = false;
                     return Ok(());
                 }
                 Err(e) => match classify(e) {
@@ -539,6 +544,7 @@ impl Sink {
 
     /// Drops the producer; the next [`Sink::ready`] makes a new one.
     fn replace_producer(&mut self) {
+        self.abandoned |= self.transactional && self.in_transaction;
         if let Some(producer) = self.producer.take() {
             // Nothing it holds may be delivered any more.
             producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
@@ -546,6 +552,29 @@ impl Sink {
         }
         self.initialized = false;
         self.in_transaction = false;
+    }
+
+    /// On the way out: ends a transaction a dropped producer left open (no
+    /// successor will), by fencing this host's own transactional id within
+    /// `within`. Otherwise the next owner of its tasks would wait for it up
+    /// to `transaction.timeout.ms` — a host that left cleanly is fenced by
+    /// nobody, and a host started later does not know it was here.
+    pub fn end_abandoned(&mut self, within: Duration) {
+        if !std::mem::take(&mut self.abandoned) {
+            return;
+        }
+        let setting = |key: &str| self.config.get(key).unwrap_or_default().to_owned();
+        let id = setting("transactional.id");
+        let timeout =
+            Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(TRANSACTION_TIMEOUT_MS));
+        match crate::group::fence(&setting("bootstrap.servers"), &setting("client.id"), &id, timeout, within) {
+            Ok(()) => tracing::info!(transactional_id = %id, "ended the transaction this host left open"),
+            Err(error) => tracing::warn!(
+                transactional_id = %id,
+                %error,
+                "could not end the transaction this host left open: it ends at its timeout"
+            ),
+        }
     }
 
     /// Whether the producer must be made again before the next transaction.

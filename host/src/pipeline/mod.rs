@@ -541,6 +541,7 @@ impl Pipeline {
                     }
                 }
             }
+            engine.sink.end_abandoned(CLOSE_GRACE);
             engine.membership.take()
         };
         // Whatever stopped the pipeline, its tasks are better off elsewhere now.
