@@ -71,6 +71,21 @@ pub(crate) fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
     }
 }
 
+/// Fences the producers of `transactional_id` (see [`crate::group::fence`]) at
+/// the brokers of `config`, within `within` or else its
+/// `transaction.timeout.ms` (the timeout the new epoch carries too).
+pub(crate) fn fence(
+    config: &ClientConfig,
+    transactional_id: &str,
+    within: Option<Duration>,
+) -> Result<(), crate::group::GroupError> {
+    let setting = |key: &str| config.get(key).unwrap_or_default();
+    let timeout =
+        Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(sink::TRANSACTION_TIMEOUT_MS));
+    let (bootstrap, client_id) = (setting("bootstrap.servers"), setting("client.id"));
+    crate::group::fence(bootstrap, client_id, transactional_id, timeout, within.unwrap_or(timeout))
+}
+
 /// Whether a failed group request only met a coordinator that is moving or loading,
 /// so asking again shortly will succeed.
 pub fn is_coordinator_transient(error: &KafkaError) -> bool {

@@ -27,7 +27,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use super::health::Health;
-use super::sink::TRANSACTION_TIMEOUT_MS;
 use super::source::Reporting;
 use super::{KafkaIoError, is_coordinator_transient, set_default};
 use crate::task::TaskId;
@@ -87,10 +86,8 @@ struct Worker {
     ends: BaseConsumer<Reporting>,
     admin: AdminClient<Reporting>,
     health: Health,
-    /// `bootstrap.servers`, `client.id` and `transaction.timeout.ms`, for fencing.
-    bootstrap: String,
-    client_id: String,
-    transaction_timeout: Duration,
+    /// The clients' settings (the brokers, for fencing).
+    base: ClientConfig,
 }
 
 impl Worker {
@@ -145,10 +142,10 @@ impl Worker {
     /// their changelogs; `None` if any part failed (a pending transaction holds
     /// some offsets): then each is asked on its own.
     ///
-    /// The ends are high watermarks (`ListOffsets` read uncommitted, as
-    /// `fetch_watermarks` asks): librdkafka's `offsets_for_times` answered
-    /// the last stable offset instead, which cut a restore short of the
-    /// records committed after a transaction left open.
+    /// The ends are high watermarks, asked per partition (`fetch_watermarks`):
+    /// batched through librdkafka's `offsets_for_times` (timestamp -1) they came
+    /// out short of an open transaction's records, and a restore ended before
+    /// records committed after that transaction (the multi-host chaos test).
     fn answer_all(&self, open: &[(&Question, u64)]) -> Option<Vec<Resume>> {
         let started = Instant::now();
         let mut inputs = TopicPartitionList::new();
@@ -191,8 +188,7 @@ impl Worker {
     fn fence(&self, transactional_ids: &[String]) {
         for id in transactional_ids {
             let started = Instant::now();
-            let timeout = self.transaction_timeout;
-            match crate::group::fence(&self.bootstrap, &self.client_id, id, timeout, timeout) {
+            match super::fence(&self.base, id, None) {
                 Ok(()) => tracing::info!(
                     pipeline = %self.health.pipeline(),
                     transactional_id = %id,
@@ -253,18 +249,7 @@ impl Queries {
         let admin = ends
             .create_with_context(Reporting::new(health.clone(), "admin"))
             .map_err(|e| KafkaIoError::Setup(e.to_string()))?;
-        let setting = |key: &str| base.get(key).unwrap_or_default().to_owned();
-        let transaction_timeout =
-            Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(TRANSACTION_TIMEOUT_MS));
-        let worker = Worker {
-            offsets: make(&offsets)?,
-            ends: make(&ends)?,
-            admin,
-            health,
-            bootstrap: setting("bootstrap.servers"),
-            client_id: setting("client.id"),
-            transaction_timeout,
-        };
+        let worker = Worker { offsets: make(&offsets)?, ends: make(&ends)?, admin, health, base: base.clone() };
         let (tx, requests) = channel();
         let (answers, rx) = channel();
         let thread = std::thread::Builder::new()

@@ -563,11 +563,8 @@ impl Sink {
         if !std::mem::take(&mut self.abandoned) {
             return;
         }
-        let setting = |key: &str| self.config.get(key).unwrap_or_default().to_owned();
-        let id = setting("transactional.id");
-        let timeout =
-            Duration::from_millis(setting("transaction.timeout.ms").parse().unwrap_or(TRANSACTION_TIMEOUT_MS));
-        match crate::group::fence(&setting("bootstrap.servers"), &setting("client.id"), &id, timeout, within) {
+        let id = self.config.get("transactional.id").unwrap_or_default().to_owned();
+        match super::fence(&self.config, &id, Some(within)) {
             Ok(()) => tracing::info!(transactional_id = %id, "ended the transaction this host left open"),
             Err(error) => tracing::warn!(
                 transactional_id = %id,
