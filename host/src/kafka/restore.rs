@@ -179,6 +179,24 @@ impl Restorer {
         Ok(())
     }
 
+    /// Where each of `task`'s readings has read to, by store: the consumer's
+    /// position (past commit markers too) or after the last record read.
+    /// Between polls a tail has written everything before it.
+    pub fn positions(&self, task: TaskId) -> BTreeMap<usize, i64> {
+        let consumer_positions = self.consumer.as_ref().and_then(|c| c.position().ok());
+        let mut at = BTreeMap::new();
+        for ((topic, partition), r) in self.reading.iter().filter(|(_, r)| r.task == task) {
+            let position = (consumer_positions.as_ref())
+                .and_then(|p| p.find_partition(topic, *partition))
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0);
+            if let Some(p) = position.into_iter().chain(r.next).max() {
+                at.insert(r.store, p);
+            }
+        }
+        at
+    }
+
     /// How far `task`'s reading is: records read, and records left (to the
     /// end it was given, or for a tail to the end the consumer last heard of).
     pub fn progress(&self, task: TaskId) -> (u64, Option<i64>) {

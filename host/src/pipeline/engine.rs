@@ -166,6 +166,9 @@ struct Restoring {
     since: Instant,
     /// When Kafka told where it resumes.
     answered: Option<Instant>,
+    /// A promoted standby: where its tail had read each store's changelog to
+    /// (all of it written). A store read to its end needs no restore.
+    read_to: BTreeMap<usize, i64>,
 }
 
 /// The session's clients and tasks.
@@ -649,7 +652,7 @@ impl Engine {
         if let Some(mut task) = self.tasks.remove(&id) {
             task.rewind();
             self.unassign(consumer, id);
-            self.begin_restore(id, task.into_stores());
+            self.begin_restore(id, task.into_stores(), BTreeMap::new());
         }
     }
 
@@ -661,14 +664,20 @@ impl Engine {
     }
 
     /// A task's partitions are read only while it runs: it restores first.
-    fn begin_restore(&mut self, id: TaskId, stores: Vec<Box<dyn Store>>) {
+    fn begin_restore(&mut self, id: TaskId, stores: Vec<Box<dyn Store>>, read_to: BTreeMap<usize, i64>) {
         self.epoch += 1;
         let changelogs = self.topics.changelogs[id.sub].clone();
         let inputs = self.topics.inputs[id.sub].clone();
         self.queries.ask(Question { task: id, inputs, changelogs }, self.epoch);
         self.restoring.insert(
             id,
-            Restoring { stores, phase: Phase::Asking { epoch: self.epoch }, since: Instant::now(), answered: None },
+            Restoring {
+                stores,
+                phase: Phase::Asking { epoch: self.epoch },
+                since: Instant::now(),
+                answered: None,
+                read_to,
+            },
         );
         self.update_gauges();
     }
@@ -801,7 +810,10 @@ impl Engine {
                     low
                 }
             };
-            if self.restorer.start(id, i, changelog, from, end)? {
+            // A promoted standby's tail read past the end already (commit
+            // markers included): nothing to read, no first fetch to wait for.
+            let tail_done = checkpoint == Some(from) && r.read_to.get(&i).is_some_and(|&p| p >= end);
+            if !tail_done && self.restorer.start(id, i, changelog, from, end)? {
                 left += 1;
             }
         }
@@ -1239,7 +1251,9 @@ impl Engine {
             if self.tasks.contains_key(&id) || self.restoring.contains_key(&id) {
                 continue;
             }
+            let mut read_to = BTreeMap::new();
             if let Some(stores) = self.standbys.remove(&id) {
+                read_to = self.standby_restorer.positions(id);
                 self.standby_restorer.cancel(id);
                 self.suspended.insert(id, stores);
             }
@@ -1254,7 +1268,7 @@ impl Engine {
                     }
                 },
             };
-            self.begin_restore(id, stores);
+            self.begin_restore(id, stores, read_to);
         }
         let tasks: Vec<String> = ids.iter().map(ToString::to_string).collect();
         tracing::info!(?tasks, "tasks assigned; restoring them");
