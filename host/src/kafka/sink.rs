@@ -44,6 +44,8 @@ use crate::group::Identity;
 /// `transaction.timeout.ms`: the longest a dead host's open transaction can hold
 /// back readers of a changelog (Kafka Streams uses the same under exactly-once).
 pub const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+/// How long a commit in flight at a stop request may still wait for Kafka.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// One attempt of a transactional call; longer waits are made of attempts, so a
 /// stop request is seen within this time.
@@ -137,6 +139,8 @@ pub struct Sink {
     abandoned: bool,
     /// After a stop request, waits may go on until then (the last commit).
     grace_until: Option<Instant>,
+    /// When a wait first saw the stop request.
+    stop_seen: std::sync::OnceLock<Instant>,
 }
 
 /// A failure injected by a test at `phase` (see [`faults`]).
@@ -259,17 +263,28 @@ impl Sink {
             in_transaction: false,
             abandoned: false,
             grace_until: None,
+            stop_seen: std::sync::OnceLock::new(),
         }
     }
 
-    /// Lets waits go on for `grace` after the stop flag is set: for the last
-    /// commit of a stopping pipeline.
+    /// Lets waits go on for `grace` after the stop request (counted from when
+    /// a wait first saw it, else from now): for the last commit of a stopping
+    /// pipeline.
     pub fn allow_grace(&mut self, grace: Duration) {
-        self.grace_until = Some(Instant::now() + grace);
+        let from = self.stop_seen.get().copied().unwrap_or_else(Instant::now);
+        self.grace_until = Some(from + grace);
     }
 
+    /// Whether waits must give up: the stop flag is set and the grace is over.
+    /// A commit in flight at a stop request may finish within [`STOP_GRACE`]
+    /// (giving up mid-commit aborted it, and the work since the commit before
+    /// was redone by the next owner).
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) && self.grace_until.is_none_or(|until| Instant::now() >= until)
+        if !self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.grace_until.unwrap_or_else(|| *self.stop_seen.get_or_init(Instant::now) + STOP_GRACE);
+        Instant::now() >= until
     }
 
     /// Makes the producer if there is none and initialises transactions (which

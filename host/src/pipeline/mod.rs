@@ -142,8 +142,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long setting up may wait for Kafka per attempt.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a stopping pipeline may spend on its last commit.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping pipeline may spend on its last commit, counted from
+/// the stop request (a commit in flight then may finish within it).
+const SHUTDOWN_GRACE: Duration = crate::kafka::sink::STOP_GRACE;
 
 /// How long closing a consumer, or leaving the group, may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
