@@ -651,3 +651,29 @@ impl Drop for Sink {
         self.health.forget("producer");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(stop: &Arc<AtomicBool>) -> Sink {
+        let health = Health::new("t", prometheus_client::metrics::gauge::Gauge::default());
+        Sink::new(ClientConfig::new(), &[], Some("t"), health, stop.clone())
+    }
+
+    #[test]
+    fn a_stop_request_lets_a_commit_in_flight_wait_for_the_grace_and_the_last_commit_shares_it() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut s = sink(&stop);
+        assert!(!s.stopping());
+        stop.store(true, Ordering::Relaxed);
+        // Seen inside a commit: its waits go on (they gave up at once before).
+        assert!(!s.stopping());
+        // The last commit's grace counts from when the stop was seen: a grace
+        // already spent leaves nothing.
+        s.allow_grace(Duration::ZERO);
+        assert!(s.stopping());
+        s.allow_grace(Duration::from_secs(60));
+        assert!(!s.stopping());
+    }
+}
