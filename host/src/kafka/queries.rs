@@ -91,62 +91,17 @@ struct Worker {
 }
 
 impl Worker {
-    /// The committed offset and metadata of `partition` of each of `inputs`.
-    fn committed(&self, inputs: &[String], partition: i32) -> Result<Vec<(Option<i64>, String)>, String> {
-        let mut tpl = TopicPartitionList::new();
-        for input in inputs {
-            tpl.add_partition(input, partition);
-        }
-        let got = self.offsets.committed_offsets(tpl, ATTEMPT).map_err(|e| {
-            if is_coordinator_transient(&e) {
-                format!("{e} (the group coordinator is moving, or another producer's transaction holds the offsets)")
-            } else {
-                e.to_string()
-            }
-        })?;
-        let mut answers = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let elem = got.find_partition(input, partition).ok_or_else(|| format!("no answer for {input}"))?;
-            if let Err(e) = elem.error() {
-                return Err(format!("{input}: {e}"));
-            }
-            answers.push((elem.offset().to_raw().filter(|o| *o >= 0), elem.metadata().to_owned()));
-        }
-        Ok(answers)
-    }
-
-    fn answer(&self, q: &Question, epoch: u64) -> Result<Resume, String> {
-        let partition = q.task.partition;
-        let started = Instant::now();
-        let (committed, metadata) = self.committed(&q.inputs, partition)?.into_iter().unzip();
-        let offsets_took = started.elapsed();
-        let changelogs = q
-            .changelogs
-            .iter()
-            .map(|c| self.ends.fetch_watermarks(c, partition, ATTEMPT).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        if started.elapsed() >= SLOW {
-            tracing::info!(
-                pipeline = %self.health.pipeline(),
-                task = %q.task,
-                offsets_ms = offsets_took.as_millis() as u64,
-                ends_ms = (started.elapsed() - offsets_took).as_millis() as u64,
-                "where the task resumes took long to learn"
-            );
-        }
-        Ok(Resume { task: q.task, epoch, committed, metadata, changelogs })
-    }
-
-    /// Answers every question of `open` with one request for the committed
-    /// offsets of all their inputs (instead of one a task), then the ends of
-    /// their changelogs; `None` if any part failed (a pending transaction holds
-    /// some offsets): then each is asked on its own.
+    /// Answers the questions of `open` together: one request for the
+    /// committed offsets of all their inputs, then the ends of their
+    /// changelogs. Any failure fails them all (a pending transaction holds
+    /// some offsets): the caller then asks each on its own, so one held task
+    /// does not hold back the others.
     ///
     /// The ends are high watermarks, asked per partition (`fetch_watermarks`):
     /// batched through librdkafka's `offsets_for_times` (timestamp -1) they came
     /// out short of an open transaction's records, and a restore ended before
     /// records committed after that transaction (the multi-host chaos test).
-    fn answer_all(&self, open: &[(&Question, u64)]) -> Option<Vec<Resume>> {
+    fn answer(&self, open: &[(&Question, u64)]) -> Result<Vec<Resume>, String> {
         let started = Instant::now();
         let mut inputs = TopicPartitionList::new();
         for (q, _) in open {
@@ -154,20 +109,26 @@ impl Worker {
                 inputs.add_partition(input, q.task.partition);
             }
         }
-        let committed = self.offsets.committed_offsets(inputs, ATTEMPT).ok()?;
+        let committed = self.offsets.committed_offsets(inputs, ATTEMPT).map_err(|e| {
+            if is_coordinator_transient(&e) {
+                format!("{e} (the group coordinator is moving, or another producer's transaction holds the offsets)")
+            } else {
+                e.to_string()
+            }
+        })?;
         let mut answers = Vec::with_capacity(open.len());
         for (q, epoch) in open {
             let p = q.task.partition;
             let (mut at, mut metadata) = (Vec::new(), Vec::new());
             for input in &q.inputs {
-                let elem = committed.find_partition(input, p)?;
-                elem.error().ok()?;
+                let elem = committed.find_partition(input, p).ok_or_else(|| format!("no answer for {input}"))?;
+                elem.error().map_err(|e| format!("{input}: {e}"))?;
                 at.push(elem.offset().to_raw().filter(|o| *o >= 0));
                 metadata.push(elem.metadata().to_owned());
             }
             let changelogs = (q.changelogs.iter())
-                .map(|c| self.ends.fetch_watermarks(c, p, ATTEMPT).ok())
-                .collect::<Option<Vec<_>>>()?;
+                .map(|c| self.ends.fetch_watermarks(c, p, ATTEMPT).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
             answers.push(Resume { task: q.task, epoch: *epoch, committed: at, metadata, changelogs });
         }
         if started.elapsed() >= SLOW {
@@ -178,7 +139,7 @@ impl Worker {
                 "where tasks resume took long to learn"
             );
         }
-        Some(answers)
+        Ok(answers)
     }
 
     /// Fences the producers of `transactional_ids` (hosts that left the group):
@@ -344,7 +305,7 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
         // Every open question at once; on any failure, each on its own.
         if open.len() > 1 {
             let all: Vec<(&Question, u64)> = open.values().map(|(q, e, _, _)| (q, *e)).collect();
-            if let Some(resumes) = worker.answer_all(&all) {
+            if let Ok(resumes) = worker.answer(&all) {
                 for resume in resumes {
                     if answers.send(resume).is_err() {
                         return;
@@ -356,7 +317,7 @@ fn run(worker: Worker, requests: Receiver<Request>, answers: Sender<Resume>, sto
         }
         let mut done = Vec::new();
         for (&task, (question, epoch, since, noted)) in open.iter_mut() {
-            match worker.answer(question, *epoch) {
+            match worker.answer(&[(question, *epoch)]).and_then(|mut r| r.pop().ok_or_else(|| "no answer".to_owned())) {
                 Ok(resume) => {
                     if since.elapsed() >= NOTE_EVERY {
                         tracing::info!(
