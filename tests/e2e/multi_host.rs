@@ -275,6 +275,9 @@ fn three_hosts_stay_exact_through_kills_an_outage_a_stall_and_a_stray_transactio
         // A stray producer's transaction stays open on every changelog partition
         // while the hosts commit past it; then a host loses its state and must
         // restore through it.
+        // Every restore during its life waits for it (the logs from here on say so).
+        let logged_before: Vec<usize> =
+            (0..HOSTS).map(|h| std::fs::metadata(chaos.log(h)).map_or(0, |m| m.len() as usize)).collect();
         let stray = stray_transaction(&chaos.bootstrap(), &changelog, 20_000)?;
         chaos.await_progress("the stray transaction opened")?;
         chaos.await_progress("more commits after the stray transaction")?;
@@ -289,17 +292,15 @@ fn three_hosts_stay_exact_through_kills_an_outage_a_stall_and_a_stray_transactio
                 break;
             }
         }
-        let logged_before: Vec<usize> =
-            (0..HOSTS).map(|h| std::fs::metadata(chaos.log(h)).map_or(0, |m| m.len() as usize)).collect();
         chaos.kill(victim)?;
         let (instance, _) = chaos.identity[victim].clone();
         chaos.identity[victim] = (instance, chaos.dir.path().join(format!("state-{victim}-empty{round}")));
         chaos.start_host(victim)?;
         chaos.await_progress(&format!("host {victim}'s tasks restored through the stray transaction"))?;
         drop(stray);
-        // Whoever restores the victim's tasks — the victim itself, or the hosts
-        // with caught-up standbys, which take them first — waits for the open
-        // transaction and says so.
+        // Whoever restored tasks while it was open — the victim itself, the
+        // hosts with caught-up standbys that take its tasks, or a host still
+        // warming up from the round's restart — waited for it and said so.
         let waited = (0..HOSTS).any(|h| {
             std::fs::read_to_string(chaos.log(h)).is_ok_and(|log| {
                 log.get(logged_before[h]..).is_some_and(|new| new.contains("restore waits for records up to the end"))
@@ -307,7 +308,7 @@ fn three_hosts_stay_exact_through_kills_an_outage_a_stall_and_a_stray_transactio
         });
         assert!(
             waited,
-            "a host restoring host {victim}'s tasks should have said it waits for the open transaction:\n{}",
+            "a host restoring through the stray transaction (host {victim} was killed) should have said it waits:\n{}",
             tail(&chaos.log(victim), 40)
         );
 
