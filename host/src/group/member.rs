@@ -184,6 +184,7 @@ impl Member {
         state.update.assignment = None;
         state.owned.clear();
         state.identity = None;
+        state.joined = -1;
         drop(state);
         self.generation = -1;
         self.rejoin_after = None;
@@ -223,6 +224,8 @@ impl Member {
             code => return Err(self.refusal("JoinGroup", code)),
         }
         self.member_id = response.member_id.to_string();
+        // From now on the group refuses commits of the last generation.
+        self.shared.lock().joined = response.generation_id;
         let leader = response.leader.as_str() == response.member_id.as_str();
         let assignments = if leader { self.place(&response)? } else { Vec::new() };
         let request = SyncGroupRequest::default()

@@ -232,6 +232,9 @@ struct State {
     update: Update,
     /// The generation of the last assignment handed out.
     published: i32,
+    /// The generation the last JoinGroup answer formed (ahead of `identity`'s
+    /// from then until this host's place in it is known).
+    joined: i32,
     /// The engine's report: what it runs (as of generation `applied`) and how
     /// far its stores are.
     owned: BTreeSet<TaskId>,
@@ -279,7 +282,7 @@ pub struct Membership {
 impl Membership {
     /// Starts joining the group.
     pub fn join(settings: Settings, space: Space) -> Result<Self, GroupError> {
-        let mut state = State { published: -1, applied: -1, ..State::default() };
+        let mut state = State { published: -1, applied: -1, joined: -1, ..State::default() };
         state.status.group = settings.group.clone();
         state.status.instance = settings.instance.clone();
         state.status.generation = -1;
@@ -337,6 +340,14 @@ impl Membership {
     /// Who commits now; `None` while not in the group.
     pub fn identity(&self) -> Option<Identity> {
         self.shared.lock().identity.clone()
+    }
+
+    /// Whether a new generation has formed and this host's place in it is not
+    /// known yet: offsets committed now, under the last generation, would be
+    /// refused (`ILLEGAL_GENERATION`) and the transaction carrying them aborted.
+    pub fn between_generations(&self) -> bool {
+        let state = self.shared.lock();
+        state.joined > state.identity.as_ref().map_or(-1, |i| i.generation)
     }
 
     /// Commits `offsets` — (topic, partition, next offset, metadata) — as this

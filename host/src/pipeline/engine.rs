@@ -219,6 +219,10 @@ pub(super) struct Engine {
     /// Tasks that started running since the last commit, and when they were
     /// assigned (logged with the commit: how long taking them over took).
     taken_over: Vec<(TaskId, Instant)>,
+    /// A commit waits for this host's place in a new generation of the group.
+    deferred: bool,
+    /// The generation the commit in flight carries its offsets under.
+    committing_as: Option<i32>,
 }
 
 /// The parts an engine is made of.
@@ -273,6 +277,8 @@ impl Engine {
             board: parts.board,
             warming: false,
             taken_over: Vec::new(),
+            deferred: false,
+            committing_as: None,
         }
     }
 
@@ -340,10 +346,16 @@ impl Engine {
         self.tasks.values().map(|t| t.pending_bytes() + t.uncommitted_bytes()).sum::<usize>() + self.outbox.bytes()
     }
 
-    /// Whether a task taken over since the last commit has work to commit:
-    /// its first commit ends its pause, so it does not wait for the interval.
+    /// Whether a commit should not wait for the interval: one waits for a new
+    /// generation, or a task taken over since the last commit has work to
+    /// commit (its first commit ends its pause).
     pub(super) fn commit_soon(&self) -> bool {
-        self.taken_over.iter().any(|(id, _)| self.tasks.get(id).is_some_and(Task::has_progress))
+        self.deferred || self.taken_over.iter().any(|(id, _)| self.tasks.get(id).is_some_and(Task::has_progress))
+    }
+
+    /// Whether a commit waits for this host's place in a new generation.
+    pub(super) fn commit_deferred(&self) -> bool {
+        self.deferred
     }
 
     fn has_progress(&self) -> bool {
@@ -403,7 +415,16 @@ impl Engine {
             return self.recover(e.into(), consumer);
         }
         // Records a task holds back (waiting for another input) are no progress.
-        if !self.has_progress() || (!force && Instant::now() < self.next_commit_at) {
+        if !self.has_progress() {
+            self.deferred = false;
+            return Ok(());
+        }
+        if !force && Instant::now() < self.next_commit_at {
+            return Ok(());
+        }
+        // Offsets sent now would carry the last generation and be refused.
+        self.deferred = !force && self.membership.as_ref().is_some_and(Membership::between_generations);
+        if self.deferred {
             return Ok(());
         }
         if self.sink.needs_ready() {
@@ -466,7 +487,9 @@ impl Engine {
         }
         let committing = Instant::now();
         let identity = self.membership.as_ref().and_then(Membership::identity);
+        self.committing_as = identity.as_ref().map(|i| i.generation);
         self.sink.commit(&offsets, identity)?;
+        self.committing_as = None;
         tracing::debug!(micros = committing.elapsed().as_micros() as u64, "committed");
         if !self.sink.is_transactional() && offsets.count() > 0 {
             let offsets: Vec<(String, i32, i64, String)> = offsets
@@ -584,6 +607,7 @@ impl Engine {
     /// them when the commit's outcome is unknown — or stops.
     pub(super) fn recover(&mut self, error: PipelineError, consumer: &Source) -> Result<(), PipelineError> {
         self.outbox.clear();
+        let committing_as = self.committing_as.take();
         let uncertain = matches!(error, PipelineError::Kafka(KafkaIoError::Uncertain(_)));
         if !uncertain && let Err(e) = self.sink.abort() {
             tracing::warn!(error = %e, "abort failed; the producer is replaced (its successor aborts the transaction)");
@@ -592,6 +616,11 @@ impl Engine {
         let plugin = matches!(error, PipelineError::Task(TaskError::Guest(_)) | PipelineError::Guest(_));
         if self.versions.probation && plugin {
             self.roll_back_after(&error)?;
+        } else if error.is_transient_kafka() && self.group_moved_on(committing_as) {
+            // Not Kafka in trouble: the commit is redone as soon as this host
+            // knows its place in the new generation, without backing off.
+            tracing::info!(error = %error, "the group formed a new generation during the commit; it is redone in the new one");
+            self.deferred = true;
         } else if error.is_transient_kafka() {
             tracing::warn!(error = %error, "commit failed; retrying from the last commit");
             self.back_off();
@@ -614,6 +643,13 @@ impl Engine {
         // The rewind also forgot an uncommitted state migration: redo it.
         self.align_state(None)?;
         Ok(())
+    }
+
+    /// Whether the group formed a generation after `committing_as`, the one a
+    /// failed commit carried its offsets under (a group refuses those).
+    fn group_moved_on(&self, committing_as: Option<i32>) -> bool {
+        let (Some(m), Some(was)) = (&self.membership, committing_as) else { return false };
+        m.between_generations() || m.identity().is_none_or(|now| now.generation != was)
     }
 
     /// Marks the pipeline failed (it commits nothing more) and rewinds every task.

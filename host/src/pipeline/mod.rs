@@ -578,18 +578,19 @@ impl Pipeline {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let (restoring, reading, held) = {
+            let (restoring, reading, held, deferred) = {
                 let mut engine = Self::engine(engine)?;
                 if let Err(e) = engine.follow_group(consumer) {
                     return Err(engine.fail(e));
                 }
-                (engine.is_restoring(), engine.is_reading_changelogs(), engine.held_bytes())
+                (engine.is_restoring(), engine.is_reading_changelogs(), engine.held_bytes(), engine.commit_deferred())
             };
             let mut wait = interval.saturating_sub(last_commit.elapsed()).min(Duration::from_millis(100));
-            // A restore reading changelogs waits for their records itself.
+            // A restore reading changelogs waits for their records itself; a
+            // commit waiting for the group is made once the group answers.
             if reading {
                 wait = Duration::ZERO;
-            } else if restoring {
+            } else if restoring || deferred {
                 wait = wait.min(Duration::from_millis(5));
             }
             let mut polled = 0;
