@@ -412,14 +412,18 @@ impl Pipeline {
         ensure_topics(&base, &wanted, SETUP_TIMEOUT)?;
         let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
         let queries = Queries::start(&base, &cfg.application_id, self.health.clone(), stop.clone())?;
-        let restorer = Restorer::new(&base, exactly_once, self.health.clone())?;
-        let standby_restorer = Restorer::new(&base, exactly_once, self.health.clone())?.impatient();
-        let mut producer = base.clone();
-        producer.set("compression.type", cfg.compression.as_str());
         let changelogs: Vec<String> = (shape.subs.iter().zip(&topics.changelogs))
             .flat_map(|(sub, logs)| logs.iter().enumerate().filter(|(i, _)| sub.source_table(*i).is_none()))
             .map(|(_, log)| log.clone())
             .collect();
+        // What restores read: changelogs, and the topics tables are restored from.
+        let mut restored: Vec<String> = changelogs.iter().chain(topics.all_inputs()).cloned().collect();
+        restored.sort_unstable();
+        restored.dedup();
+        let restorer = Restorer::new(&base, exactly_once, self.health.clone(), &restored)?;
+        let standby_restorer = Restorer::new(&base, exactly_once, self.health.clone(), &restored)?.impatient();
+        let mut producer = base.clone();
+        producer.set("compression.type", cfg.compression.as_str());
         let mut sink = Sink::new(
             producer,
             &changelogs,
