@@ -221,7 +221,8 @@ pub(super) struct Engine {
     taken_over: Vec<(TaskId, Instant)>,
     /// A commit waits for this host's place in a new generation of the group.
     deferred: bool,
-    /// The generation the commit in flight carries its offsets under.
+    /// The generation the commit in flight carries its offsets under (in its
+    /// transaction, or in the offset commit after it without one).
     committing_as: Option<i32>,
 }
 
@@ -489,7 +490,6 @@ impl Engine {
         let identity = self.membership.as_ref().and_then(Membership::identity);
         self.committing_as = identity.as_ref().map(|i| i.generation);
         self.sink.commit(&offsets, identity)?;
-        self.committing_as = None;
         tracing::debug!(micros = committing.elapsed().as_micros() as u64, "committed");
         if !self.sink.is_transactional() && offsets.count() > 0 {
             let offsets: Vec<(String, i32, i64, String)> = offsets
@@ -504,6 +504,7 @@ impl Engine {
                 m.commit_offsets(&offsets).map_err(|e| KafkaIoError::Abortable(format!("committing offsets: {e}")))?;
             }
         }
+        self.committing_as = None;
         let changelog_offsets = self.sink.take_changelog_offsets();
         let mut stale = Vec::new();
         for (id, commit) in prepared {
