@@ -1,7 +1,8 @@
 //! Weir's group membership on the real broker, without pipelines: hosts split
 //! an application's tasks, a host that leaves hands its tasks over at once, a
-//! host that dies loses them when its session expires, and standbys are
-//! placed away from the owners.
+//! host that dies loses them when its session expires, standbys are placed
+//! away from the owners, and no host's commits wait for a generation once the
+//! group settled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -101,6 +102,28 @@ fn settle(hosts: &mut [Host], space: &Space, within: Duration) -> Result<()> {
     }
 }
 
+/// Pumps `hosts` until none waits for its place in a new generation (its
+/// commits would be held back meanwhile), or `within` passes.
+fn await_places(hosts: &mut [Host], within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        for h in hosts.iter_mut() {
+            h.pump()?;
+        }
+        let waiting: Vec<i32> = (hosts.iter())
+            .filter(|h| h.membership.as_ref().is_some_and(Membership::between_generations))
+            .map(|h| h.generation)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("hosts at generations {waiting:?} still wait for their place in a newer one after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn hosts_split_the_tasks_and_a_host_that_leaves_hands_them_over_before_its_session_would_expire() -> Result<()> {
     let group = unique("group-leave");
@@ -113,6 +136,8 @@ fn hosts_split_the_tasks_and_a_host_that_leaves_hands_them_over_before_its_sessi
         Host::join(&group, "c", session, &space)?,
     ];
     settle(&mut hosts, &space, Duration::from_secs(60))?;
+    // Commits wait only while a generation forms, never after it settled.
+    await_places(&mut hosts, Duration::from_secs(30))?;
     for h in &hosts {
         assert_eq!(h.active.len(), 4, "12 tasks on 3 hosts");
         // Standbys are never where the task runs.
@@ -125,6 +150,7 @@ fn hosts_split_the_tasks_and_a_host_that_leaves_hands_them_over_before_its_sessi
         m.leave(Duration::from_secs(10));
     }
     settle(&mut hosts, &space, Duration::from_secs(30))?;
+    await_places(&mut hosts, Duration::from_secs(30))?;
     // The hosts that stayed kept what they ran (only the leaver's tasks moved).
     for (h, had) in hosts.iter().zip(&before).skip(1) {
         assert!(had.is_subset(&h.active), "{had:?} not kept in {:?}", h.active);
@@ -132,6 +158,7 @@ fn hosts_split_the_tasks_and_a_host_that_leaves_hands_them_over_before_its_sessi
     // A host joining again takes a share back, taken from the others cooperatively.
     hosts[0] = Host::join(&group, "a", session, &space)?;
     settle(&mut hosts, &space, Duration::from_secs(60))?;
+    await_places(&mut hosts, Duration::from_secs(30))?;
     for h in &hosts {
         assert_eq!(h.active.len(), 4);
     }
