@@ -67,6 +67,18 @@ struct Reading {
     noted: Instant,
 }
 
+impl Reading {
+    /// How far it has read: the consumer's position (`positions`, past commit
+    /// markers and aborted records too) or after the last record read.
+    fn reached(&self, positions: Option<&TopicPartitionList>, topic: &str, partition: i32) -> Option<i64> {
+        let position = positions
+            .and_then(|p| p.find_partition(topic, partition))
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0);
+        position.into_iter().chain(self.next).max()
+    }
+}
+
 /// A restore that finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
@@ -250,11 +262,7 @@ impl Restorer {
         let consumer_positions = self.consumer.as_ref().and_then(|c| c.position().ok());
         let mut at = BTreeMap::new();
         for ((topic, partition), r) in self.reading.iter().filter(|(_, r)| r.task == task) {
-            let position = (consumer_positions.as_ref())
-                .and_then(|p| p.find_partition(topic, *partition))
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0);
-            if let Some(p) = position.into_iter().chain(r.next).max() {
+            if let Some(p) = r.reached(consumer_positions.as_ref(), topic, *partition) {
                 at.insert(r.store, p);
             }
         }
@@ -384,13 +392,7 @@ impl Restorer {
                 reading.polls += 1;
                 reading.progressed = Instant::now();
             }
-            let position = positions
-                .find_partition(topic, partition)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0)
-                .into_iter()
-                .chain(reading.next)
-                .max();
+            let position = reading.reached(Some(&positions), topic, partition);
             if position.is_some_and(|p| p >= reading.end) {
                 done.push((topic.clone(), partition));
             } else if reading.progressed.elapsed() >= NOTE_EVERY && reading.noted.elapsed() >= NOTE_EVERY {
